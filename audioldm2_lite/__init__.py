@@ -1,0 +1,5 @@
+"""audioldm2_lite: a readable, parity-checked PyTorch reimplementation of AudioLDM 2 inference."""
+
+from .loading import CheckpointError, load_component, load_config, load_tokenizer, resolve_checkpoint
+
+__all__ = ["CheckpointError", "load_component", "load_config", "load_tokenizer", "resolve_checkpoint"]

@@ -1,0 +1,368 @@
+"""Checkpoint I/O: the one place that touches the Hugging Face hub and the file system.
+
+An AudioLDM 2 checkpoint in hub layout (cvssp/audioldm2, -large, -music) is a folder with a
+`model_index.json` and one sub-folder per component (`unet/config.json` plus
+`unet/diffusion_pytorch_model.safetensors`, ...). This module
+
+- resolves a checkpoint given as a hub id or a local folder (`resolve_checkpoint`), downloading from
+  the hub only the files the requested components need (configs and one weight format);
+- reads configs and weights (safetensors preferred, `.bin` only through `torch.load(weights_only=True)`,
+  sharded `*.index.json` supported) and casts them to the requested dtype;
+- builds our module for a component from its config and loads the weights strictly
+  (`load_component`): every checkpoint tensor is used or matches the stage's `UNUSED_KEYS`, and a
+  missing, unexpected or misshapen tensor is an error naming the component, the file, the key and
+  both shapes.
+
+The contract with a stage module (`audioldm2_lite/<stage>.py`) is small:
+  - `<Config>.from_hub(config: dict)` builds the stage's dataclass config from the hub `config.json`;
+  - `<Model>(config)` is the `nn.Module`; it registers no non-persistent buffers (derived tables are
+    computed in `forward`), so the model can be built on the meta device and filled by assignment;
+  - optional `convert_hub_state_dict(state_dict, config) -> state_dict` for hub layouts that need a
+    reshape or rename (GPT-2's Conv1D, weight norm), each change commented with its reason;
+  - optional `UNUSED_KEYS`: regular expressions (full match) of hub tensors deliberately not used.
+
+Every failure a user can cause (offline with nothing cached, a missing folder or component, a
+truncated weight file, a config of the wrong class) raises `CheckpointError` with what is wrong and
+what to do about it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+DEFAULT_CHECKPOINT = "cvssp/audioldm2"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found, read or loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    module: str  # audioldm2_lite.<module>
+    config_class: str
+    model_class: str
+    hub_classes: tuple[str, ...]  # accepted `_class_name` / `architectures[0]` of config.json
+
+
+# Components of the hub layout that are neural networks, and the stage that implements each.
+STAGES: dict[str, Stage] = {
+    "text_encoder": Stage("clap", "ClapConfig", "ClapModel", ("ClapModel",)),
+    "text_encoder_2": Stage("t5", "T5Config", "T5Encoder", ("T5EncoderModel",)),
+    "projection_model": Stage("projection", "ProjectionConfig", "ProjectionModel", ("AudioLDM2ProjectionModel",)),
+    "language_model": Stage("gpt2", "GPT2Config", "GPT2Generator", ("GPT2Model", "GPT2LMHeadModel")),
+    "unet": Stage("unet", "UNetConfig", "UNet", ("AudioLDM2UNet2DConditionModel",)),
+    "vae": Stage("vae", "VAEConfig", "AutoencoderKL", ("AutoencoderKL",)),
+    "vocoder": Stage("vocoder", "HifiGanConfig", "HifiGan", ("SpeechT5HifiGan",)),
+}
+# Components that are configuration or tokenizer files only.
+FILE_COMPONENTS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
+
+CONFIG_NAMES = ("config.json", "scheduler_config.json", "preprocessor_config.json")
+# Weight files in order of preference: the first format present in a component folder is used.
+WEIGHT_FORMATS = (
+    ("model.safetensors", "diffusion_pytorch_model.safetensors"),
+    ("pytorch_model.bin", "diffusion_pytorch_model.bin"),
+)
+TOKENIZER_FILES = (
+    "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "vocab.json", "merges.txt",
+    "spiece.model", "added_tokens.json",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolving a checkpoint to a local folder
+
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def _offline_message(repo_id: str, cause: str) -> str:
+    return (
+        f"could not download '{repo_id}' from the Hugging Face hub ({cause}) and it is not fully in the "
+        f"local cache. Connect to the internet and try again, or pass a local checkpoint folder in hub "
+        f"layout instead, e.g. `--model weights/{repo_id.split('/')[-1]}` "
+        f"(see weights/README.md: `python scripts/download_weights.py {repo_id}` on a machine with internet)."
+    )
+
+
+def _hub_reachable(timeout: float = 5.0) -> str | None:
+    """None if the hub's host answers a TCP connection, else the reason. Avoids minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # a proxy decides; let huggingface_hub try
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as error:
+        return f"no connection to {host}: {error}"
+    return None
+
+
+def _component_patterns(components) -> list[str]:
+    patterns = ["model_index.json"]
+    for name in components:
+        patterns += [f"{name}/{f}" for f in CONFIG_NAMES + TOKENIZER_FILES]
+    return patterns
+
+
+def _choose_hub_files(repo_files: list[str], components) -> list[str]:
+    """Configs of each component plus one weight format (safetensors first; shards with their index)."""
+    chosen = ["model_index.json"]
+    for name in components:
+        inside = [f[len(name) + 1:] for f in repo_files if f.startswith(name + "/") and f.count("/") == 1]
+        chosen += [f"{name}/{f}" for f in inside if f in CONFIG_NAMES + TOKENIZER_FILES]
+        if name in FILE_COMPONENTS:
+            continue
+        for single_names in WEIGHT_FORMATS:
+            single = [f for f in inside if f in single_names]
+            index = [f for f in inside if f in tuple(n + ".index.json" for n in single_names)]
+            if single or index:
+                chosen += [f"{name}/{f}" for f in single[:1]]
+                if not single:  # sharded: the index and every shard it names (same stem)
+                    stem = index[0][: -len(".index.json")].rsplit(".", 1)[0]
+                    chosen += [f"{name}/{index[0]}"]
+                    chosen += [f"{name}/{f}" for f in inside if f.startswith(stem + "-") and "-of-" in f]
+                break
+    return chosen
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike, components=None) -> Path:
+    """A local folder in hub layout for `checkpoint` (a folder, or a hub id fetched into the HF cache).
+
+    `components` limits a hub download to those components' files (default: every component
+    named in model_index.json).
+    """
+    checkpoint = str(checkpoint)
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise CheckpointError(
+                f"'{path}' is not a checkpoint in hub layout: it has no model_index.json. Point to the folder "
+                f"that holds model_index.json and the component folders (unet/, vae/, ...)."
+            )
+        return path
+    if not HUB_ID.fullmatch(checkpoint):
+        raise CheckpointError(
+            f"checkpoint folder '{checkpoint}' does not exist. Pass an existing folder in hub layout or a hub id "
+            f"such as '{DEFAULT_CHECKPOINT}'."
+        )
+    return _fetch_from_hub(checkpoint, components)
+
+
+def _fetch_from_hub(repo_id: str, components) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    wanted = list(components) if components is not None else list(STAGES) + list(FILE_COMPONENTS)
+    offline = _hub_reachable()
+    if offline is None:
+        try:
+            repo_files = HfApi().list_repo_files(repo_id)
+            files = _choose_hub_files(repo_files, wanted)
+            return Path(snapshot_download(repo_id, allow_patterns=files))
+        except RepositoryNotFoundError:
+            raise CheckpointError(
+                f"'{repo_id}' is neither a local folder nor a repository on the Hugging Face hub "
+                f"(official checkpoints: cvssp/audioldm2, cvssp/audioldm2-large, cvssp/audioldm2-music)."
+            ) from None
+        except GatedRepoError:
+            raise CheckpointError(f"'{repo_id}' is gated on the hub: log in with `hf auth login`.") from None
+        except Exception as error:  # network trouble mid-way: fall back to the cache below
+            offline = f"{type(error).__name__}: {error}"
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=_component_patterns(wanted), local_files_only=True))
+    except Exception:
+        raise CheckpointError(_offline_message(repo_id, offline)) from None
+    missing = [c for c in wanted if c in STAGES and not _weight_files(folder / c)]
+    if missing or not (folder / "model_index.json").is_file():
+        raise CheckpointError(_offline_message(repo_id, offline))
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading configs and weights
+
+
+def read_json(file: Path) -> dict:
+    try:
+        return json.loads(Path(file).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"missing file {file}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file} is not valid JSON ({error}); the download may be incomplete.") from None
+
+
+def component_folder(checkpoint: str | os.PathLike, name: str) -> Path:
+    root = resolve_checkpoint(checkpoint, [name])
+    folder = root / name
+    if not folder.is_dir():
+        index = read_json(root / "model_index.json")
+        listed = sorted(k for k in index if not k.startswith("_"))
+        raise CheckpointError(
+            f"checkpoint '{root}' has no component '{name}' (folder {folder} is missing; model_index.json "
+            f"lists {listed})."
+        )
+    return folder
+
+
+def load_config(checkpoint: str | os.PathLike, name: str) -> dict:
+    """The parsed config file of one component (config.json, scheduler_config.json, ...)."""
+    folder = component_folder(checkpoint, name)
+    for config_name in CONFIG_NAMES + ("tokenizer_config.json",):
+        if (folder / config_name).is_file():
+            return read_json(folder / config_name)
+    raise CheckpointError(f"component folder {folder} has no config file (looked for {CONFIG_NAMES}).")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for names in WEIGHT_FORMATS:
+        for name in names:
+            if (folder / name).is_file():
+                return [folder / name]
+            index = folder / (name + ".index.json")
+            if index.is_file():
+                shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+                return [folder / shard for shard in shards]
+    return []
+
+
+def _read_weight_file(file: Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise CheckpointError(f"weight shard {file} is missing (named in the folder's *.index.json).")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file), device="cpu")
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"cannot read weight file {file}: {type(error).__name__}: {error}. The file is truncated or corrupt: "
+            f"delete it and download it again."
+        ) from None
+
+
+def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """All tensors of a component folder, and which file each key came from."""
+    files = _weight_files(folder)
+    if not files:
+        raise CheckpointError(
+            f"no weights in {folder}: expected one of {[n for names in WEIGHT_FORMATS for n in names]} "
+            f"(or a sharded *.index.json)."
+        )
+    state_dict, origin = {}, {}
+    for file in files:
+        tensors = _read_weight_file(file)
+        state_dict.update(tensors)
+        origin.update(dict.fromkeys(tensors, file))
+    return state_dict, origin
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a stage and loading its weights strictly
+
+
+def hub_class_name(config: dict) -> str | None:
+    return config.get("_class_name") or (config.get("architectures") or [None])[0]
+
+
+def stage_module(name: str):
+    if name not in STAGES:
+        raise CheckpointError(f"unknown component '{name}'; the neural components are {sorted(STAGES)}.")
+    try:
+        return importlib.import_module(f"audioldm2_lite.{STAGES[name].module}")
+    except ModuleNotFoundError as error:
+        if error.name != f"audioldm2_lite.{STAGES[name].module}":
+            raise
+        raise NotImplementedError(f"component '{name}' has no audioldm2_lite stage yet") from None
+
+
+def build_config(name: str, hub_config: dict, source: Path | str = "config.json"):
+    """Our dataclass config for component `name` from its hub config dict (checks the class)."""
+    stage = STAGES[name]
+    found = hub_class_name(hub_config)
+    if found not in stage.hub_classes:
+        raise CheckpointError(
+            f"{source} describes a '{found}', but component '{name}' must be one of {list(stage.hub_classes)}. "
+            f"Is the folder layout mixed up?"
+        )
+    return getattr(stage_module(name), stage.config_class).from_hub(hub_config)
+
+
+def load_component(
+    checkpoint: str | os.PathLike,
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """Our module for component `name` of `checkpoint`, weights loaded strictly, in eval mode."""
+    module = stage_module(name)
+    folder = component_folder(checkpoint, name)
+    config = build_config(name, read_json(folder / "config.json"), folder / "config.json")
+    state_dict, origin = read_weights(folder)
+    convert = getattr(module, "convert_hub_state_dict", None)
+    if convert is not None:
+        renamed = convert(dict(state_dict), config)
+        # keep track of which file each converted key came from (a converted key inherits any source)
+        origin = {k: origin.get(k, next(iter(origin.values()))) for k in renamed}
+        state_dict = renamed
+    with torch.device("meta"):
+        model = getattr(module, STAGES[name].model_class)(config)
+    assign_strict(model, state_dict, origin, name, getattr(module, "UNUSED_KEYS", ()), dtype, device)
+    return model.eval().requires_grad_(False)
+
+
+def assign_strict(model, state_dict, origin, name, unused_patterns, dtype, device) -> None:
+    """Fill a meta-device `model` with `state_dict`; every mismatch is listed in one CheckpointError."""
+    expected = model.state_dict()
+    unused = [re.compile(p) for p in unused_patterns]
+    problems = []
+    for key, tensor in expected.items():
+        if key not in state_dict:
+            problems.append(f"missing tensor '{key}' (expected shape {tuple(tensor.shape)})")
+        elif state_dict[key].shape != tensor.shape:
+            problems.append(
+                f"tensor '{key}' in {origin[key].name} has shape {tuple(state_dict[key].shape)}, "
+                f"expected {tuple(tensor.shape)}"
+            )
+    for key in state_dict.keys() - expected.keys():
+        if not any(p.fullmatch(key) for p in unused):
+            problems.append(f"unexpected tensor '{key}' in {origin[key].name} (shape {tuple(state_dict[key].shape)})")
+    if problems:
+        folder = next(iter(origin.values())).parent
+        shown = "\n  ".join(sorted(problems)[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise CheckpointError(
+            f"component '{name}' ({folder}) does not match its config:\n  {shown}\n"
+            f"The weights and config.json must come from the same checkpoint."
+        )
+    tensors = {
+        k: state_dict[k].to(device=device, dtype=dtype if state_dict[k].is_floating_point() else None)
+        for k in expected
+    }
+    model.load_state_dict(tensors, strict=True, assign=True)
+    left_on_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left_on_meta:
+        raise RuntimeError(f"stage '{name}' has tensors the checkpoint does not fill: {left_on_meta[:5]}")
+
+
+def load_tokenizer(checkpoint: str | os.PathLike, name: str = "tokenizer"):
+    """The transformers fast tokenizer stored in component folder `name` (tokenizer or tokenizer_2)."""
+    from transformers import AutoTokenizer
+
+    folder = component_folder(checkpoint, name)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as error:
+        raise CheckpointError(f"cannot load the tokenizer in {folder}: {type(error).__name__}: {error}") from None
