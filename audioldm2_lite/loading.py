@@ -19,7 +19,9 @@ The contract with a stage module (`audioldm2_lite/<stage>.py`) is small:
     computed in `forward`), so the model can be built on the meta device and filled by assignment;
   - optional `convert_hub_state_dict(state_dict, config) -> state_dict` for hub layouts that need a
     reshape or rename (GPT-2's Conv1D, weight norm), each change commented with its reason;
-  - optional `UNUSED_KEYS`: regular expressions (full match) of hub tensors deliberately not used.
+  - optional `UNUSED_KEYS`: regular expressions (full match) of hub tensors deliberately not used;
+  - optional `KEEP_FP32_KEYS`: regular expressions of our tensors that stay float32 whatever the
+    requested dtype (for layers that overflow in float16).
 
 Every failure a user can cause (offline with nothing cached, a missing folder or component, a
 truncated weight file, a config of the wrong class) raises `CheckpointError` with what is wrong and
@@ -320,11 +322,14 @@ def load_component(
         state_dict = renamed
     with torch.device("meta"):
         model = getattr(module, STAGES[name].model_class)(config)
-    assign_strict(model, state_dict, origin, name, getattr(module, "UNUSED_KEYS", ()), dtype, device)
+    assign_strict(
+        model, state_dict, origin, name, getattr(module, "UNUSED_KEYS", ()), dtype, device,
+        getattr(module, "KEEP_FP32_KEYS", ()),
+    )
     return model.eval().requires_grad_(False)
 
 
-def assign_strict(model, state_dict, origin, name, unused_patterns, dtype, device) -> None:
+def assign_strict(model, state_dict, origin, name, unused_patterns, dtype, device, fp32_patterns=()) -> None:
     """Fill a meta-device `model` with `state_dict`; every mismatch is listed in one CheckpointError."""
     expected = model.state_dict()
     unused = [re.compile(p) for p in unused_patterns]
@@ -347,10 +352,14 @@ def assign_strict(model, state_dict, origin, name, unused_patterns, dtype, devic
             f"component '{name}' ({folder}) does not match its config:\n  {shown}\n"
             f"The weights and config.json must come from the same checkpoint."
         )
-    tensors = {
-        k: state_dict[k].to(device=device, dtype=dtype if state_dict[k].is_floating_point() else None)
-        for k in expected
-    }
+    keep_fp32 = [re.compile(p) for p in fp32_patterns]
+
+    def target_dtype(key, tensor):
+        if not tensor.is_floating_point():
+            return None
+        return torch.float32 if any(p.fullmatch(key) for p in keep_fp32) else dtype
+
+    tensors = {k: state_dict[k].to(device=device, dtype=target_dtype(k, state_dict[k])) for k in expected}
     model.load_state_dict(tensors, strict=True, assign=True)
     left_on_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left_on_meta:
