@@ -1,0 +1,196 @@
+"""AudioLDM 2 text-to-audio, end to end: the thin pipeline that ties the stages together.
+
+    prompt --(conditioning.py: CLAP text, Flan-T5, projection, GPT-2)--> GPT-2 states, T5 states + mask
+           --(unet.py x T steps, samplers.py, classifier-free guidance here)--> denoised latent (B, 8, T/4, 16)
+           --(vae.py decoder)--> log-mel (B, 1, T, 64) --(vocoder.py HiFi-GAN)--> 16 kHz waveform
+           --(clap_audio.py, when several candidates per prompt)--> candidates ranked best first
+
+The call takes diffusers' `AudioLDM2Pipeline.__call__` argument names, so switching is a change of import;
+`generate_latents` yields the latent after every step, for readers and research hooks. Classifier-free
+guidance, batching and candidate ranking live here, not in the models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .conditioning import TextConditioner
+from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
+from .samplers import SAMPLERS, SchedulerConfig, make_sampler
+
+
+@dataclass
+class AudioLDM2PipelineOutput:
+    audios: np.ndarray | torch.Tensor  # (batch * num_waveforms_per_prompt, samples) float32, or latents
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class AudioLDM2Pipeline:
+    def __init__(self, conditioner: TextConditioner, unet, vae, vocoder, scheduler_config: SchedulerConfig,
+                 feature_config: dict, device="cpu", dtype=torch.float32, offload: bool = False):
+        self.conditioner, self.unet, self.vae, self.vocoder = conditioner, unet, vae, vocoder
+        self.scheduler_config, self.feature_config = scheduler_config, feature_config
+        self.device, self.dtype, self.offload = torch.device(device), dtype, offload
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 4: mel frames per latent frame
+        self.sampling_rate = vocoder.config.sampling_rate  # 16 kHz
+        self.hop_length = math.prod(vocoder.config.upsample_rates)  # 160 samples per mel frame
+
+    @classmethod
+    def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False):
+        """Load every stage of a hub id or local hub-layout folder.
+
+        dtype defaults to float16 on CUDA and float32 elsewhere. With `offload=True` the weights stay
+        in CPU memory and each stage visits `device` only while it runs (model CPU offload).
+        """
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        root = resolve_checkpoint(model)
+        home = torch.device("cpu") if offload else device
+
+        def load(name):
+            return load_component(root, name, dtype=dtype, device=home)
+
+        conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype)
+        return cls(
+            conditioner, load("unet"), load("vae"), load("vocoder"),
+            SchedulerConfig.from_hub(load_config(root, "scheduler")), load_config(root, "feature_extractor"),
+            device=device, dtype=dtype, offload=offload,
+        )
+
+    @contextlib.contextmanager
+    def _running(self, *modules):
+        """With offload, move the stage to the device for the duration of the block, then back."""
+        if self.offload:
+            for module in modules:
+                module.to(self.device)
+        try:
+            yield
+        finally:
+            if self.offload:
+                for module in modules:
+                    module.to("cpu")
+
+    # ------------------------------------------------------------------------------------------
+    # The stages, in order
+
+    def encode_prompt(self, prompt, negative_prompt=None, num_waveforms_per_prompt=1,
+                      do_classifier_free_guidance=True, max_new_tokens=None, **embeds):
+        """(GPT-2 states (B, N, 768), T5 states (B, L, 1024), T5 mask (B, L)), [uncond, cond] with guidance."""
+        with self._running(self.conditioner):
+            return self.conditioner.encode_prompt(
+                prompt, negative_prompt=negative_prompt, num_waveforms_per_prompt=num_waveforms_per_prompt,
+                do_classifier_free_guidance=do_classifier_free_guidance, max_new_tokens=max_new_tokens,
+                device=self.device, **embeds,
+            )
+
+    def latent_frames(self, audio_length_in_s: float) -> tuple[int, int]:
+        """(mel frames rounded up to the VAE's factor, waveform samples to keep), as diffusers does."""
+        frames = int(audio_length_in_s * self.sampling_rate / self.hop_length)
+        frames = math.ceil(frames / self.vae_scale_factor) * self.vae_scale_factor
+        return frames, int(audio_length_in_s * self.sampling_rate)
+
+    def prepare_latents(self, batch: int, frames: int, generator=None, latents=None) -> torch.Tensor:
+        shape = (batch, self.unet.config.in_channels, frames // self.vae_scale_factor,
+                 self.vocoder.config.model_in_dim // self.vae_scale_factor)  # (B, 8, T/4, 16)
+        if latents is None:
+            # drawn where the generator lives (as diffusers' randn_tensor), then moved
+            noise_device = generator.device if generator is not None else self.device
+            latents = torch.randn(shape, generator=generator, device=noise_device, dtype=self.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for this audio length")
+        return latents.to(self.device, self.dtype)
+
+    def generate_latents(self, latents, conditioning, num_inference_steps=200, guidance_scale=3.5,
+                         scheduler="ddim", eta=0.0, generator=None):
+        """Denoise `latents`, yielding (timestep, latent) after every step."""
+        generated, t5_states, t5_mask = conditioning
+        guided = guidance_scale > 1.0
+        sampler = make_sampler(scheduler, self.scheduler_config, num_inference_steps, device=self.device, eta=eta)
+        latents = latents * sampler.init_noise_sigma
+        with self._running(self.unet):
+            for i, t in enumerate(sampler.timesteps):
+                model_input = torch.cat([latents, latents]) if guided else latents  # (2B, 8, T/4, 16)
+                noise = self.unet(model_input, t, generated, t5_states, t5_mask)
+                if guided:  # classifier-free guidance: one batched call, then extrapolate from uncond to cond
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + guidance_scale * (cond - uncond)
+                latents = sampler.step(noise, i, latents, generator=generator)
+                yield t, latents
+
+    def decode(self, latents: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
+        """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU."""
+        with self._running(self.vae):
+            mel = self.vae.decode(latents / self.vae.config.scaling_factor)  # (B, 1, T, 64)
+        with self._running(self.vocoder):
+            audio = self.vocoder(mel.squeeze(1))  # (B, T * 160)
+        return audio[:, :num_samples].float().cpu()
+
+    # ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(self, prompt=None, audio_length_in_s: float | None = None, num_inference_steps: int = 200,
+                 guidance_scale: float = 3.5, negative_prompt=None, num_waveforms_per_prompt: int = 1,
+                 eta: float = 0.0, generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds=None, negative_prompt_embeds=None, generated_prompt_embeds=None,
+                 negative_generated_prompt_embeds=None, attention_mask=None, negative_attention_mask=None,
+                 max_new_tokens: int | None = None, output_type: str = "np", callback=None,
+                 callback_steps: int = 1, scheduler: str = "ddim", progress: bool = False) -> AudioLDM2PipelineOutput:
+        if audio_length_in_s is None:  # the UNet's training size: 10.24 s
+            audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate
+        self.check_inputs(prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
+                          scheduler, output_type)
+        conditioning = self.encode_prompt(
+            prompt, negative_prompt, num_waveforms_per_prompt, guidance_scale > 1.0, max_new_tokens,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            generated_prompt_embeds=generated_prompt_embeds,
+            negative_generated_prompt_embeds=negative_generated_prompt_embeds,
+            attention_mask=attention_mask, negative_attention_mask=negative_attention_mask,
+        )
+        batch = conditioning[0].shape[0] // (2 if guidance_scale > 1.0 else 1)
+        frames, num_samples = self.latent_frames(audio_length_in_s)
+        latents = self.prepare_latents(batch, frames, generator, latents)
+
+        steps = self.generate_latents(latents, conditioning, num_inference_steps, guidance_scale, scheduler, eta, generator)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, total=num_inference_steps, desc="denoising", unit="step")
+        for i, (t, latents) in enumerate(steps):
+            if callback is not None and i % callback_steps == 0:
+                callback(i, t, latents)
+        if output_type == "latent":
+            return AudioLDM2PipelineOutput(audios=latents)
+
+        audio = self.decode(latents, num_samples)
+        if num_waveforms_per_prompt > 1 and prompt is not None:
+            audio = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
+        return AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio)
+
+    def rank_candidates(self, prompt, audio: torch.Tensor, num_waveforms_per_prompt: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_inputs(self, prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
+                     scheduler, output_type):
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("give a prompt (str or list of str) or prompt_embeds")
+        prompts = [prompt] if isinstance(prompt, str) else (prompt or [])
+        if prompt is not None and (not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts)):
+            raise ValueError(f"every prompt must be a non-empty string, got {prompt!r}")
+        if not audio_length_in_s > 0:
+            raise ValueError(f"audio_length_in_s must be positive, got {audio_length_in_s}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if num_waveforms_per_prompt < 1:
+            raise ValueError(f"num_waveforms_per_prompt must be at least 1, got {num_waveforms_per_prompt}")
+        if scheduler not in SAMPLERS:
+            raise ValueError(f"unknown scheduler '{scheduler}'; choose from {sorted(SAMPLERS)}")
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
