@@ -106,20 +106,23 @@ def upsampling_filter(factor: int, dtype=torch.float64, device=None) -> torch.Te
 def resample(waveform: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
     """(B, T) -> (B, T * target_sr / orig_sr) for an integer upsampling ratio (16 kHz -> 48 kHz: x3).
 
-    y[n] = sum_k x[k] h[n - factor k]: the input zero-stuffed and low-passed, done as one transposed
-    convolution (only the non-zero inputs are multiplied). Outside the clip the signal is taken as zero.
+    y[n] = sum_k x[k] h[n - factor k]: the input zero-stuffed and low-passed. Done polyphase: output
+    phase p (n = factor q + p) is the input convolved with every factor-th tap h[factor j + p], so no
+    multiplication by a stuffed zero is made. Outside the clip the signal is taken as zero.
     """
     if target_sr == orig_sr:
         return waveform
     if target_sr % orig_sr:
         raise NotImplementedError(f"only integer upsampling ratios are implemented, not {orig_sr} -> {target_sr} Hz")
     factor = target_sr // orig_sr
-    kernel = upsampling_filter(factor, waveform.dtype, waveform.device)
-    half = (kernel.numel() - 1) // 2
-    # kernel centred on each input sample; output_padding completes the last input's factor outputs
-    y = F.conv_transpose1d(waveform[:, None, :], kernel.view(1, 1, -1), stride=factor, padding=half,
-                           output_padding=factor - 1)  # (B, 1, factor * T)
-    return y[:, 0]
+    B, T = waveform.shape
+    kernel = upsampling_filter(factor, waveform.dtype, waveform.device)  # (2 factor W + 1,), centred
+    taps = 2 * RESAMPLE_HALF_WIDTH + 1
+    kernel = F.pad(kernel, (0, factor * taps - kernel.numel()))  # (factor * taps,) zeros after the last tap
+    phases = kernel.view(taps, factor).T  # (factor, taps): phases[p, j + W] = h[factor j + p]
+    # conv1d correlates, so flip each phase to convolve
+    y = F.conv1d(waveform[:, None], phases.flip(-1)[:, None], padding=RESAMPLE_HALF_WIDTH)  # (B, factor, T)
+    return y.transpose(1, 2).reshape(B, factor * T)  # interleave the phases: y[factor q + p] = y_p[q]
 
 
 # ----------------------------------------------------------------------------------------------
