@@ -36,8 +36,10 @@ def transformers_twin(checkpoint):
     return ClapModel.from_pretrained(checkpoint / "text_encoder", dtype=torch.float32).eval()
 
 
-def parity_error(checkpoint) -> float:
-    input_ids, attention_mask = tokenize_like_diffusers(load_tokenizer(checkpoint, "tokenizer"), PROMPTS)
+def parity_error(checkpoint, padding_side="right") -> float:
+    tokenizer = load_tokenizer(checkpoint, "tokenizer")
+    tokenizer.padding_side = padding_side
+    input_ids, attention_mask = tokenize_like_diffusers(tokenizer, PROMPTS)
     with torch.no_grad():
         ours = load_component(checkpoint, "text_encoder").get_text_features(input_ids, attention_mask)
         gc.collect()
@@ -46,8 +48,10 @@ def parity_error(checkpoint) -> float:
     return max_rel_error(ours, reference.pooler_output)
 
 
-def test_text_features_match_transformers(tiny_checkpoint):
-    error = parity_error(tiny_checkpoint)
+# diffusers pads on the right; left padding also checks that positions are counted over real tokens only
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_text_features_match_transformers(tiny_checkpoint, padding_side):
+    error = parity_error(tiny_checkpoint, padding_side)
     # float32, same operations in a different order: rounding only
     assert error <= 1e-5, error
 

@@ -57,12 +57,15 @@ def test_full_size_matches_transformers_and_stays_finite_in_float16(full_checkpo
         # 24 layers float32, same operations in a different order: rounding only
         assert max_rel_error(ours, reference) <= 1e-5
         del reference
-        # float16 on the CPU (torch has float16 CPU kernels), one short prompt to keep CI time down
-        half = load_component(checkpoint, "text_encoder_2", dtype=torch.float16)(input_ids[:1, :16], attention_mask[:1, :16])
+        # float16 on the CPU (torch has float16 CPU kernels), the first prompt alone to keep CI time down
+        length = int(attention_mask[0].sum())
+        half = load_component(checkpoint, "text_encoder_2", dtype=torch.float16)(
+            input_ids[:1, :length], attention_mask[:1, :length]
+        )
     gc.collect()
     assert half.dtype == torch.float16 and torch.isfinite(half).all()
     # 11 significant bits through 24 layers of random weights
-    assert max_rel_error(half, ours[:1, :16]) <= 5e-2
+    assert max_rel_error(half, ours[:1, :length]) <= 2e-2
 
 
 def test_sdpa_matches_explicit_math(tiny_checkpoint, monkeypatch):
