@@ -1,0 +1,293 @@
+"""Samplers: turn the UNet's noise prediction into a denoised latent, one step at a time.
+
+    x_T ~ N(0, I) --(UNet(x_t, t) -> model output; sampler.step)--> x_{t-1} ... --> x_0 (B, 8, T/4, 16)
+
+Two samplers, each a small class that reads like its paper's update rule:
+
+- DDIM (Song et al., "Denoising Diffusion Implicit Models", arXiv:2010.02502, eq. 12): the checkpoints'
+  own scheduler, 200 steps by default; `eta` > 0 adds fresh noise (eta = 1 is DDPM's ancestral step).
+- DPM-Solver++(2M) (Lu et al., "DPM-Solver++", arXiv:2211.01095, algorithm 2): a second-order multistep
+  solver of the diffusion ODE in log-SNR time, good in 20-25 steps; optionally on Karras et al.'s noise
+  levels (arXiv:2206.00364, eq. 5, rho = 7).
+
+Both are built from the checkpoint's `scheduler/scheduler_config.json` (`SchedulerConfig.from_hub`) and
+match diffusers' `DDIMScheduler` and `DPMSolverMultistepScheduler.from_config(ddim_config)` (see each
+class's docstring for the parity details). The interface the pipeline's loop uses:
+
+    sampler = make_sampler("ddim", config, num_inference_steps, device=device)
+    x = x * sampler.init_noise_sigma
+    for i, t in enumerate(sampler.timesteps):
+        x = sampler.step(unet(x, t, ...), i, x)
+
+Everything a step needs is precomputed at construction as float32 tables on the target device and
+indexed with the Python step index `i`: a step does no host-device sync, no `.item()` and no branching
+on tensor values, so the loop can be captured by CUDA graphs or torch.compile. The step arithmetic runs
+in float32 whatever the model's dtype; the result comes back in the sample's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class SchedulerConfig:
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    beta_schedule: str = "scaled_linear"  # or "linear"
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    timestep_spacing: str = "leading"  # or "trailing", "linspace"
+    steps_offset: int = 1  # added to "leading" timesteps
+    set_alpha_to_one: bool = False  # DDIM's last step lands on alpha_bar = 1 (True) or alpha_bar_0 (False)
+    use_karras_sigmas: bool = False  # DPM-Solver++ only: Karras noise levels instead of the spacing rule
+
+    @classmethod
+    def from_hub(cls, config: dict) -> "SchedulerConfig":
+        unsupported = {  # options the AudioLDM 2 checkpoints leave off; refuse rather than ignore them
+            "clip_sample": False, "thresholding": False, "rescale_betas_zero_snr": False, "trained_betas": None,
+        }
+        for key, off in unsupported.items():
+            if config.get(key, off) != off:
+                raise NotImplementedError(f"scheduler option {key}={config[key]!r} is not supported")
+        defaults = cls()
+        scheduler = cls(
+            num_train_timesteps=config.get("num_train_timesteps", defaults.num_train_timesteps),
+            beta_start=config.get("beta_start", defaults.beta_start),
+            beta_end=config.get("beta_end", defaults.beta_end),
+            beta_schedule=config.get("beta_schedule", defaults.beta_schedule),
+            prediction_type=config.get("prediction_type", defaults.prediction_type),
+            timestep_spacing=config.get("timestep_spacing", defaults.timestep_spacing),
+            steps_offset=config.get("steps_offset", defaults.steps_offset),
+            set_alpha_to_one=config.get("set_alpha_to_one", defaults.set_alpha_to_one),
+            use_karras_sigmas=config.get("use_karras_sigmas", defaults.use_karras_sigmas),
+        )
+        scheduler.validate()
+        return scheduler
+
+    def validate(self):
+        choices = {"beta_schedule": ("linear", "scaled_linear"), "prediction_type": ("epsilon", "v_prediction"),
+                   "timestep_spacing": ("leading", "trailing", "linspace")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise NotImplementedError(f"scheduler {key}={getattr(self, key)!r}; supported: {allowed}")
+
+
+def alphas_cumprod(config: SchedulerConfig) -> torch.Tensor:
+    """alpha_bar_t = prod_{s <= t} (1 - beta_s) for t = 0 .. T-1, float32 (T,) as in training."""
+    if config.beta_schedule == "scaled_linear":  # linear in sqrt(beta), as Stable Diffusion and AudioLDM
+        betas = torch.linspace(config.beta_start**0.5, config.beta_end**0.5, config.num_train_timesteps) ** 2
+    else:
+        betas = torch.linspace(config.beta_start, config.beta_end, config.num_train_timesteps)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def _randn(shape, generator, device, dtype):
+    """diffusers' `randn_tensor` for one generator: drawn where a CPU generator lives, then moved."""
+    noise_device = generator.device if generator is not None and generator.device.type == "cpu" else device
+    return torch.randn(shape, generator=generator, device=noise_device, dtype=dtype).to(device)
+
+
+class Sampler:
+    """Shared plumbing: the timesteps, `init_noise_sigma` and moving the precomputed tables."""
+
+    init_noise_sigma = 1.0  # both samplers start from x_T ~ N(0, I), unscaled
+
+    def to(self, device):
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
+
+    def __len__(self):
+        return len(self.timesteps)
+
+
+class DDIMSampler(Sampler):
+    """DDIM, as diffusers' `DDIMScheduler` (clip_sample and thresholding off).
+
+    With alpha_bar_t the training schedule, t the current and s the previous timestep:
+
+        x0    = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)        (eps = model output)
+        sigma = eta sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_s)
+        x_s   = sqrt(alpha_bar_s) x0 + sqrt(1 - alpha_bar_s - sigma^2) eps + sigma z,   z ~ N(0, I)
+
+    With v-prediction the model output is v and x0 = sqrt(a) x_t - sqrt(1 - a) v, eps = sqrt(a) v + sqrt(1 - a) x_t.
+
+    Parity details (diffusers 0.42):
+    - timesteps: "leading" k * (T // N) + steps_offset; "trailing" round(arange(T, 0, -T / N)) - 1;
+      "linspace" round(linspace(0, T - 1, N)); all descending.
+    - the previous timestep is always t - T // N, whatever the spacing (so with "trailing"/"linspace" it is
+      not the next timestep in the list); below 0 it is alpha_bar_0, or 1 with set_alpha_to_one.
+    - the noise z is drawn after the deterministic update, with the model output's shape and dtype, on the
+      CPU when the generator is a CPU one (then moved), else on the sample's device; only when eta > 0.
+    - coefficients are the same float32 expressions diffusers evaluates, so float32 runs agree to rounding.
+      diffusers computes in the sample's dtype (float16 in, float16 arithmetic); here it is always float32.
+    """
+
+    def __init__(self, config: SchedulerConfig, num_inference_steps: int, eta: float = 0.0, device=None):
+        total = config.num_train_timesteps
+        if not 1 <= num_inference_steps <= total:
+            raise ValueError(f"num_inference_steps must be in [1, {total}], got {num_inference_steps}")
+        self.prediction_type, self.eta = config.prediction_type, float(eta)
+
+        # timesteps, descending
+        n = num_inference_steps
+        if config.timestep_spacing == "leading":
+            timesteps = np.arange(n)[::-1] * (total // n) + config.steps_offset
+        elif config.timestep_spacing == "trailing":
+            timesteps = np.round(np.arange(total, 0, -total / n)) - 1
+        else:  # linspace
+            timesteps = np.linspace(0, total - 1, n).round()[::-1]
+        timesteps = timesteps.astype(np.int64)
+
+        # alpha_bar at each step's timestep and at its predecessor t - T // N
+        alpha_bar = alphas_cumprod(config)
+        final = torch.tensor(1.0) if config.set_alpha_to_one else alpha_bar[0]
+        previous = timesteps - total // n
+        alpha_t = alpha_bar[timesteps]  # (N,)
+        alpha_s = torch.where(torch.from_numpy(previous >= 0), alpha_bar[previous.clip(min=0)], final)  # (N,)
+        beta_t, beta_s = 1 - alpha_t, 1 - alpha_s
+        sigma = self.eta * ((beta_s / beta_t) * (1 - alpha_t / alpha_s)) ** 0.5
+
+        self.timesteps = torch.from_numpy(timesteps.copy())
+        self.sqrt_alpha_t, self.sqrt_beta_t = alpha_t**0.5, beta_t**0.5
+        self.sqrt_alpha_s = alpha_s**0.5  # weight of x0 in x_s
+        self.direction = (1 - alpha_s - sigma**2) ** 0.5  # weight of eps in x_s
+        self.noise_std = sigma
+        self.to(device if device is not None else "cpu")
+
+    def step(self, model_output, i: int, sample, generator=None):
+        x, out = sample.float(), model_output.float()
+        if self.prediction_type == "epsilon":
+            x0 = (x - self.sqrt_beta_t[i] * out) / self.sqrt_alpha_t[i]
+            eps = out
+        else:  # v_prediction
+            x0 = self.sqrt_alpha_t[i] * x - self.sqrt_beta_t[i] * out
+            eps = self.sqrt_alpha_t[i] * out + self.sqrt_beta_t[i] * x
+        x = self.sqrt_alpha_s[i] * x0 + self.direction[i] * eps
+        if self.eta > 0:
+            z = _randn(model_output.shape, generator, model_output.device, model_output.dtype)
+            x = x + self.noise_std[i] * z.float()
+        return x.to(sample.dtype)
+
+
+class DPMSolverPlusPlus2M(Sampler):
+    """DPM-Solver++(2M), as diffusers' `DPMSolverMultistepScheduler.from_config(ddim_config)`.
+
+    In terms of sigma_i = sqrt((1 - alpha_bar) / alpha_bar) at step i, alpha_i = 1 / sqrt(1 + sigma_i^2),
+    sigma'_i = sigma_i alpha_i (the VP noise scale) and lambda_i = log(alpha_i / sigma'_i) (half the log-SNR):
+
+        x0_i  = (x_i - sigma'_i eps) / alpha_i                     (data prediction; v: alpha x - sigma' v)
+        h_i   = lambda_{i+1} - lambda_i,   r_i = h_{i-1} / h_i
+        D_i   = x0_i                                                first order (= DDIM, eta 0)
+        D_i   = x0_i + (x0_i - x0_{i-1}) / (2 r_i)                  second order ("midpoint")
+        x_{i+1} = (sigma'_{i+1} / sigma'_i) x_i + alpha_{i+1} (1 - exp(-h_i)) D_i
+
+    Parity details (diffusers 0.42; `from_config` of the DDIM config keeps its betas, prediction_type,
+    timestep_spacing and steps_offset, and takes DPM's defaults: algorithm_type "dpmsolver++",
+    solver_order 2, solver_type "midpoint", lower_order_final True, euler_at_final False,
+    final_sigmas_type "zero", lambda_min_clipped -inf):
+    - timesteps (N of them): "leading" k * (T // (N + 1)) + steps_offset for k = N .. 1; "trailing"
+      round(arange(T, 0, -T / N)) - 1; "linspace" round(linspace(0, T - 1, N + 1)) without its final 0.
+      sigma_i is the training sigma at timestep i; one more level, sigma = 0, ends the schedule.
+    - Karras: N levels (sigma_max^(1/7) + k/(N-1) (sigma_min^(1/7) - sigma_max^(1/7)))^7 between the
+      training extremes, then 0; each timestep is the level's position in the training log-sigma table,
+      interpolated linearly and rounded to an integer.
+    - the first step is first order (no history yet) and so is the last one (final sigma 0: it returns x0);
+      every other step is second order.
+    - the second-order correction is added as its own term, alpha_{i+1} (1 - e^{-h}) / 2 * (x0_i - x0_{i-1}) / r_i,
+      grouped as diffusers groups it (grouped as D_i above, a 50-step run drifted 1.0e-6 from diffusers).
+    - the update runs in float32; diffusers forms x0 in the sample's dtype (float16 in, float16 x0), here
+      x0 is float32 too. Coefficients are diffusers' float32 expressions, so float32 runs agree to rounding.
+    """
+
+    def __init__(self, config: SchedulerConfig, num_inference_steps: int, device=None):
+        total, n = config.num_train_timesteps, num_inference_steps
+        if not 1 <= n <= total:
+            raise ValueError(f"num_inference_steps must be in [1, {total}], got {n}")
+        self.prediction_type = config.prediction_type
+        alpha_bar = alphas_cumprod(config)
+        train_sigmas = ((1 - alpha_bar) / alpha_bar) ** 0.5  # (T,) float32, increasing with t
+
+        # timesteps, descending, and their noise levels
+        if config.use_karras_sigmas:
+            sigmas, timesteps = karras_schedule(train_sigmas, n)
+        else:
+            if config.timestep_spacing == "leading":
+                timesteps = np.arange(1, n + 1)[::-1] * (total // (n + 1)) + config.steps_offset
+            elif config.timestep_spacing == "trailing":
+                timesteps = np.arange(total, 0, -total / n).round() - 1
+            else:  # linspace
+                timesteps = np.linspace(0, total - 1, n + 1).round()[::-1][:-1]
+            timesteps = timesteps.astype(np.int64)
+            sigmas = train_sigmas[timesteps]
+        sigmas = torch.cat([sigmas, torch.zeros(1)])  # (N + 1,): the last step goes to sigma = 0
+        n = len(timesteps)
+
+        # the VP parametrisation of each level, and the log-SNR steps between them
+        alpha = 1 / (sigmas**2 + 1) ** 0.5  # (N + 1,)
+        sigma = sigmas * alpha
+        lam = torch.log(alpha) - torch.log(sigma)  # +inf at the final sigma = 0
+        h = lam[1:] - lam[:-1]  # (N,)
+        r = torch.cat([torch.ones(1), h[:-1] / h[1:]])  # (N,) r_i = h_{i-1} / h_i; unused at i = 0
+
+        self.order = [1 if i == 0 or i == n - 1 else 2 for i in range(n)]
+        second = torch.tensor(self.order) == 2
+        self.timesteps = torch.from_numpy(np.ascontiguousarray(timesteps))
+        self.alpha, self.sigma = alpha[:-1], sigma[:-1]  # at the step's own level, for x0
+        self.sample_coef = sigma[1:] / sigma[:-1]  # (N,)
+        self.denoised_coef = -(alpha[1:] * (torch.exp(-h) - 1.0))  # (N,) alpha_{i+1} (1 - e^{-h_i})
+        self.inverse_r = torch.where(second, 1 / r, torch.zeros(()))  # (N,) 1 / r_i, 0 where unused
+        self.previous_x0 = None
+        self.to(device if device is not None else "cpu")
+
+    def step(self, model_output, i: int, sample, generator=None):
+        x, out = sample.float(), model_output.float()
+        if self.prediction_type == "epsilon":
+            x0 = (x - self.sigma[i] * out) / self.alpha[i]
+        else:  # v_prediction
+            x0 = self.alpha[i] * x - self.sigma[i] * out
+        x_next = self.sample_coef[i] * x + self.denoised_coef[i] * x0  # first order: D = x0
+        if self.order[i] == 2:  # D = x0 + (x0 - x0_prev) / 2r, its correction added as a separate term
+            x_next = x_next + (0.5 * self.denoised_coef[i]) * (self.inverse_r[i] * (x0 - self.previous_x0))
+        self.previous_x0 = x0
+        return x_next.to(sample.dtype)
+
+
+def karras_schedule(train_sigmas: torch.Tensor, n: int):
+    """Karras et al.'s N noise levels between the training extremes (rho = 7), and their timesteps.
+
+    Returns (float32 sigmas (N,), int64 timesteps (N,)), as diffusers' `use_karras_sigmas=True`:
+    each level's timestep is its position in the training log-sigma table, linearly interpolated
+    between the two entries around it (clamped at the ends) and rounded half to even.
+    """
+    rho = 7.0
+    sigma_min, sigma_max = float(train_sigmas[0]), float(train_sigmas[-1])
+    ramp = np.linspace(0, 1, n)
+    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho  # float64
+
+    log_table = np.log(train_sigmas.numpy())  # (T,) float32, increasing
+    log_sigma = np.log(np.maximum(sigmas, 1e-10))  # (N,)
+    below = (log_table[:, None] <= log_sigma[None, :]).sum(axis=0) - 1  # last table entry <= each level
+    low = below.clip(0, len(log_table) - 2)
+    weight = ((log_table[low] - log_sigma) / (log_table[low] - log_table[low + 1])).clip(0, 1)
+    timesteps = ((1 - weight) * low + weight * (low + 1)).round().astype(np.int64)
+    return torch.from_numpy(sigmas.astype(np.float32)), timesteps
+
+
+SAMPLERS = {"ddim": DDIMSampler, "dpmsolver++": DPMSolverPlusPlus2M}
+
+
+def make_sampler(name: str, config: SchedulerConfig, num_inference_steps: int, device=None, eta: float = 0.0):
+    """A fresh sampler (it keeps per-run state) by name: "ddim" or "dpmsolver++"."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{name}'; choose from {sorted(SAMPLERS)}")
+    if name == "ddim":
+        return DDIMSampler(config, num_inference_steps, eta=eta, device=device)
+    if eta != 0:
+        raise ValueError("eta (fresh noise per step) is a DDIM option; DPM-Solver++(2M) is deterministic")
+    return DPMSolverPlusPlus2M(config, num_inference_steps, device=device)
