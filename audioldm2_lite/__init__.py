@@ -1,5 +1,9 @@
 """audioldm2_lite: a readable, parity-checked PyTorch reimplementation of AudioLDM 2 inference."""
 
 from .loading import CheckpointError, load_component, load_config, load_tokenizer, resolve_checkpoint
+from .pipeline import AudioLDM2Pipeline, AudioLDM2PipelineOutput
 
-__all__ = ["CheckpointError", "load_component", "load_config", "load_tokenizer", "resolve_checkpoint"]
+__all__ = [
+    "AudioLDM2Pipeline", "AudioLDM2PipelineOutput", "CheckpointError", "load_component", "load_config",
+    "load_tokenizer", "resolve_checkpoint",
+]

@@ -1,4 +1,4 @@
-"""CLAP, the contrastive text-audio model (hub component `text_encoder`): its text branch.
+"""CLAP, the contrastive text-audio model (hub component `text_encoder`): the text branch, and both together.
 
 In AudioLDM 2 the CLAP text tower turns each prompt into one 512-d unit vector in the joint
 text-audio space. That vector (with a mask of [1]) is the first part of the sequence the projection
@@ -9,9 +9,8 @@ The text tower is RoBERTa-base (12 post-norm layers, 768-d, 12 heads, exact GELU
 output (tanh of a dense layer on the first token, `<s>`) goes through a two-layer projection
 (Linear-ReLU-Linear) and is L2-normalised, as `transformers.ClapModel.get_text_features` does.
 
-The audio tower (`audio_model`, `audio_projection`, an HTSAT Swin transformer) lives in
-`clap_audio.py` and is attached to `ClapModel` there; until then its tensors are listed in
-`UNUSED_KEYS`.
+The audio tower (`audio_model`, `audio_projection`, an HTSAT Swin transformer) is written in
+`clap_audio.py`; `ClapModel` below holds both towers under the hub's names.
 
 References:
 - Wu et al., "Large-scale Contrastive Language-Audio Pretraining with Feature Fusion and
@@ -28,15 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import clap_audio
+
 # Attention through torch's fused scaled_dot_product_attention; False runs the explicit softmax(QK^T)V
 # below instead, for comparison and teaching.
 USE_SDPA = True
 
 # Hub tensors this module deliberately does not load.
 UNUSED_KEYS = (
-    # the audio tower and its projection: implemented in clap_audio.py and attached to ClapModel there
-    r"audio_model\..*",
-    r"audio_projection\..*",
+    # the audio tower's stored relative-position index tables (recomputed in its forward)
+    *clap_audio.UNUSED_KEYS,
     # temperatures of the contrastive training loss; inference only compares cosine similarities
     r"logit_scale_[at]",
     # stored index tables (arange and zeros): positions are computed from the padding in forward and
@@ -230,13 +230,20 @@ class Projection(nn.Module):
 
 
 class ClapModel(nn.Module):
-    """CLAP. Text branch here; `audio_model` and `audio_projection` are attached by clap_audio.py."""
+    """CLAP: the text tower (here) and the audio tower (clap_audio.py) into one joint space."""
 
     def __init__(self, config: ClapConfig):
         super().__init__()
         self.config = config
         self.text_model = TextModel(config)
         self.text_projection = Projection(config.hidden_size, config.projection_dim)
+        audio_config = clap_audio.ClapAudioConfig.from_hub(config.audio, config.projection_dim)
+        self.audio_model = clap_audio.ClapAudioModel(audio_config)
+        self.audio_projection = clap_audio.AudioProjection(audio_config)
+
+    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
+        """(B, 1, frames, mels) log-mel from audio_features.py -> (B, projection_dim) unit vectors."""
+        return clap_audio.get_audio_features(self.audio_model, self.audio_projection, input_features)
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids and mask (1 = token, 0 = padding) -> (B, projection_dim) unit vectors.

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .conditioning import TextConditioner
+from .audio_features import ClapFeatureConfig, clap_input_features
+from .clap_audio import rank_waveforms
+from .conditioning import TextConditioner, tokenize
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .samplers import SAMPLERS, SchedulerConfig, make_sampler
 
@@ -35,7 +37,7 @@ def default_device() -> torch.device:
 
 class AudioLDM2Pipeline:
     def __init__(self, conditioner: TextConditioner, unet, vae, vocoder, scheduler_config: SchedulerConfig,
-                 feature_config: dict, device="cpu", dtype=torch.float32, offload: bool = False):
+                 feature_config: ClapFeatureConfig, device="cpu", dtype=torch.float32, offload: bool = False):
         self.conditioner, self.unet, self.vae, self.vocoder = conditioner, unet, vae, vocoder
         self.scheduler_config, self.feature_config = scheduler_config, feature_config
         self.device, self.dtype, self.offload = torch.device(device), dtype, offload
@@ -61,7 +63,8 @@ class AudioLDM2Pipeline:
         conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype)
         return cls(
             conditioner, load("unet"), load("vae"), load("vocoder"),
-            SchedulerConfig.from_hub(load_config(root, "scheduler")), load_config(root, "feature_extractor"),
+            SchedulerConfig.from_hub(load_config(root, "scheduler")),
+            ClapFeatureConfig.from_hub(load_config(root, "feature_extractor")),
             device=device, dtype=dtype, offload=offload,
         )
 
@@ -175,7 +178,17 @@ class AudioLDM2Pipeline:
         return AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio)
 
     def rank_candidates(self, prompt, audio: torch.Tensor, num_waveforms_per_prompt: int) -> torch.Tensor:
-        raise NotImplementedError
+        """Each prompt's candidates sorted by CLAP audio-text cosine similarity, best first (see clap_audio.py)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        conditioner = self.conditioner
+        with self._running(conditioner):
+            features, _ = clap_input_features(audio.to(self.device), self.sampling_rate, self.feature_config)
+            audio_embeds = conditioner.clap.get_audio_features(features.to(self.dtype))  # (P * n, 512)
+            ids, mask = tokenize(conditioner.tokenizer, prompts, conditioner.tokenizer.model_max_length, False,
+                                 "the CLAP text encoder", self.device)
+            text_embeds = conditioner.clap.get_text_features(ids, mask)  # (P, 512)
+        order = rank_waveforms(audio_embeds.float(), text_embeds.float(), num_waveforms_per_prompt)
+        return audio[order.cpu()]
 
     def check_inputs(self, prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
                      scheduler, output_type):
