@@ -127,11 +127,14 @@ class ClapAudioConfig:
         last_channels = self.patch_embeds_hidden_size * 2 ** (len(self.depths) - 1)
         if last_channels != self.hidden_size:
             raise ValueError(f"CLAP audio hidden_size {self.hidden_size} != last stage's channels {last_channels}")
+        if len(self.num_attention_heads) != len(self.depths):
+            raise ValueError(f"CLAP audio: {len(self.depths)} stages but {len(self.num_attention_heads)} head counts")
         if self.spec_size % self.num_mel_bins or self.patch_size != self.patch_stride:
             raise ValueError("CLAP audio: spec_size must be a multiple of num_mel_bins, and patches must not overlap")
         for side in self.stage_resolutions():
             if side < self.window_size or side % self.window_size:
-                raise ValueError(f"CLAP audio: a {side} x {side} token grid does not tile into {self.window_size}-windows")
+                raise ValueError(f"CLAP audio: a {side} x {side} token grid does not tile into "
+                                 f"{self.window_size} x {self.window_size} windows")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +143,8 @@ class ClapAudioConfig:
 
 def relative_position_index(window: int, device=None) -> torch.Tensor:
     """(w*w, w*w) index into the (2w-1)^2-row bias table for each (query, key) pair of a window."""
-    rows, cols = torch.meshgrid(torch.arange(window, device=device), torch.arange(window, device=device), indexing="ij")
+    steps = torch.arange(window, device=device)
+    rows, cols = torch.meshgrid(steps, steps, indexing="ij")
     rows, cols = rows.flatten(), cols.flatten()  # (w*w,) position of each token, row-major
     d_row = rows[:, None] - rows[None, :] + window - 1  # (w*w, w*w) in [0, 2w-2]
     d_col = cols[:, None] - cols[None, :] + window - 1
@@ -211,8 +215,8 @@ class WindowAttention(nn.Module):
         """x (B*nW, N, C) tokens of each window (N = w*w); mask (nW, N, N) or None."""
         Bw, N, C = x.shape
         h = self.num_heads
-        q, k, v = (proj(x).view(Bw, N, h, C // h).transpose(1, 2) for proj in (self.self.query, self.self.key, self.self.value))
-        # (B*nW, h, N, C/h) each
+        projections = (self.self.query, self.self.key, self.self.value)
+        q, k, v = (proj(x).view(Bw, N, h, C // h).transpose(1, 2) for proj in projections)  # (B*nW, h, N, C/h) each
 
         # relative position bias, plus the shifted-window mask: one additive bias per (window, head, q, k)
         index = relative_position_index(self.window, device=x.device).flatten()

@@ -174,7 +174,8 @@ def test_front_end_from_16k_close_to_librosa_and_extractor():
 
     extractor = ClapFeatureExtractor.from_pretrained(str(OFFICIAL_FEATURES))
     config = ClapFeatureConfig.from_hub(json.loads((OFFICIAL_FEATURES / "preprocessor_config.json").read_text()))
-    audio = np.stack([test_signal(4.0, 16000), (0.3 * np.random.default_rng(1).standard_normal(64000)).astype(np.float32)])
+    noise = (0.3 * np.random.default_rng(1).standard_normal(64000)).astype(np.float32)
+    audio = np.stack([test_signal(4.0, 16000), noise])
     expected = extractor(list(librosa.resample(audio, orig_sr=16000, target_sr=48000)), sampling_rate=48000,
                          return_tensors="pt").input_features
     got, _ = clap_input_features(torch.from_numpy(audio), 16000, config)
