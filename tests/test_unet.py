@@ -70,7 +70,8 @@ def test_t5_padding_is_masked_and_both_sequences_are_read(tiny_checkpoint):
     t5_states = inputs["encoder_hidden_states_1"]
     with torch.no_grad():
         output = model(**inputs)
-        other_padding = dict(inputs, encoder_hidden_states_1=torch.where(padded[..., None], torch.randn_like(t5_states), t5_states))
+        new_padding = torch.where(padded[..., None], torch.randn_like(t5_states), t5_states)
+        other_padding = dict(inputs, encoder_hidden_states_1=new_padding)
         unmasked = model(**dict(inputs, encoder_attention_mask_1=None))
         other_gpt2 = model(**dict(inputs, encoder_hidden_states=torch.randn_like(inputs["encoder_hidden_states"])))
         other_t5 = model(**dict(inputs, encoder_hidden_states_1=torch.randn_like(t5_states)))
@@ -110,29 +111,32 @@ def test_sdpa_matches_explicit_math(tiny_checkpoint, monkeypatch):
     assert max_rel_error(explicit, fused) <= 1e-5
 
 
-def test_bfloat16_stays_finite_and_close(tiny_checkpoint):
+# bfloat16 keeps 8 significant bits (step 2^-8 = 4e-3), float16 11 (5e-4); through ~40 layers of rounding the
+# measured errors are 9e-3 and 1.3e-3: three times that allows for other CPUs' kernels
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+def test_half_precision_stays_finite_and_close(tiny_checkpoint, dtype, tolerance):
     inputs = unet_inputs(config_of(tiny_checkpoint), 16)
-    half_inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    half_inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
     with torch.no_grad():
         reference = load_component(tiny_checkpoint, "unet")(**inputs)
-        half = load_component(tiny_checkpoint, "unet", dtype=torch.bfloat16)(**half_inputs)
-    assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
-    # bfloat16 keeps 8 significant bits (relative step 2^-8 = 4e-3); ~50 layers of rounding add up to a few times that
-    assert max_rel_error(half, reference) <= 5e-2
+        half = load_component(tiny_checkpoint, "unet", dtype=dtype)(**half_inputs)
+    assert half.dtype == dtype and torch.isfinite(half).all()
+    assert max_rel_error(half, reference) <= tolerance
 
 
 def test_forward_compiles_without_graph_breaks():
     """fullgraph=True refuses graph breaks: no Python work on tensor values (CUDA-graph and compile friendly)."""
     # a two-level UNet keeps tracing fast and still takes every path: self / GPT-2 / T5 attention, odd sizes
     config = unet.UNetConfig(
-        in_channels=4, out_channels=4, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1, cross_attention_dim=((None, 6, 10),) * 2,
-        num_heads=2, norm_num_groups=4,
+        in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1, num_heads=2, norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=((None, 6, 10),) * 2,
     )
     model = unet.UNet(config).eval()
     inputs = dict(
         sample=torch.randn(2, 4, 7, 16), timestep=torch.tensor(10), encoder_hidden_states=torch.randn(2, 8, 6),
-        encoder_hidden_states_1=torch.randn(2, 5, 10), encoder_attention_mask_1=torch.tensor([[1] * 5, [1, 1, 0, 0, 0]]),
+        encoder_hidden_states_1=torch.randn(2, 5, 10),
+        encoder_attention_mask_1=torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]),
     )
     with torch.no_grad():
         compiled = torch.compile(model, backend="eager", fullgraph=True)(**inputs)
