@@ -1,0 +1,415 @@
+"""The VAE: between the diffusion latent and the log-mel spectrogram.
+
+AudioLDM 2 denoises in the latent space of a KL-regularised autoencoder (Rombach et al. 2022,
+"High-Resolution Image Synthesis with Latent Diffusion Models", sec. 3; AudioLDM, Liu et al. 2023,
+sec. 2.2) trained on log-mel spectrograms seen as one-channel images:
+
+    log-mel (B, 1, T, 64) --encoder--> posterior N(mean, exp(logvar)) over z (B, 8, T/4, 16)
+    z (B, 8, T/4, 16) --decoder--> log-mel (B, 1, T, 64) --(vocoder.py)--> waveform
+
+The pipeline only decodes: `decode(latents / config.scaling_factor)`, the factor that brought the
+latents to unit variance during training (read from each checkpoint's config). The encoder is here for
+audio-to-audio work and for testing.
+
+The decoder: post_quant_conv (1x1), conv_in, a mid block (resnet, single-head self-attention over all
+T/4 x 16 positions, resnet), three up blocks (resnets, then nearest x2 upsampling and a conv, except
+the last), GroupNorm, SiLU, conv_out. The encoder mirrors it with strided convs and ends in
+quant_conv, whose 2 x 8 channels are the posterior's mean and log-variance.
+
+Parity with diffusers' `AutoencoderKL` (same names, so its checkpoints load strictly):
+- every GroupNorm has eps 1e-6; resnets have no time embedding and an output scale of 1;
+- the encoder's downsampling pads right and bottom by one (not symmetrically) before a stride-2 conv;
+- the attention is one head of width C, softmax scale 1/sqrt(C), residual added after `to_out.0`;
+- log-variance is clamped to [-30, 20] before use.
+
+Long audio: `decode(latents, chunk_frames=...)` runs the up path in overlapping chunks of the time
+axis (see `AutoencoderKL.decode` for what is exact and what is approximate there).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GROUP_NORM_EPS = 1e-6
+
+
+@dataclass
+class VAEConfig:
+    in_channels: int = 1  # log-mel as a one-channel image
+    out_channels: int = 1
+    latent_channels: int = 8
+    block_out_channels: tuple[int, ...] = (128, 256, 512)  # each level after the first halves T and F
+    layers_per_block: int = 2  # encoder resnets per level; the decoder has one more
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.4110932946205139  # latents were divided by 1/this to reach unit variance
+
+    @classmethod
+    def from_hub(cls, config: dict) -> "VAEConfig":
+        """From diffusers' AutoencoderKL config.json; rejects variants this file does not implement."""
+        blocks = len(config["block_out_channels"])
+        unsupported = {
+            "act_fn": (config.get("act_fn", "silu"), "silu"),
+            "down_block_types": (tuple(config.get("down_block_types", ())), ("DownEncoderBlock2D",) * blocks),
+            "up_block_types": (tuple(config.get("up_block_types", ())), ("UpDecoderBlock2D",) * blocks),
+            "mid_block_add_attention": (config.get("mid_block_add_attention", True), True),
+            "use_quant_conv": (config.get("use_quant_conv", True), True),
+            "use_post_quant_conv": (config.get("use_post_quant_conv", True), True),
+            "latents_mean": (config.get("latents_mean"), None),
+            "shift_factor": (config.get("shift_factor"), None),
+        }
+        for field, (found, supported) in unsupported.items():
+            if found != supported:
+                raise ValueError(f"VAE config field {field}={found!r} is not supported (only {supported!r})")
+        return cls(
+            in_channels=config["in_channels"],
+            out_channels=config["out_channels"],
+            latent_channels=config["latent_channels"],
+            block_out_channels=tuple(config["block_out_channels"]),
+            layers_per_block=config["layers_per_block"],
+            norm_num_groups=config["norm_num_groups"],
+            scaling_factor=config["scaling_factor"],
+        )
+
+
+# Hub checkpoints saved by diffusers before 0.15 name the attention projections differently;
+# diffusers renames them on load, and so do we.
+LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def convert_hub_state_dict(state_dict: dict, config: VAEConfig) -> dict:
+    """Rename legacy attention keys (`...attentions.0.query.weight` -> `...attentions.0.to_q.weight`)."""
+    legacy = re.compile(r"(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)")
+    converted = {}
+    for key, tensor in state_dict.items():
+        match = legacy.fullmatch(key)
+        if match:
+            prefix, name, kind = match.groups()
+            key = f"{prefix}.{LEGACY_ATTENTION_NAMES[name]}.{kind}"
+        converted[key] = tensor
+    return converted
+
+
+def silu_(x: torch.Tensor) -> torch.Tensor:
+    """SiLU, in place when no gradient flows through x (saves one full-size tensor per layer)."""
+    return F.silu(x, inplace=not x.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------------
+# GroupNorm over a whole input seen in windows
+
+
+class StatisticsGathered(Exception):
+    """Raised inside a window's forward once it has added its share to the next GroupNorm's statistics."""
+
+
+class WholeInputStatistics:
+    """Exact GroupNorm statistics of the whole input, gathered one GroupNorm at a time, window by window.
+
+    A GroupNorm normalises each group of channels with its mean and variance over the whole time axis,
+    so a window cannot be normalised on its own. Each sweep over the windows normalises the GroupNorms
+    whose whole-input statistics are already known, and at the first one that is not, adds the window's
+    kept frames to its mean and variance (Chan et al.'s pairwise combination) and stops that window
+    (`StatisticsGathered`). With N GroupNorms, sweep N + 1 runs every window to the end.
+    """
+
+    def __init__(self):
+        self.known: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, 1/std, each (B, G)
+        self.gathering: tuple[nn.GroupNorm, int, torch.Tensor, torch.Tensor] | None = None  # norm, count, mean, M2
+        self.window = (0, 0, 1)  # (first kept frame, end of kept frames, window length), in latent frames
+
+    def normalize(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        batch, groups = x.shape[0], norm.num_groups
+        if norm in self.known:
+            mean, inv_std = (t[..., None].to(x.dtype) for t in self.known[norm])  # (B, G, 1)
+            normalized = ((x.reshape(batch, groups, -1) - mean) * inv_std).reshape(x.shape)  # (B, C, H, W)
+            return normalized * norm.weight[:, None, None] + norm.bias[:, None, None]
+        # add the kept frames' moments (B, G); x has `scale` rows per latent frame
+        start, stop, length = self.window
+        scale = x.shape[2] // length
+        kept = x[:, :, start * scale:stop * scale].reshape(batch, groups, -1)  # (B, G, N)
+        kept = kept.to(torch.promote_types(x.dtype, torch.float32))
+        count, mean = kept.shape[-1], kept.mean(dim=-1)
+        m2 = (kept - mean[..., None]).square().sum(dim=-1)
+        if self.gathering is not None:
+            _, total, old_mean, old_m2 = self.gathering
+            delta = mean - old_mean
+            mean = old_mean + delta * (count / (total + count))
+            m2 = old_m2 + m2 + delta.square() * (total * count / (total + count))
+            count += total
+        self.gathering = (norm, count, mean, m2)
+        raise StatisticsGathered
+
+    def finish_sweep(self) -> bool:
+        """Make the statistics gathered in this sweep known; False if the sweep gathered none (it was the last)."""
+        if self.gathering is None:
+            return False
+        norm, count, mean, m2 = self.gathering
+        self.known[norm] = (mean, torch.rsqrt(m2 / count + norm.eps))  # biased variance, as F.group_norm
+        self.gathering = None
+        return True
+
+
+def group_norm(norm: nn.GroupNorm, x: torch.Tensor, stats: WholeInputStatistics | None) -> torch.Tensor:
+    return norm(x) if stats is None else stats.normalize(norm, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocks
+
+
+class ResnetBlock(nn.Module):
+    """x + conv(SiLU(norm(conv(SiLU(norm(x)))))), with a 1x1 conv on x when the width changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=GROUP_NORM_EPS)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=GROUP_NORM_EPS)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor, stats: "WholeInputStatistics | None" = None) -> torch.Tensor:
+        h = self.conv1(silu_(group_norm(self.norm1, x, stats)))
+        h = self.conv2(silu_(group_norm(self.norm2, h, stats)))
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        h += shortcut  # in place: h is a fresh conv output, and an addition's gradient needs neither input
+        return h
+
+
+class SelfAttention(nn.Module):
+    """One head of self-attention over every (time, frequency) position, GroupNorm first, residual after."""
+
+    use_sdpa = True  # False: the explicit softmax(q k^T / sqrt(C)) v, for comparison and teaching
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.group_norm = nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])  # hub name `to_out.0`
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)  # (B, H*W, C) each, one head of width C
+        if self.use_sdpa:
+            h = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = q @ k.transpose(1, 2) / math.sqrt(channels)  # (B, H*W, H*W)
+            h = scores.float().softmax(dim=-1).to(v.dtype) @ v
+        h = self.to_out[0](h)  # (B, H*W, C)
+        h = h.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, H, W)
+        return x + h
+
+
+class MidBlock(nn.Module):
+    """resnet, attention, resnet at the lowest resolution."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups) for _ in range(2)])
+        self.attentions = nn.ModuleList([SelfAttention(channels, groups)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.resnets[0](x)
+        x = self.attentions[0](x)
+        return self.resnets[1](x)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv after padding one row and column on the far side only (diffusers' padding=0)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
+
+
+class DownBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, downsample: bool):
+        super().__init__()
+        widths = [in_channels] + [out_channels] * num_layers
+        self.resnets = nn.ModuleList([ResnetBlock(widths[i], widths[i + 1], groups) for i in range(num_layers)])
+        self.downsamplers = nn.ModuleList([Downsample(out_channels)]) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        return x if self.downsamplers is None else self.downsamplers[0](x)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, upsample: bool):
+        super().__init__()
+        widths = [in_channels] + [out_channels] * num_layers
+        self.resnets = nn.ModuleList([ResnetBlock(widths[i], widths[i + 1], groups) for i in range(num_layers)])
+        self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if upsample else None
+
+    def forward(self, x: torch.Tensor, stats: "WholeInputStatistics | None" = None) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x, stats)
+        return x if self.upsamplers is None else self.upsamplers[0](x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder and decoder
+
+
+class Encoder(nn.Module):
+    """log-mel (B, 1, T, 64) -> posterior parameters before quant_conv (B, 2 * latent, T/4, 16)."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        widths, groups = config.block_out_channels, config.norm_num_groups
+        self.conv_in = nn.Conv2d(config.in_channels, widths[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList([
+            DownBlock(widths[max(i - 1, 0)], widths[i], config.layers_per_block, groups, downsample=i < len(widths) - 1)
+            for i in range(len(widths))
+        ])
+        self.mid_block = MidBlock(widths[-1], groups)
+        self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=GROUP_NORM_EPS)
+        self.conv_out = nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(mel)  # (B, 128, T, 64)
+        for block in self.down_blocks:
+            x = block(x)  # (B, 512, T/4, 16) after the last
+        x = self.mid_block(x)
+        return self.conv_out(silu_(self.conv_norm_out(x)))  # (B, 16, T/4, 16)
+
+
+class Decoder(nn.Module):
+    """z (B, latent, T/4, 16) -> log-mel (B, 1, T, 64), in two halves so the up path can run in chunks."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        widths, groups = config.block_out_channels[::-1], config.norm_num_groups  # (512, 256, 128)
+        self.conv_in = nn.Conv2d(config.latent_channels, widths[0], 3, padding=1)
+        self.mid_block = MidBlock(widths[0], groups)
+        self.up_blocks = nn.ModuleList([
+            UpBlock(widths[max(i - 1, 0)], widths[i], config.layers_per_block + 1, groups, upsample=i < len(widths) - 1)
+            for i in range(len(widths))
+        ])
+        self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=GROUP_NORM_EPS)
+        self.conv_out = nn.Conv2d(widths[-1], config.out_channels, 3, padding=1)
+
+    def lowest_resolution(self, z: torch.Tensor) -> torch.Tensor:
+        """conv_in and the mid block: (B, latent, T/4, 16) -> (B, 512, T/4, 16); attention sees all of it."""
+        return self.mid_block(self.conv_in(z))
+
+    def up_path(self, x: torch.Tensor, stats: "WholeInputStatistics | None" = None) -> torch.Tensor:
+        """(B, 512, T/4, 16) -> (B, 1, T, 64): convolutions and GroupNorms only."""
+        for block in self.up_blocks:
+            x = block(x, stats)  # (B, 512, T/2, 32), (B, 256, T, 64), (B, 128, T, 64)
+        return self.conv_out(silu_(group_norm(self.conv_norm_out, x, stats)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.up_path(self.lowest_resolution(z))
+
+
+# ----------------------------------------------------------------------------------------------
+# The autoencoder
+
+
+def up_path_receptive_field(config: VAEConfig) -> int:
+    """Latent frames on either side that the decoder's up path convolutions reach (12 for the official config).
+
+    Every conv is 3x3 (one row each side): per up block, two per resnet at the block's resolution,
+    then the upsampling conv at twice that resolution; conv_out at the final resolution.
+    """
+    rows, rows_per_latent_frame = 0.0, 1
+    for level in range(len(config.block_out_channels)):
+        rows += 2 * (config.layers_per_block + 1) / rows_per_latent_frame  # the block's resnets
+        if level < len(config.block_out_channels) - 1:
+            rows_per_latent_frame *= 2
+            rows += 1 / rows_per_latent_frame  # the upsampling conv
+    rows += 1 / rows_per_latent_frame  # conv_out
+    return math.ceil(rows)
+
+
+class AutoencoderKL(nn.Module):
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        latent = config.latent_channels
+        self.encoder = Encoder(config)
+        self.quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1)
+        self.post_quant_conv = nn.Conv2d(latent, latent, 1)
+        self.decoder = Decoder(config)
+
+    @property
+    def upsampling_factor(self) -> int:
+        """Mel frames (and mel bins) per latent frame (bin): 4."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def encode_distribution(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log-mel (B, 1, T, 64) -> posterior (mean, logvar), each (B, 8, T/4, 16).
+
+        A sample is `mean + exp(logvar / 2) * noise`; the diffusion model sees `sample * scaling_factor`.
+        """
+        moments = self.quant_conv(self.encoder(mel))  # (B, 16, T/4, 16)
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """log-mel (B, 1, T, 64) -> posterior mean (B, 8, T/4, 16), not yet multiplied by scaling_factor."""
+        return self.encode_distribution(mel)[0]
+
+    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap: int | None = None) -> torch.Tensor:
+        """Latents already divided by `scaling_factor` (B, 8, T/4, 16) -> log-mel (B, 1, T, 64).
+
+        With `chunk_frames` (latent frames; 4 mel frames each), the up path runs on windows of
+        `chunk_frames + 2 * overlap` latent frames and keeps each window's middle `chunk_frames`, so
+        the full-resolution activations exist for one window at a time. It matches one pass:
+        - the mid block, whose attention spans the whole T/4 x 16 map, runs once on the whole latent
+          (cheap at that resolution);
+        - the up path's convolutions reach `up_path_receptive_field(config)` latent frames to either
+          side (12 for the official config), the default `overlap`, which makes them exact;
+        - its GroupNorms need their statistics over the whole input, which `WholeInputStatistics`
+          gathers one GroupNorm per sweep over the windows, each sweep stopping at that GroupNorm.
+        The price is compute: about 10 runs of the up path for the official model (19 GroupNorms,
+        most of the cost at full resolution), so use it when memory, not time, is what runs out.
+        Eager mode only (Python control flow per window).
+        """
+        x = self.decoder.lowest_resolution(self.post_quant_conv(latents))  # (B, 512, T/4, 16)
+        if chunk_frames is None:
+            return self.decoder.up_path(x)
+        frames, factor = x.shape[2], self.upsampling_factor
+        overlap = up_path_receptive_field(self.config) if overlap is None else overlap
+        stats = WholeInputStatistics()
+        while True:
+            pieces = []
+            for start in range(0, frames, chunk_frames):
+                stop = min(start + chunk_frames, frames)
+                window_start, window_stop = max(start - overlap, 0), min(stop + overlap, frames)
+                stats.window = (start - window_start, stop - window_start, window_stop - window_start)
+                try:
+                    mel = self.decoder.up_path(x[:, :, window_start:window_stop], stats)  # (B, 1, 4 * window, 64)
+                except StatisticsGathered:
+                    continue
+                pieces.append(mel[:, :, (start - window_start) * factor:(stop - window_start) * factor])
+            if not stats.finish_sweep():
+                return torch.cat(pieces, dim=2)  # (B, 1, T, 64)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decode(latents)

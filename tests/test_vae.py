@@ -1,0 +1,140 @@
+"""Parity of audioldm2_lite.vae with diffusers' AutoencoderKL, and its chunked decoding."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+
+import pytest
+import torch
+from reference import max_rel_error
+
+from audioldm2_lite import load_component
+from audioldm2_lite.vae import SelfAttention, VAEConfig, up_path_receptive_field
+
+
+def reference_vae(checkpoint):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(f"{checkpoint}/vae").eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_vaes(tiny_checkpoint):
+    return load_component(tiny_checkpoint, "vae"), reference_vae(tiny_checkpoint)
+
+
+def uneven_latent(batch, channels, frames, bins, dtype=torch.float32):
+    """A latent whose loudness changes along time: quiet, then shifted, then plain noise.
+
+    Per-window GroupNorm statistics would differ strongly between its parts, so chunked decoding only
+    matches one pass if it uses the whole input's statistics.
+    """
+    latent = torch.randn(batch, channels, frames, bins, dtype=dtype)
+    latent[:, :, : frames * 2 // 5] *= 0.1
+    latent[:, :, frames * 2 // 5: frames * 2 // 3] += 1.0
+    return latent
+
+
+@pytest.mark.parametrize("use_sdpa", [True, False])
+@torch.no_grad()
+def test_decode_matches_diffusers(tiny_vaes, use_sdpa, monkeypatch):
+    ours, reference = tiny_vaes
+    monkeypatch.setattr(SelfAttention, "use_sdpa", use_sdpa)
+    latents = torch.randn(2, 4, 24, 16)  # (B, latent channels, T/4, 16); the tiny VAE has 4 latent channels
+    mel = ours.decode(latents)
+    assert mel.shape == (2, 1, 96, 64)
+    # same layers in the same order (explicit attention: another softmax summation order): float32 rounding
+    assert max_rel_error(mel, reference.decode(latents).sample) <= 1e-5
+
+
+@torch.no_grad()
+def test_encode_matches_diffusers(tiny_vaes):
+    ours, reference = tiny_vaes
+    mel = torch.randn(2, 1, 96, 64)
+    mean, logvar = ours.encode_distribution(mel)
+    posterior = reference.encode(mel).latent_dist
+    assert mean.shape == (2, 4, 24, 16)
+    assert max_rel_error(mean, posterior.mean) <= 1e-5  # float32 rounding only
+    assert max_rel_error(logvar, posterior.logvar) <= 1e-5
+    assert torch.equal(ours.encode(mel), mean)
+
+
+def test_config_reads_every_official_checkpoint():
+    from conftest import CONFIGS
+
+    for folder in sorted(CONFIGS.glob("*/vae")):
+        hub = json.loads((folder / "config.json").read_text())
+        config = VAEConfig.from_hub(hub)
+        assert config.scaling_factor == hub["scaling_factor"]  # per checkpoint; the pipeline divides by it
+        assert config.latent_channels == 8 and config.block_out_channels == (128, 256, 512)
+        assert up_path_receptive_field(config) == 12
+
+
+@torch.no_grad()
+def test_legacy_attention_names_load(tiny_checkpoint, tiny_vaes, tmp_path):
+    """Checkpoints from diffusers < 0.15 name the attention query/key/value/proj_attn."""
+    from safetensors.torch import load_file, save_file
+
+    _, reference = tiny_vaes
+    (tmp_path / "vae").mkdir()
+    shutil.copy(tiny_checkpoint / "model_index.json", tmp_path)
+    shutil.copy(tiny_checkpoint / "vae" / "config.json", tmp_path / "vae")
+    state = load_file(str(tiny_checkpoint / "vae" / "diffusion_pytorch_model.safetensors"))
+    legacy = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    renamed = {}
+    for key, tensor in state.items():
+        for new, old in legacy.items():
+            key = key.replace(f".attentions.0.{new}.", f".attentions.0.{old}.")
+        renamed[key] = tensor
+    assert any(".query." in key for key in renamed)
+    save_file(renamed, str(tmp_path / "vae" / "diffusion_pytorch_model.safetensors"))
+    ours = load_component(tmp_path, "vae")
+    latents = torch.randn(1, 4, 8, 16)
+    assert max_rel_error(ours.decode(latents), reference.decode(latents).sample) <= 1e-5  # float32 rounding
+
+
+@torch.no_grad()
+def test_chunked_decode_30_seconds_matches_one_pass(tiny_checkpoint):
+    """30 s (750 latent frames, 3000 mel frames) in 3 chunks, on a latent whose loudness changes.
+
+    Tiny VAE: the full-size decoder needs minutes of 2-core CPU for 30 s (and the chunked path about
+    ten up-path runs more), far over the slow-test budget; the full-size test below uses 2 s.
+    """
+    ours = load_component(tiny_checkpoint, "vae")
+    latents = uneven_latent(1, 4, 750, 16)
+    one_pass, chunked = ours.decode(latents), ours.decode(latents, chunk_frames=256)
+    # The attention runs on the whole latent and the overlap covers the convolutions' reach, and the
+    # GroupNorms use whole-input statistics: what remains is float32 rounding in the windows' different
+    # summation orders (measured 1.5e-6).
+    assert max_rel_error(chunked, one_pass) <= 1e-5
+
+
+@torch.no_grad()
+def test_chunked_decode_is_exact_in_float64(tiny_checkpoint):
+    ours = load_component(tiny_checkpoint, "vae", dtype=torch.float64)
+    latents = uneven_latent(1, 4, 120, 16, dtype=torch.float64)
+    one_pass = ours.decode(latents)
+    assert max_rel_error(ours.decode(latents, chunk_frames=40), one_pass) <= 1e-12  # float64 rounding only
+    # the test can fail: less overlap than the convolutions' reach shows at the seams
+    assert up_path_receptive_field(ours.config) == 8
+    assert max_rel_error(ours.decode(latents, chunk_frames=40, overlap=4), one_pass) > 1e-3
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_full_size_matches_diffusers_and_chunks(full_checkpoint):
+    """Official sizes, random weights, 2 s of audio (50 latent frames): decode, encode, chunked decode."""
+    checkpoint = full_checkpoint("audioldm2", ["vae"])
+    ours, reference = load_component(checkpoint, "vae"), reference_vae(checkpoint)
+    latents = uneven_latent(1, 8, 50, 16)
+    mel = ours.decode(latents)
+    assert mel.shape == (1, 1, 200, 64)
+    assert max_rel_error(mel, reference.decode(latents).sample) <= 1e-5  # float32 rounding only
+    mean = ours.encode(mel)
+    assert max_rel_error(mean, reference.encode(mel).latent_dist.mean) <= 1e-5
+    del reference
+    gc.collect()
+    # two chunks of 25 latent frames, overlap 12: float32 rounding only
+    assert max_rel_error(ours.decode(latents, chunk_frames=25), mel) <= 1e-5
