@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Attention through torch's fused scaled_dot_product_attention; False runs the explicit softmax(QK^T)V
+# below instead, for comparison and teaching.
+USE_SDPA = True
 
 @dataclass
 class GPT2Config:
@@ -85,8 +88,6 @@ def gelu_new(x: torch.Tensor) -> torch.Tensor:
 
 
 class SelfAttention(nn.Module):
-    use_sdpa = True  # False: the explicit softmax(q k^T / sqrt(d)) v, for comparison and teaching
-
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
@@ -106,7 +107,7 @@ class SelfAttention(nn.Module):
         keys, values = cache
         keys.index_copy_(2, positions, k)  # (B, H, S, D/H)
         values.index_copy_(2, positions, v)
-        if self.use_sdpa:
+        if USE_SDPA:
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
         else:
             scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
