@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None,
                         help="denoising steps (default: 200 for ddim, 20 for dpmsolver++)")
     parser.add_argument("--scheduler", default="ddim", help="ddim (the checkpoint's default) or dpmsolver++")
+    parser.add_argument("--karras", action="store_true",
+                        help="dpmsolver++ on Karras noise levels (often better at few steps)")
     parser.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance scale (default: 3.5)")
     parser.add_argument("--candidates", type=int, default=1,
                         help="waveforms to generate; they are ranked by CLAP similarity to the prompt (default: 1)")
@@ -52,6 +54,8 @@ def check_arguments(args, parser) -> None:
         parser.error(f"--steps must be at least 1, got {args.steps}")
     if args.scheduler not in SAMPLERS:
         parser.error(f"unknown --scheduler '{args.scheduler}'; choose from {', '.join(SAMPLERS)}")
+    if args.karras and args.scheduler != "dpmsolver++":
+        parser.error("--karras applies to --scheduler dpmsolver++ only")
     if args.candidates < 1:
         parser.error(f"--candidates must be at least 1, got {args.candidates}")
     suffix = Path(args.output).suffix.lower()
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
         result = pipe(
             args.prompt, negative_prompt=args.negative_prompt, audio_length_in_s=args.seconds,
             num_inference_steps=steps, guidance_scale=args.guidance, num_waveforms_per_prompt=args.candidates,
-            scheduler=args.scheduler, generator=generator, progress=True,
+            scheduler=args.scheduler, karras_sigmas=args.karras, generator=generator, progress=True,
         )
         audios = result.audios if args.all else result.audios[:1]  # ranked best first
         for path, audio in zip(output_paths(args.output, len(audios)), audios):

@@ -13,6 +13,7 @@ guidance, batching and candidate ranking live here, not in the models.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import torch
 from .audio_features import ClapFeatureConfig, clap_input_features
 from .clap_audio import rank_waveforms
 from .conditioning import TextConditioner, tokenize
+from .cuda_graphs import CUDAGraphed
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .samplers import SAMPLERS, SchedulerConfig, make_sampler
 
@@ -60,13 +62,42 @@ class AudioLDM2Pipeline:
         def load(name):
             return load_component(root, name, dtype=dtype, device=home)
 
-        conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype)
+        # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
+        # masked, so the features agree to float rounding, at a fraction of the cost
+        conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, clap_pad_to_max_length=False)
         return cls(
             conditioner, load("unet"), load("vae"), load("vocoder"),
             SchedulerConfig.from_hub(load_config(root, "scheduler")),
             ClapFeatureConfig.from_hub(load_config(root, "feature_extractor")),
             device=device, dtype=dtype, offload=offload,
         )
+
+    def optimize(self, compile: bool = False, cuda_graphs: bool = True) -> "AudioLDM2Pipeline":
+        """Speed options for CUDA; results stay within float rounding of the eager pipeline.
+
+        - `cuda_graphs`: every stage (CLAP text, T5, GPT-2 generation, the guided UNet call, VAE decoder,
+          vocoder) is captured as a CUDA graph on first use for each shape and replayed afterwards
+          (cuda_graphs.py). Eager launches cost more CPU time than the GPU work they start.
+        - `compile`: torch.compile the UNet, the VAE decoder and the vocoder first (fused kernels); the
+          first call per audio length compiles, for minutes.
+        Not with `offload`: a graph keeps the addresses of the weights it was captured with.
+        """
+        if compile:
+            self.unet = torch.compile(self.unet, fullgraph=True, dynamic=False)
+            self.vae.decode = torch.compile(self.vae.decode, dynamic=False)
+            self.vocoder.vocode = torch.compile(self.vocoder.vocode, dynamic=False)
+        if cuda_graphs and self.device.type == "cuda":
+            if self.offload:
+                raise ValueError("cuda_graphs and offload do not combine: graphs pin the weights' addresses")
+            pool = torch.cuda.graph_pool_handle()  # graphs replay one at a time and return copies: one pool
+            c = self.conditioner
+            c.clap.get_text_features = CUDAGraphed(c.clap.get_text_features, pool)
+            c.t5.forward = CUDAGraphed(c.t5.forward, pool)
+            c.gpt2.generate = CUDAGraphed(c.gpt2.generate, pool)
+            self.predict_noise = CUDAGraphed(self.predict_noise, pool)
+            self.vae.decode = CUDAGraphed(self.vae.decode, pool)
+            self.vocoder.forward = CUDAGraphed(self.vocoder.forward, pool)
+        return self
 
     @contextlib.contextmanager
     def _running(self, *modules):
@@ -112,21 +143,31 @@ class AudioLDM2Pipeline:
         return latents.to(self.device, self.dtype)
 
     def generate_latents(self, latents, conditioning, num_inference_steps=200, guidance_scale=3.5,
-                         scheduler="ddim", eta=0.0, generator=None):
-        """Denoise `latents`, yielding (timestep, latent) after every step."""
+                         scheduler="ddim", eta=0.0, generator=None, karras_sigmas=False):
+        """Denoise `latents`, yielding (timestep, latent) after every step.
+
+        `karras_sigmas` puts DPM-Solver++'s steps on Karras et al.'s noise levels (diffusers'
+        `use_karras_sigmas=True`), often better at few steps.
+        """
         generated, t5_states, t5_mask = conditioning
-        guided = guidance_scale > 1.0
-        sampler = make_sampler(scheduler, self.scheduler_config, num_inference_steps, device=self.device, eta=eta)
+        config = dataclasses.replace(self.scheduler_config, use_karras_sigmas=karras_sigmas)
+        sampler = make_sampler(scheduler, config, num_inference_steps, device=self.device, eta=eta)
         latents = latents * sampler.init_noise_sigma
         with self._running(self.unet):
             for i, t in enumerate(sampler.timesteps):
-                model_input = torch.cat([latents, latents]) if guided else latents  # (2B, 8, T/4, 16)
-                noise = self.unet(model_input, t, generated, t5_states, t5_mask)
-                if guided:  # classifier-free guidance: one batched call, then extrapolate from uncond to cond
-                    uncond, cond = noise.chunk(2)
-                    noise = uncond + guidance_scale * (cond - uncond)
+                noise = self.predict_noise(latents, t, generated, t5_states, t5_mask, guidance_scale)
                 latents = sampler.step(noise, i, latents, generator=generator)
                 yield t, latents
+
+    def predict_noise(self, latents, t, generated, t5_states, t5_mask, guidance_scale: float) -> torch.Tensor:
+        """The UNet's noise prediction for `latents` at timestep `t`, with classifier-free guidance."""
+        guided = guidance_scale > 1.0
+        model_input = torch.cat([latents, latents]) if guided else latents  # (2B, 8, T/4, 16): [uncond, cond]
+        noise = self.unet(model_input, t, generated, t5_states, t5_mask)
+        if guided:  # one batched call, then extrapolate from the unconditional towards the conditional
+            uncond, cond = noise.chunk(2)
+            noise = uncond + guidance_scale * (cond - uncond)
+        return noise
 
     def decode(self, latents: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
         """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU."""
@@ -145,7 +186,8 @@ class AudioLDM2Pipeline:
                  prompt_embeds=None, negative_prompt_embeds=None, generated_prompt_embeds=None,
                  negative_generated_prompt_embeds=None, attention_mask=None, negative_attention_mask=None,
                  max_new_tokens: int | None = None, output_type: str = "np", callback=None,
-                 callback_steps: int = 1, scheduler: str = "ddim", progress: bool = False) -> AudioLDM2PipelineOutput:
+                 callback_steps: int = 1, scheduler: str = "ddim", karras_sigmas: bool = False,
+                 progress: bool = False) -> AudioLDM2PipelineOutput:
         if audio_length_in_s is None:  # the UNet's training size: 10.24 s
             audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate
         self.check_inputs(prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
@@ -161,7 +203,8 @@ class AudioLDM2Pipeline:
         frames, num_samples = self.latent_frames(audio_length_in_s)
         latents = self.prepare_latents(batch, frames, generator, latents)
 
-        steps = self.generate_latents(latents, conditioning, num_inference_steps, guidance_scale, scheduler, eta, generator)
+        steps = self.generate_latents(latents, conditioning, num_inference_steps, guidance_scale, scheduler, eta,
+                                      generator, karras_sigmas)
         if progress:
             from tqdm.auto import tqdm
 

@@ -24,22 +24,27 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a clone without installing
 PROMPT, NEGATIVE = "techno music with a strong bass line and hand claps", "low quality, noise"
 
 
-def stage_modules(side: str, pipe) -> dict:
-    """The modules whose forward time makes each stage, for the instrumented run."""
+def stage_callables(side: str, pipe) -> dict:
+    """(object, method name) whose time makes each stage, for the instrumented (eager) run."""
     if side == "diffusers":
         return {
-            "clap_text": pipe.text_encoder.text_model, "t5": pipe.text_encoder_2, "projection": pipe.projection_model,
-            "gpt2": pipe.language_model, "unet": pipe.unet, "vae": pipe.vae.decoder, "vocoder": pipe.vocoder,
-            "ranking": pipe.text_encoder.audio_model,
+            "clap_text": (pipe.text_encoder, "get_text_features"), "t5": (pipe.text_encoder_2, "forward"),
+            "projection": (pipe.projection_model, "forward"), "gpt2": (pipe, "generate_language_model"),
+            "unet": (pipe.unet, "forward"), "vae": (pipe.vae, "decode"), "vocoder": (pipe.vocoder, "forward"),
+            "ranking": (pipe, "score_waveforms"),
         }
     c = pipe.conditioner
     return {
-        "clap_text": c.clap.text_model, "t5": c.t5, "projection": c.projection, "gpt2": c.gpt2, "unet": pipe.unet,
-        "vae": pipe.vae.decoder, "vocoder": pipe.vocoder, "ranking": c.clap.audio_model,
+        "clap_text": (c.clap, "get_text_features"), "t5": (c.t5, "forward"), "projection": (c.projection, "forward"),
+        "gpt2": (c.gpt2, "generate"), "unet": (pipe.unet, "forward"), "vae": (pipe.vae, "decode"),
+        "vocoder": (pipe.vocoder, "forward"), "ranking": (pipe, "rank_candidates"),
     }
 
 
@@ -50,21 +55,30 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def add_stage_hooks(modules: dict, device: str, totals: dict) -> list:
-    handles = []
-    for name, module in modules.items():
-        def pre(_module, _args, name=name):
-            synchronize(device)
-            totals.setdefault(name, [0.0, 0, None])[2] = time.perf_counter()
+def time_stages(stages: dict, device: str, totals: dict):
+    """Wrap each stage's method to add its synchronised wall time to totals[name]; returns an undo."""
+    originals = []
+    for name, (owner, method) in stages.items():
+        original = getattr(owner, method)
+        totals[name] = {"seconds": 0.0, "calls": 0}
 
-        def post(_module, _args, _output, name=name):
+        def timed(*args, _original=original, _name=name, **kwargs):
             synchronize(device)
-            entry = totals[name]
-            entry[0] += time.perf_counter() - entry[2]
-            entry[1] += 1
+            started = time.perf_counter()
+            result = _original(*args, **kwargs)
+            synchronize(device)
+            totals[_name]["seconds"] += time.perf_counter() - started
+            totals[_name]["calls"] += 1
+            return result
 
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    return handles
+        setattr(owner, method, timed)
+        originals.append((owner, method))
+
+    def undo():
+        for owner, method in originals:
+            delattr(owner, method)  # the instance attribute goes; the class's method shows through again
+
+    return undo
 
 
 def load(side: str, args):
@@ -106,8 +120,11 @@ def child(side: str, args) -> dict:
                     num_inference_steps=args.steps, guidance_scale=3.5, num_waveforms_per_prompt=args.candidates,
                     generator=generator, **extra)
 
+    output = None
     for _ in range(args.warmup):
-        call()
+        output = call()
+    audio = output.audios if output is not None else call().audios
+    finite = bool(np.isfinite(np.asarray(audio)).all())
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -119,13 +136,12 @@ def child(side: str, args) -> dict:
         times.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    totals = {}
-    handles = add_stage_hooks(stage_modules(side, pipe), args.device, totals)
-    call()
-    for handle in handles:
-        handle.remove()
-    stages = {name: {"seconds": entry[0], "calls": entry[1]} for name, entry in totals.items()}
-    return {"side": side, "times": times, "peak_bytes": peak, "load_s": load_s, "stages": stages}
+    stages = {}
+    if not (args.compile or args.cuda_graphs):  # wrapping compiled code would time its recompilation
+        undo = time_stages(stage_callables(side, pipe), args.device, stages)
+        call()
+        undo()
+    return {"side": side, "finite": finite, "times": times, "peak_bytes": peak, "load_s": load_s, "stages": stages}
 
 
 def main():
@@ -142,7 +158,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per process")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (both sides)")
-    parser.add_argument("--cuda-graphs", action="store_true", help="ours: replay the denoising step as a CUDA graph")
+    parser.add_argument("--cuda-graphs", action="store_true", help="ours: replay every stage as a CUDA graph")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--side", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="also write all numbers as JSON to stdout's last line")
@@ -189,11 +205,15 @@ def main():
         ours = last["ours"].get(stage, {"seconds": float("nan")})["seconds"]
         theirs = last["diffusers"][stage]["seconds"]
         print(f"{stage:12s} {ours:10.4f} {theirs:14.4f} {theirs / ours if ours else float('nan'):7.2f}")
+    if not last["diffusers"]:
+        print("(per-stage times come from eager runs only)")
     for side, runs in results.items():
         times = [t for run in runs for t in run["times"]]
         summary[side] = {"median_s": statistics.median(times), "peak_bytes": max(run["peak_bytes"] for run in runs)}
     memory = "peak_gpu_memory" if args.device.startswith("cuda") else "peak_rss"
     for side in ("ours", "diffusers"):
+        if not all(run["finite"] for run in results[side]):
+            print(f"WARNING: {side} produced NaN or inf audio")
         print(f"total_{side}: {summary[side]['median_s']:.4f} s   {memory}_{side}: "
               f"{summary[side]['peak_bytes'] / 2**30:.2f} GiB")
     if args.json:
