@@ -22,8 +22,8 @@ Parity with diffusers' `AutoencoderKL` (same names, so its checkpoints load stri
 - the attention is one head of width C, softmax scale 1/sqrt(C), residual added after `to_out.0`;
 - log-variance is clamped to [-30, 20] before use.
 
-Long audio: `decode(latents, chunk_frames=...)` runs the up path in overlapping chunks of the time
-axis (see `AutoencoderKL.decode` for what is exact and what is approximate there).
+Long audio: `decode(latents, chunk_frames=...)` runs the up path in overlapping windows of the time
+axis and still matches one pass (see `AutoencoderKL.decode` for how, and what it costs).
 """
 
 from __future__ import annotations
@@ -116,6 +116,9 @@ class WholeInputStatistics:
     whose whole-input statistics are already known, and at the first one that is not, adds the window's
     kept frames to its mean and variance (Chan et al.'s pairwise combination) and stops that window
     (`StatisticsGathered`). With N GroupNorms, sweep N + 1 runs every window to the end.
+
+    Why not each window's own statistics, as tiled image decoders do: on random weights that was 3% to
+    11% off one pass for a steady latent and up to 75% for one whose loudness changes along time.
     """
 
     def __init__(self):
@@ -198,13 +201,13 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
-        q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)  # (B, H*W, C) each, one head of width C
+        q, k, v = (proj(h).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # (B, 1, H*W, C): one head
         if self.use_sdpa:
-            h = F.scaled_dot_product_attention(q, k, v)
+            h = F.scaled_dot_product_attention(q, k, v)  # 4-d like diffusers: 3-d inputs take another CPU kernel
         else:
-            scores = q @ k.transpose(1, 2) / math.sqrt(channels)  # (B, H*W, H*W)
+            scores = q @ k.transpose(-1, -2) / math.sqrt(channels)  # (B, 1, H*W, H*W)
             h = scores.float().softmax(dim=-1).to(v.dtype) @ v
-        h = self.to_out[0](h)  # (B, H*W, C)
+        h = self.to_out[0](h.squeeze(1))  # (B, H*W, C)
         h = h.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, H, W)
         return x + h
 
@@ -375,7 +378,8 @@ class AutoencoderKL(nn.Module):
         """log-mel (B, 1, T, 64) -> posterior mean (B, 8, T/4, 16), not yet multiplied by scaling_factor."""
         return self.encode_distribution(mel)[0]
 
-    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None, overlap: int | None = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None,
+               overlap: int | None = None) -> torch.Tensor:
         """Latents already divided by `scaling_factor` (B, 8, T/4, 16) -> log-mel (B, 1, T, 64).
 
         With `chunk_frames` (latent frames; 4 mel frames each), the up path runs on windows of
@@ -388,7 +392,8 @@ class AutoencoderKL(nn.Module):
         - its GroupNorms need their statistics over the whole input, which `WholeInputStatistics`
           gathers one GroupNorm per sweep over the windows, each sweep stopping at that GroupNorm.
         The price is compute: about 10 runs of the up path for the official model (19 GroupNorms,
-        most of the cost at full resolution), so use it when memory, not time, is what runs out.
+        most of the cost at full resolution; measured 9.5x the one-pass time for 200 latent frames in
+        2 windows on CPU), so use it when memory, not time, is what runs out.
         Eager mode only (Python control flow per window).
         """
         x = self.decoder.lowest_resolution(self.post_quant_conv(latents))  # (B, 512, T/4, 16)

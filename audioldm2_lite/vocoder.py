@@ -99,7 +99,8 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.slope = slope
         self.convs1 = nn.ModuleList([
-            nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=(kernel_size - 1) * d // 2) for d in dilations
+            nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=(kernel_size - 1) * d // 2)
+            for d in dilations
         ])
         self.convs2 = nn.ModuleList([
             nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations

@@ -138,3 +138,14 @@ def test_full_size_matches_diffusers_and_chunks(full_checkpoint):
     gc.collect()
     # two chunks of 25 latent frames, overlap 12: float32 rounding only
     assert max_rel_error(ours.decode(latents, chunk_frames=25), mel) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@torch.no_grad()
+def test_half_precision_runs(tiny_checkpoint, dtype):
+    """Weights and activations stay in the requested dtype, chunked path included, and stay finite."""
+    ours = load_component(tiny_checkpoint, "vae", dtype=dtype)
+    latents = torch.randn(1, 4, 40, 16, dtype=dtype)
+    mel = torch.randn(1, 1, 32, 64, dtype=dtype)
+    for output in (ours.decode(latents), ours.decode(latents, chunk_frames=16), ours.encode(mel)):
+        assert output.dtype == dtype and torch.isfinite(output).all()

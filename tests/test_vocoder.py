@@ -135,3 +135,13 @@ def test_full_size_matches_transformers_and_chunks(full_checkpoint):
     gc.collect()
     # overlap 27 frames (the receptive field): float32 rounding only (measured 2.5e-7)
     assert max_rel_error(ours(mel, chunk_frames=32), audio) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@torch.no_grad()
+def test_half_precision_runs(tiny_checkpoint, dtype):
+    """Weights and activations stay in the requested dtype, chunked path included, and stay finite."""
+    ours = load_component(tiny_checkpoint, "vocoder", dtype=dtype)
+    mel = torch.randn(1, 40, ours.config.model_in_dim, dtype=dtype)
+    for audio in (ours(mel), ours(mel, chunk_frames=16)):
+        assert audio.dtype == dtype and torch.isfinite(audio).all()
