@@ -169,12 +169,20 @@ class AudioLDM2Pipeline:
             noise = uncond + guidance_scale * (cond - uncond)
         return noise
 
+    # Audio longer than this is decoded in overlapping chunks along time (the same result, see vae.py and
+    # vocoder.py), so the largest activations exist for one chunk at a time: 30.72 s per chunk. Chunking
+    # costs the VAE about 10x its one-pass time (its GroupNorms gather whole-input statistics in extra sweeps).
+    DECODE_CHUNK_LATENT_FRAMES = 768
+
     def decode(self, latents: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
         """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU."""
+        chunk = self.DECODE_CHUNK_LATENT_FRAMES
+        long_audio = latents.shape[2] > chunk
         with self._running(self.vae):
-            mel = self.vae.decode(latents / self.vae.config.scaling_factor)  # (B, 1, T, 64)
+            mel = self.vae.decode(latents / self.vae.config.scaling_factor,
+                                  chunk_frames=chunk if long_audio else None)  # (B, 1, T, 64)
         with self._running(self.vocoder):
-            audio = self.vocoder(mel.squeeze(1))  # (B, T * 160)
+            audio = self.vocoder(mel.squeeze(1), chunk_frames=chunk * self.vae_scale_factor if long_audio else None)
         return audio[:, :num_samples].float().cpu()
 
     # ------------------------------------------------------------------------------------------
