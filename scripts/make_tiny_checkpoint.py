@@ -76,17 +76,23 @@ def build_t5_tokenizer(out: Path, model_max_length: int, corpus: str = CORPUS):
 
 
 def perturb_vectors(model, scale: float = 0.1):
-    """Move every 1-d parameter (norm weights, biases) off its init of ones or zeros.
+    """Move every tensor that starts constant off its init: norm weights and biases (1 and 0), Swin's
+    relative-position bias tables (0) and BatchNorm running statistics (0 and 1).
 
-    Freshly initialised norms and biases are exactly 1 and 0, which would let a parity test pass with a
-    norm weight never applied or a bias never added. Random offsets make every tensor count.
+    Constant tensors would let a parity test pass with a norm weight never applied, a bias never added
+    or a position bias looked up wrongly. Random offsets make every tensor count.
     """
     import torch
 
     with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim == 1:
+        for name, parameter in model.named_parameters():
+            if parameter.ndim == 1 or name.endswith("relative_position_bias_table"):
                 parameter.add_(scale * torch.randn_like(parameter))
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.add_(scale * torch.randn_like(buffer))
+            elif name.endswith("running_var"):
+                buffer.mul_(1 + scale * torch.rand_like(buffer))
     return model
 
 
@@ -142,7 +148,7 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
         model_in_dim=16, sampling_rate=16000, upsample_initial_channel=64, upsample_rates=[5, 4, 2, 2, 2],
         upsample_kernel_sizes=[10, 8, 4, 4, 4], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3], [1, 3]],
-        normalize_before=True, initializer_range=0.2,  # a larger init than 0.01 keeps the tiny output audible
+        normalize_before=True, initializer_range=0.05,  # 0.01 would leave the tiny output near silent
     ))
     with torch.no_grad():  # non-trivial normalisation statistics, so parity checks that they are applied
         vocoder.mean.normal_(0, 0.5)

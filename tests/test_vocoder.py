@@ -119,7 +119,8 @@ def test_too_little_overlap_is_detected(tiny_checkpoint):
     """The chunk test can fail: with an overlap of a few frames the seams differ from one pass."""
     ours = load_component(tiny_checkpoint, "vocoder", dtype=torch.float64)
     mel = torch.randn(1, 120, ours.config.model_in_dim, dtype=torch.float64)
-    assert max_rel_error(ours(mel, chunk_frames=30, overlap=4), ours(mel)) > 1e-3
+    # in float64 enough overlap agrees to ~1e-15; 4 frames of overlap leave ~1e-4 at the seams
+    assert max_rel_error(ours(mel, chunk_frames=30, overlap=4), ours(mel)) > 1e-6
 
 
 @pytest.mark.slow

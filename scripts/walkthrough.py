@@ -1,0 +1,113 @@
+"""The reader's map: run AudioLDM 2's stages one by one and print what each produces.
+
+    python scripts/walkthrough.py [--model DIR_OR_HUB_ID] [--prompt TEXT] [--seconds 2] [--steps 10]
+
+Without --model it builds the tiny random checkpoint (seconds, offline), so the shapes are tiny too; with
+a real checkpoint (`--model cvssp/audioldm2` or `weights/audioldm2`) they are the ones in the README.
+Each line: stage, the file that implements it, output shape and dtype, wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from audioldm2_lite import AudioLDM2Pipeline  # noqa: E402
+from audioldm2_lite.audio_features import clap_input_features  # noqa: E402
+from audioldm2_lite.conditioning import tokenize  # noqa: E402
+
+
+class Clock:
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+
+
+def show(stage: str, file: str, tensor: torch.Tensor, clock: Clock, note: str = ""):
+    print(f"{stage:28s} {file:22s} {str(tuple(tensor.shape)):22s} {str(tensor.dtype):15s} "
+          f"{clock.seconds * 1e3:9.1f} ms  {note}")
+
+
+@torch.no_grad()
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="checkpoint (default: a freshly built tiny random one)")
+    parser.add_argument("--prompt", default="a dog barks while rain falls on a tin roof")
+    parser.add_argument("--negative-prompt", default="low quality")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if args.model is None:
+        sys.path.insert(0, str(HERE))
+        from make_tiny_checkpoint import make_tiny_checkpoint
+
+        args.model = make_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny")
+        print(f"built a tiny random checkpoint in {args.model}\n")
+
+    device = torch.device(args.device)
+    pipe = AudioLDM2Pipeline.from_pretrained(args.model, device=device, dtype=torch.float32)
+    c = pipe.conditioner
+    prompts = [args.negative_prompt, args.prompt]  # [uncond, cond], as classifier-free guidance stacks them
+    print(f"{'stage':28s} {'file':22s} {'output shape':22s} {'dtype':15s} {'time':>12s}")
+
+    with Clock(device) as clock:
+        clap_ids, clap_mask = tokenize(c.tokenizer, prompts, c.tokenizer.model_max_length, False, "CLAP", device)
+    show("CLAP tokens (RoBERTa BPE)", "conditioning.py", clap_ids, clock)
+    with Clock(device) as clock:
+        clap = c.clap.get_text_features(clap_ids, clap_mask)[:, None]
+    show("CLAP text embedding", "clap.py", clap, clock, "one unit vector per prompt")
+    with Clock(device) as clock:
+        t5_ids, t5_mask = c.tokenize_t5(prompts, None, device)
+    show("T5 tokens (sentencepiece)", "conditioning.py", t5_ids, clock)
+    with Clock(device) as clock:
+        t5 = c.t5(t5_ids, t5_mask)
+    show("Flan-T5 states", "t5.py", t5, clock, "the UNet's second cross-attention reads these")
+    with Clock(device) as clock:
+        gpt_prompt, gpt_mask = c.projection(clap, t5, clap_mask.new_ones(2, 1), t5_mask)
+    show("projected GPT-2 prompt", "projection.py", gpt_prompt, clock, "[sos, clap, eos, sos, t5..., eos]")
+    with Clock(device) as clock:
+        generated = c.gpt2.generate(gpt_prompt, gpt_mask)
+    show("GPT-2 generated states", "gpt2.py", generated, clock, "the UNet's first cross-attention reads these")
+
+    frames, samples = pipe.latent_frames(args.seconds)
+    latents = pipe.prepare_latents(1, frames, torch.Generator(device).manual_seed(0))
+    print(f"{'initial noise':28s} {'pipeline.py':22s} {str(tuple(latents.shape)):22s} {str(latents.dtype):15s}")
+    with Clock(device) as clock:
+        for step, (t, latents) in enumerate(pipe.generate_latents(
+                latents, (generated, t5, t5_mask), args.steps, scheduler="dpmsolver++")):
+            pass
+    show(f"denoised latent ({args.steps} steps)", "unet.py, samplers.py", latents, clock,
+         f"{clock.seconds / args.steps * 1e3:.1f} ms per guided step")
+    with Clock(device) as clock:
+        mel = pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
+    show("log-mel spectrogram", "vae.py", mel, clock)
+    with Clock(device) as clock:
+        audio = pipe.vocoder(mel.squeeze(1))[:, :samples]
+    show(f"waveform ({pipe.sampling_rate} Hz)", "vocoder.py", audio, clock, f"{samples / pipe.sampling_rate:.2f} s")
+    with Clock(device) as clock:
+        features, _ = clap_input_features(audio, pipe.sampling_rate, pipe.feature_config)
+    show("CLAP log-mel (48 kHz)", "audio_features.py", features, clock)
+    with Clock(device) as clock:
+        score = c.clap.get_audio_features(features) @ clap[1, 0]
+    show("CLAP audio-text similarity", "clap_audio.py", score, clock, f"{score.item():+.4f} (ranks candidates)")
+
+
+if __name__ == "__main__":
+    main()
