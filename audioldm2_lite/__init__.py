@@ -1,6 +1,12 @@
 """audioldm2_lite: a readable, parity-checked PyTorch reimplementation of AudioLDM 2 inference."""
 
-from .loading import CheckpointError, load_component, load_config, load_tokenizer, resolve_checkpoint
+from .loading import (
+    CheckpointError,
+    load_component,
+    load_config,
+    load_tokenizer,
+    resolve_checkpoint,
+)
 from .pipeline import AudioLDM2Pipeline, AudioLDM2PipelineOutput
 
 __all__ = [

@@ -28,10 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import clap_audio
-
-# Attention through torch's fused scaled_dot_product_attention; False runs the explicit softmax(QK^T)V
-# below instead, for comparison and teaching.
-USE_SDPA = True
+from .attention import attention
 
 # Hub tensors this module deliberately does not load.
 UNUSED_KEYS = (
@@ -83,14 +80,6 @@ class ClapConfig:
             projection_dim=config.get("projection_dim", defaults.projection_dim),
             audio=dict(config.get("audio_config", {})),
         )
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v for (B, heads, L, d) inputs and an additive bias."""
-    if USE_SDPA:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias  # (B, heads, L, L)
-    return scores.float().softmax(dim=-1).to(v.dtype) @ v
 
 
 class TextEmbeddings(nn.Module):

@@ -42,9 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Attention through torch's fused scaled_dot_product_attention; False runs the explicit softmax(QK^T)V
-# below instead, for comparison and teaching.
-USE_SDPA = True
+from .attention import attention
 
 # Hub tensors of the audio tower deliberately not loaded (for ClapModel's UNUSED_KEYS): each attention's
 # `relative_position_index` is a fixed function of the window size, computed in forward.
@@ -228,11 +226,7 @@ class WindowAttention(nn.Module):
             bias = bias[None] + mask[:, None].to(bias.dtype)  # (nW, h, N, N)
             bias = bias.repeat(Bw // num_windows, 1, 1, 1)  # (B*nW, h, N, N), windows batch-major as in x
 
-        if USE_SDPA:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
-        else:
-            scores = (q @ k.transpose(-1, -2)) / (C // h) ** 0.5 + bias  # (B*nW, h, N, N)
-            out = scores.softmax(dim=-1) @ v
+        out = attention(q, k, v, bias.to(q.dtype))  # (B*nW, h, N, C/h)
         out = out.transpose(1, 2).reshape(Bw, N, C)  # (B*nW, N, C)
         return self.output(out)
 

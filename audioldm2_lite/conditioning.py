@@ -28,7 +28,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .loading import DEFAULT_CHECKPOINT, load_component, load_tokenizer, resolve_checkpoint
+from .loading import (
+    DEFAULT_CHECKPOINT,
+    load_component,
+    load_tokenizer,
+    resolve_checkpoint,
+)
 
 COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model", "language_model")
 

@@ -27,12 +27,10 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-# Attention through torch's fused scaled_dot_product_attention; False runs the explicit softmax(QK^T)V
-# below instead, for comparison and teaching.
-USE_SDPA = True
+from .attention import attention
+
 
 @dataclass
 class GPT2Config:
@@ -107,12 +105,7 @@ class SelfAttention(nn.Module):
         keys, values = cache
         keys.index_copy_(2, positions, k)  # (B, H, S, D/H)
         values.index_copy_(2, positions, v)
-        if USE_SDPA:
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
-        else:
-            scores = q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
-            scores = scores.masked_fill(~visible, float("-inf"))
-            out = scores.softmax(dim=-1) @ values  # (B, H, T, D/H)
+        out = attention(q, keys, values, visible)  # (B, H, T, D/H)
         out = out.transpose(1, 2).reshape(batch, length, dim)  # (B, T, D)
         return self.c_proj(out)
 

@@ -33,9 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Attention through torch's fused scaled_dot_product_attention; False runs the explicit softmax(QK^T)V
-# below instead, for comparison and teaching.
-USE_SDPA = True
+from .attention import attention
 
 # Hub tensors this module deliberately does not load.
 UNUSED_KEYS = (
@@ -101,14 +99,6 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int, 
     return bucket + torch.where(distance < exact, distance, far)  # (L, L)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T + bias) v for (B, heads, L, d) inputs: T5 does not scale by 1/sqrt(d)."""
-    if USE_SDPA:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
-    scores = q @ k.transpose(-2, -1) + bias  # (B, heads, L, L)
-    return scores.float().softmax(dim=-1).to(v.dtype) @ v
-
-
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in float32 and returned in the weight's dtype (T5LayerNorm)."""
 
@@ -137,7 +127,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
         q, k, v = (proj(x).view(B, L, self.num_heads, self.d_kv).transpose(1, 2) for proj in (self.q, self.k, self.v))
-        out = attention(q, k, v, bias)  # (B, heads, L, d_kv)
+        out = attention(q, k, v, bias, scale=1.0)  # (B, heads, L, d_kv): T5 does not scale by 1/sqrt(d)
         return self.o(out.transpose(1, 2).reshape(B, L, -1))  # (B, L, d_model)
 
 

@@ -48,9 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Attention through torch's fused scaled_dot_product_attention; False runs the explicit softmax(QK^T)V
-# below instead, for comparison and teaching.
-USE_SDPA = True
+from .attention import attention
 
 # The values of hub config fields this implementation does not vary: any other value is an error.
 FIXED_HUB_FIELDS = {
@@ -122,16 +120,6 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool,
     angles = timesteps[:, None].float() * torch.exp(exponent)[None, :]  # (B, half)
     sin_cos = (angles.cos(), angles.sin()) if flip_sin_to_cos else (angles.sin(), angles.cos())
     return F.pad(torch.cat(sin_cos, dim=-1), (0, dim % 2))  # (B, dim)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v for (B, heads, L, d) queries and (B, heads, S, d) keys/values."""
-    if USE_SDPA:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, heads, L, S)
-    if bias is not None:
-        scores = scores + bias
-    return scores.float().softmax(dim=-1).to(v.dtype) @ v
 
 
 class ResnetBlock(nn.Module):

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention
+
 GROUP_NORM_EPS = 1e-6
 
 
@@ -188,7 +190,6 @@ class ResnetBlock(nn.Module):
 class SelfAttention(nn.Module):
     """One head of self-attention over every (time, frequency) position, GroupNorm first, residual after."""
 
-    use_sdpa = True  # False: the explicit softmax(q k^T / sqrt(C)) v, for comparison and teaching
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
@@ -202,11 +203,7 @@ class SelfAttention(nn.Module):
         batch, channels, height, width = x.shape
         h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
         q, k, v = (proj(h).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))  # (B, 1, H*W, C): one head
-        if self.use_sdpa:
-            h = F.scaled_dot_product_attention(q, k, v)  # 4-d like diffusers: 3-d inputs take another CPU kernel
-        else:
-            scores = q @ k.transpose(-1, -2) / math.sqrt(channels)  # (B, 1, H*W, H*W)
-            h = scores.float().softmax(dim=-1).to(v.dtype) @ v
+        h = attention(q, k, v)  # (B, 1, H*W, C): 4-d like diffusers, 3-d inputs take another CPU kernel
         h = self.to_out[0](h.squeeze(1))  # (B, H*W, C)
         h = h.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, H, W)
         return x + h

@@ -15,11 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from audioldm2_lite import clap_audio
-from audioldm2_lite.audio_features import ClapFeatureConfig, clap_input_features, resample
-from audioldm2_lite.clap_audio import load_clap_audio, rank_waveforms
 from reference import max_rel_error
+
+import audioldm2_lite.attention as attention_module
+from audioldm2_lite import clap_audio
+from audioldm2_lite.audio_features import (
+    ClapFeatureConfig,
+    clap_input_features,
+    resample,
+)
+from audioldm2_lite.clap_audio import load_clap_audio, rank_waveforms
 
 OFFICIAL_FEATURES = Path(__file__).resolve().parents[1] / "scripts/checkpoint_configs/audioldm2/feature_extractor"
 
@@ -72,7 +77,7 @@ def test_relative_position_index_matches_stored_tables(tiny_checkpoint):
 @pytest.mark.parametrize("frames", [251, 256])  # the extractor's 10 s (stretched to 256 by bicubic), and 256 as is
 @pytest.mark.parametrize("use_sdpa", [True, False])
 def test_audio_features_match_transformers_tiny(tiny_checkpoint, frames, use_sdpa, monkeypatch):
-    monkeypatch.setattr(clap_audio, "USE_SDPA", use_sdpa)
+    monkeypatch.setattr(attention_module, "USE_SDPA", use_sdpa)
     ours = load_clap_audio(tiny_checkpoint)
     reference = reference_clap(tiny_checkpoint / "text_encoder")
     perturb_untrained_tensors(reference, ours)

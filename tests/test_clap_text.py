@@ -9,7 +9,7 @@ import torch
 from make_tiny_checkpoint import CORPUS
 from reference import max_rel_error
 
-from audioldm2_lite import clap
+import audioldm2_lite.attention as attention_module
 from audioldm2_lite.loading import load_component, load_tokenizer
 
 # Different lengths, the empty prompt, and one longer than both tokenizers' maximum (512 and 128 tokens).
@@ -76,7 +76,7 @@ def test_sdpa_matches_explicit_math(tiny_checkpoint, monkeypatch):
     input_ids, attention_mask = tokenize_like_diffusers(load_tokenizer(tiny_checkpoint, "tokenizer"), PROMPTS)
     with torch.no_grad():
         fused = model.get_text_features(input_ids, attention_mask)
-        monkeypatch.setattr(clap, "USE_SDPA", False)
+        monkeypatch.setattr(attention_module, "USE_SDPA", False)
         explicit = model.get_text_features(input_ids, attention_mask)
     # the same attention computed by two kernels in float32: rounding only
     assert max_rel_error(explicit, fused) <= 1e-5

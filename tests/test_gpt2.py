@@ -8,8 +8,8 @@ import pytest
 import torch
 from reference import diffusers_pipeline, max_rel_error
 
+import audioldm2_lite.attention as attention_module
 from audioldm2_lite import load_component
-from audioldm2_lite import gpt2
 
 
 def padded_prompt(dim, batch=3, length=12):
@@ -38,7 +38,7 @@ def tiny_models(tiny_checkpoint):
 @pytest.mark.parametrize("use_sdpa", [True, False])
 def test_generate_parity_tiny(tiny_models, use_sdpa, monkeypatch):
     ours, reference = tiny_models
-    monkeypatch.setattr(gpt2, "USE_SDPA", use_sdpa)
+    monkeypatch.setattr(attention_module, "USE_SDPA", use_sdpa)
     embeds, mask = padded_prompt(ours.config.n_embd)
     generated = ours.generate(embeds, mask)  # N from the config
     assert generated.shape == (3, ours.config.max_new_tokens, ours.config.n_embd) == (3, 8, 24)

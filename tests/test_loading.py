@@ -10,8 +10,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from audioldm2_lite import CheckpointError, load_component, load_config, resolve_checkpoint
-from audioldm2_lite.loading import STAGES, _choose_hub_files, build_config, read_json, read_weights, stage_module
+from audioldm2_lite import (
+    CheckpointError,
+    load_component,
+    load_config,
+    resolve_checkpoint,
+)
+from audioldm2_lite.loading import (
+    STAGES,
+    _choose_hub_files,
+    build_config,
+    read_json,
+    read_weights,
+    stage_module,
+)
 
 
 @pytest.fixture()

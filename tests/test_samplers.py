@@ -7,14 +7,19 @@ same initial latent; every step's sample is compared, not only the last.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from reference import max_rel_error
 
-from audioldm2_lite.samplers import SAMPLERS, DDIMSampler, DPMSolverPlusPlus2M, SchedulerConfig, make_sampler
+from audioldm2_lite.samplers import (
+    SAMPLERS,
+    DDIMSampler,
+    DPMSolverPlusPlus2M,
+    SchedulerConfig,
+    make_sampler,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 

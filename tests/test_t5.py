@@ -9,6 +9,7 @@ import torch
 from make_tiny_checkpoint import CORPUS
 from reference import max_rel_error
 
+import audioldm2_lite.attention as attention_module
 from audioldm2_lite import t5
 from audioldm2_lite.loading import load_component, load_tokenizer
 
@@ -73,7 +74,7 @@ def test_sdpa_matches_explicit_math(tiny_checkpoint, monkeypatch):
     input_ids, attention_mask = tokenize_like_diffusers(load_tokenizer(tiny_checkpoint, "tokenizer_2"), PROMPTS)
     with torch.no_grad():
         fused = model(input_ids, attention_mask)
-        monkeypatch.setattr(t5, "USE_SDPA", False)
+        monkeypatch.setattr(attention_module, "USE_SDPA", False)
         explicit = model(input_ids, attention_mask)
     # the same attention computed by two kernels in float32: rounding only
     assert max_rel_error(explicit, fused) <= 1e-5

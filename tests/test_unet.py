@@ -10,6 +10,7 @@ import torch
 from make_tiny_checkpoint import perturb_vectors
 from reference import max_rel_error
 
+import audioldm2_lite.attention as attention_module
 from audioldm2_lite import unet
 from audioldm2_lite.loading import load_component
 
@@ -105,7 +106,7 @@ def test_sdpa_matches_explicit_math(tiny_checkpoint, monkeypatch):
     inputs = unet_inputs(config_of(tiny_checkpoint), 24)
     with torch.no_grad():
         fused = model(**inputs)
-        monkeypatch.setattr(unet, "USE_SDPA", False)
+        monkeypatch.setattr(attention_module, "USE_SDPA", False)
         explicit = model(**inputs)
     # the same attention computed by two kernels in float32: rounding only
     assert max_rel_error(explicit, fused) <= 1e-5

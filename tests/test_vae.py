@@ -10,8 +10,9 @@ import pytest
 import torch
 from reference import max_rel_error
 
+import audioldm2_lite.attention as attention_module
 from audioldm2_lite import load_component
-from audioldm2_lite.vae import SelfAttention, VAEConfig, up_path_receptive_field
+from audioldm2_lite.vae import VAEConfig, up_path_receptive_field
 
 
 def reference_vae(checkpoint):
@@ -41,7 +42,7 @@ def uneven_latent(batch, channels, frames, bins, dtype=torch.float32):
 @torch.no_grad()
 def test_decode_matches_diffusers(tiny_vaes, use_sdpa, monkeypatch):
     ours, reference = tiny_vaes
-    monkeypatch.setattr(SelfAttention, "use_sdpa", use_sdpa)
+    monkeypatch.setattr(attention_module, "USE_SDPA", use_sdpa)
     latents = torch.randn(2, 4, 24, 16)  # (B, latent channels, T/4, 16); the tiny VAE has 4 latent channels
     mel = ours.decode(latents)
     assert mel.shape == (2, 1, 96, 64)
