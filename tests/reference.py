@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import torch
+from make_tiny_checkpoint import CORPUS
+
+# Different lengths, the empty prompt, and one longer than both tokenizers' maximum (512 and 128 tokens).
+PROMPTS = [
+    "A dog barks in the distance while rain falls on a tin roof.",
+    "",
+    " ".join(CORPUS.split() * 2),
+    "Techno music",
+]
 
 
 def max_rel_error(ours: torch.Tensor, reference: torch.Tensor) -> float:

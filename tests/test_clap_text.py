@@ -6,19 +6,10 @@ import gc
 
 import pytest
 import torch
-from make_tiny_checkpoint import CORPUS
-from reference import max_rel_error
+from reference import PROMPTS, max_rel_error
 
 import audioldm2_lite.attention as attention_module
 from audioldm2_lite.loading import load_component, load_tokenizer
-
-# Different lengths, the empty prompt, and one longer than both tokenizers' maximum (512 and 128 tokens).
-PROMPTS = [
-    "A dog barks in the distance while rain falls on a tin roof.",
-    "",
-    " ".join(CORPUS.split() * 2),
-    "Techno music",
-]
 
 
 def tokenize_like_diffusers(tokenizer, prompts):
