@@ -163,17 +163,24 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, components=None) -> Path:
     return _fetch_from_hub(checkpoint, components)
 
 
-def _fetch_from_hub(repo_id: str, components) -> Path:
+def download_from_hub(repo_id: str, components=None, local_dir=None) -> Path:
+    """Fetch the configs and one weight format of `components` (default: all) from the hub; no error handling."""
     from huggingface_hub import HfApi, snapshot_download
+
+    wanted = list(components) if components is not None else list(STAGES) + list(FILE_COMPONENTS)
+    files = _choose_hub_files(HfApi().list_repo_files(repo_id), wanted)
+    return Path(snapshot_download(repo_id, allow_patterns=files, local_dir=local_dir))
+
+
+def _fetch_from_hub(repo_id: str, components) -> Path:
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     wanted = list(components) if components is not None else list(STAGES) + list(FILE_COMPONENTS)
     offline = _hub_reachable()
     if offline is None:
         try:
-            repo_files = HfApi().list_repo_files(repo_id)
-            files = _choose_hub_files(repo_files, wanted)
-            return Path(snapshot_download(repo_id, allow_patterns=files))
+            return download_from_hub(repo_id, wanted)
         except RepositoryNotFoundError:
             raise CheckpointError(
                 f"'{repo_id}' is neither a local folder nor a repository on the Hugging Face hub "

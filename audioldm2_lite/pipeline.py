@@ -43,9 +43,9 @@ class AudioLDM2Pipeline:
         self.conditioner, self.unet, self.vae, self.vocoder = conditioner, unet, vae, vocoder
         self.scheduler_config, self.feature_config = scheduler_config, feature_config
         self.device, self.dtype, self.offload = torch.device(device), dtype, offload
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 4: mel frames per latent frame
+        self.vae_scale_factor = vae.upsampling_factor  # 4: mel frames per latent frame
         self.sampling_rate = vocoder.config.sampling_rate  # 16 kHz
-        self.hop_length = math.prod(vocoder.config.upsample_rates)  # 160 samples per mel frame
+        self.hop_length = vocoder.hop_length  # 160 samples per mel frame
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False):

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from audioldm2_lite.loading import FILE_COMPONENTS, STAGES, CheckpointError, _choose_hub_files, _hub_reachable
+from audioldm2_lite.loading import CheckpointError, _hub_reachable, download_from_hub
 
 
 def main():
@@ -24,10 +24,7 @@ def main():
         offline = _hub_reachable()
         if offline:
             raise CheckpointError(f"cannot reach the Hugging Face hub ({offline}); run this on a machine with internet.")
-        from huggingface_hub import HfApi, snapshot_download
-
-        files = _choose_hub_files(HfApi().list_repo_files(args.repo_id), list(STAGES) + list(FILE_COMPONENTS))
-        snapshot_download(args.repo_id, allow_patterns=files, local_dir=out)
+        download_from_hub(args.repo_id, local_dir=out)
     except CheckpointError as error:
         sys.exit(f"error: {error}")
     except Exception as error:  # network or hub errors: one line, no traceback
