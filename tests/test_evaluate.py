@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -273,3 +274,28 @@ def test_bad_input_is_one_line_and_writes_nothing(clap_checkpoint, tmp_path, cas
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("audioldm2-lite-eval: error:") and words in lines[0], lines
     assert list(out.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# scripts/sweep_recipes.py, at CI size (no timing assertions)
+
+
+def test_sweep_recipes_prints_a_row_per_setting(tiny_checkpoint, tmp_path):
+    reference = write_folder(tmp_path / "reference", {"0000.wav": (0.5, 16000, 1), "0001.wav": (0.5, 16000, 1)})
+    (tmp_path / "prompts.txt").write_text(f"{PROMPTS[0]}\n\n{PROMPTS[3]}\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/sweep_recipes.py"), "--prompts", tmp_path / "prompts.txt",
+         "--reference", reference, "--out", tmp_path / "sweep", "--samplers", "ddim", "dpmsolver++karras",
+         "--steps", "1", "2", "--model", tiny_checkpoint, "--seconds", "0.5", "--device", "cpu"],
+        capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    number = r"-?\d+\.\d+"
+    for setting in ("ddim\\s+1", "ddim\\s+2", "dpmsolver\\+\\+karras\\s+1", "dpmsolver\\+\\+karras\\s+2"):
+        # sampler, steps, s/clip, clap_score, fd_clap, lsd (the reference has the same file names)
+        assert re.search(rf"^{setting}(\s+{number}){{4}}\s*$", result.stdout, re.M), (setting, result.stdout)
+    reports = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert sorted(reports) == ["ddim-1", "ddim-2", "dpmsolver++karras-1", "dpmsolver++karras-2"]
+    for name, report in reports.items():
+        assert sorted(report["files"]) == ["0000.wav", "0001.wav"] and np.isfinite(report["fd_clap"])
+        assert report["files"]["0000.wav"]["prompt"] == PROMPTS[0]
+        assert soundfile.info(tmp_path / "sweep" / name / "0000.wav").frames == 8000  # 0.5 s at 16 kHz
