@@ -1,0 +1,148 @@
+"""The web app: its function against the pipeline, the `/generate` API through gradio_client, and the page in a
+real headless Chromium (Debian's package, driven by Playwright) typing a prompt and getting a WAV back."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+pytest.importorskip("gradio", reason="the web app is an optional extra: pip install -e '.[app]'")
+
+from audioldm2_lite import AudioLDM2Pipeline  # noqa: E402
+from audioldm2_lite.app import MAX_CANDIDATES, generate  # noqa: E402
+
+SECONDS = 1.0  # short audio and few steps: the page, not the model, is under test
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    return AudioLDM2Pipeline.from_pretrained(tiny_checkpoint, device="cpu")
+
+
+def test_generate_returns_ranked_candidates_and_the_seed_that_remakes_them(pipe):
+    steps = []
+    audios, seed = generate(pipe, "rain on a tin roof", "low quality", SECONDS, 3, "ddim", 3.5, None, 2,
+                            on_step=lambda i, total: steps.append((i, total)))
+    assert len(audios) == 2 and all(rate == 16000 and audio.shape == (16000,) for rate, audio in audios)
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    again, same_seed = generate(pipe, "rain on a tin roof", "low quality", SECONDS, 3, "ddim", 3.5, seed, 2)
+    assert same_seed == seed
+    for (_, first), (_, second) in zip(audios, again):
+        np.testing.assert_array_equal(first, second)  # same seed, same device: the same numbers
+
+
+def test_generate_is_the_pipeline_call(pipe):
+    audios, seed = generate(pipe, "techno music", "", SECONDS, 2, "dpmsolver++", 2.0, 7, 1)
+    direct = pipe("techno music", audio_length_in_s=SECONDS, num_inference_steps=2, guidance_scale=2.0,
+                  scheduler="dpmsolver++", generator=torch.Generator().manual_seed(7)).audios[0]
+    np.testing.assert_array_equal(audios[0][1], direct)  # no generation logic of the app's own
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt="   "), "non-empty"),
+    (dict(seconds=0.0), "audio_length_in_s must be positive"),
+    (dict(candidates=MAX_CANDIDATES + 1), "candidates must be between"),
+])
+def test_bad_values_are_value_errors(pipe, kwargs, message):
+    arguments = dict(prompt="rain", negative_prompt="", seconds=SECONDS, steps=2, scheduler="ddim", guidance=3.5,
+                     seed=0, candidates=1) | kwargs
+    with pytest.raises(ValueError, match=message):
+        generate(pipe, **arguments)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    """The real console entry point serving the tiny checkpoint on a free localhost port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "audioldm2_lite.app", "--model", str(tiny_checkpoint), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the app did not start:\n{process.stdout.read()}")
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_api_generate_returns_a_wav_and_survives_a_bad_request(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    path = client.predict("rain on a tin roof", "low quality", SECONDS, 3, 3.5, 0, api_name="/generate")
+    audio, rate = soundfile.read(path)
+    assert rate == 16000 and audio.shape == (int(SECONDS * 16000),)
+    with pytest.raises(Exception, match="non-empty string"):  # the message, not a stack trace
+        client.predict("   ", "", SECONDS, 3, 3.5, 0, api_name="/generate")
+    again, _ = soundfile.read(client.predict("rain on a tin roof", "low quality", SECONDS, 3, 3.5, 0,
+                                             api_name="/generate"))
+    np.testing.assert_array_equal(again, audio)  # still serving, and seeded: the same clip
+
+
+def chromium() -> str | None:
+    return next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+                 if path and os.path.exists(path)), None)
+
+
+def test_page_in_a_real_browser(server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright (the test extra) is not installed")
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium found (Debian: apt-get install chromium); .ci/run installs it")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync",
+        ])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server)
+            page.locator("#prompt textarea").fill("rain on a tin roof")
+            page.locator("#seconds input[type=number]").fill(str(SECONDS))
+            page.locator("#seconds input[type=number]").blur()
+            page.locator("#steps input[type=number]").fill("3")
+            page.locator("#steps input[type=number]").blur()
+            page.locator("#generate").click()
+            player = page.locator("#result-0 audio[src]").first
+            player.wait_for(state="attached", timeout=120_000)
+            # the audio element plays a blob of the served file: read it back from inside the page
+            encoded = page.evaluate("""async (src) => {
+                const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
+                let text = ''; for (const b of bytes) text += String.fromCharCode(b); return btoa(text); }""",
+                                    player.get_attribute("src"))
+            audio, rate = soundfile.read(io.BytesIO(base64.b64decode(encoded)))
+            assert rate == 16000 and audio.shape == (int(SECONDS * 16000),)
+            assert int(page.locator("#seed-used input").input_value()) >= 0  # the seed is shown
+            screenshot = Path(os.environ.get("AUDIOLDM2_LITE_SCREENSHOT", tmp_path / "app.png"))
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert screenshot.stat().st_size > 0
+        finally:
+            browser.close()
