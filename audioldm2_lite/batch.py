@@ -231,34 +231,46 @@ def batches(rows: list[Row], batch_size: int) -> list[list[Row]]:
 # The manifest: one JSON line per finished row, appended after its audio file is in place
 
 
-def append_line(path: Path, record: dict) -> None:
+def manifest_line(row: Row, settings: dict, score: float | None = None) -> dict:
+    line = dict(file=row.file_name, row=row.index, prompt=row.prompt, negative_prompt=row.negative_prompt,
+                seed=row.seed, seconds=row.seconds, guidance=row.guidance, candidates=row.candidates, **settings)
+    return line if score is None else {**line, "clap_score": score}
+
+
+def append_line(path: Path, line: dict) -> None:
     with open(path, "a", encoding="utf-8") as file:  # one write() of one line, flushed to disk
-        file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        file.write(json.dumps(line, ensure_ascii=False) + "\n")
         file.flush()
         os.fsync(file.fileno())
 
 
-def merge_manifests(out_dir: Path) -> int:
-    """Fold manifest.jsonl and the ranks' parts into manifest.jsonl: one line per existing file, in row order."""
+def merge_manifests(out_dir: Path, rows: list[Row], settings: dict) -> int:
+    """Fold manifest.jsonl and the ranks' parts into manifest.jsonl: one line per existing file, in row order.
+
+    A row's file without its line (the process was killed between the two) gets its line back, marked
+    "recovered" and without a CLAP score, which was not kept."""
     parts = sorted(out_dir.glob("manifest.rank-*.jsonl"))
-    records = {}
+    lines = {}
     for source in [out_dir / MANIFEST, *parts]:
         if source.exists():
-            for line in source.read_text(encoding="utf-8").splitlines():
+            for text in source.read_text(encoding="utf-8").splitlines():
                 try:
-                    record = json.loads(line)
+                    line = json.loads(text)
                 except json.JSONDecodeError:  # a line cut short by a crash (power loss)
                     continue
-                if (out_dir / record["file"]).exists():
-                    records[record["file"]] = record
+                if (out_dir / line["file"]).exists():
+                    lines[line["file"]] = line
+    for row in rows:
+        if row.file_name not in lines and (out_dir / row.file_name).exists():
+            lines[row.file_name] = {**manifest_line(row, settings), "recovered": True}
     handle, temporary = tempfile.mkstemp(suffix=".jsonl", dir=out_dir, prefix=".partial-")
     with os.fdopen(handle, "w", encoding="utf-8") as file:
-        for record in sorted(records.values(), key=lambda r: (r.get("row", 0), r["file"])):
-            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for line in sorted(lines.values(), key=lambda line: (line.get("row", 0), line["file"])):
+            file.write(json.dumps(line, ensure_ascii=False) + "\n")
     os.replace(temporary, out_dir / MANIFEST)
     for part in parts:
         part.unlink()
-    return len(records)
+    return len(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,6 +354,7 @@ def run(args) -> int:
     rows = make_rows(Path(args.prompts_file), defaults, DEFAULT_SEED if args.seed is None else args.seed,
                      f".{args.format}")
     steps = args.steps or (200 if args.scheduler == "ddim" else 20)
+    settings = dict(steps=steps, scheduler=args.scheduler, karras=args.karras, model=args.model)
     quiet = getattr(args, "quiet", False)
 
     previous_handler = signal.signal(signal.SIGTERM, interrupt)
@@ -360,7 +373,6 @@ def run(args) -> int:
         if pipe.device.type == "cuda" and not args.offload:
             pipe.optimize(compile=args.compile, cuda_graphs=True)
         manifest = out_dir / (MANIFEST if world == 1 else f"manifest.rank-{rank}.jsonl")
-        settings = dict(steps=steps, scheduler=args.scheduler, karras=args.karras, model=args.model)
         from tqdm.auto import tqdm
 
         with tqdm(total=len(todo), unit="clip", desc=f"rank 0 of {world}" if world > 1 else "rows",
@@ -373,8 +385,9 @@ def run(args) -> int:
                         failed += [(row.line, row.file_name, error) for row in finished]
                     bar.update(len(finished))
     except KeyboardInterrupt:
-        print(f"audioldm2-lite: rank {rank}: interrupted after {done} new rows; "
-              "the same command again finishes the rest", file=sys.stderr)
+        who = f"rank {rank}: " if world > 1 else ""
+        print(f"audioldm2-lite: {who}interrupted after {done} new rows; the same command again finishes the rest",
+              file=sys.stderr)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -382,7 +395,7 @@ def run(args) -> int:
     counts = gather((done, len(mine) - len(todo), failed), world)
     barrier(world)
     if rank == 0:
-        lines = merge_manifests(out_dir)
+        lines = merge_manifests(out_dir, rows, settings)
         done, skipped = sum(c[0] for c in counts), sum(c[1] for c in counts)
         failures = sorted(f for c in counts for f in c[2])
         print(f"{done} rows done, {skipped} skipped (file exists), {len(failures)} failed; "
@@ -410,10 +423,5 @@ def generate_and_write(pipe, batch: list[Row], settings: dict, out_dir: Path, ma
         return
     for row, (audio, score) in zip(batch, results):
         write_audio(out_dir / row.file_name, audio, pipe.sampling_rate)
-        record = dict(file=row.file_name, row=row.index, prompt=row.prompt, negative_prompt=row.negative_prompt,
-                      seed=row.seed, seconds=row.seconds, guidance=row.guidance, candidates=row.candidates,
-                      **settings)
-        if score is not None:
-            record["clap_score"] = score
-        append_line(manifest, record)  # after its file: never a line without a file
+        append_line(manifest, manifest_line(row, settings, score))  # after its file: never a line without one
         yield [row], None
