@@ -177,11 +177,13 @@ def row_conditioning(pipe, rows: list[Row], guided: bool) -> dict:
     Encoded together, the text stages pad a batch to its longest prompt and cut each negative prompt to
     that length, which moves a row's audio by ~1e-5 (relative) with the batch's other prompts. Encoded
     alone, only the UNet sees padding, masked in its cross-attention: the same audio to float rounding.
+    Every batch is padded to the T5 tokenizer's maximum (128 tokens), not to its longest prompt, so that the
+    UNet sees one shape per batch size and length: one CUDA graph each (cuda_graphs.py), not one per length.
     """
     import torch.nn.functional as F
 
     encoded = [pipe.encode_prompt(row.prompt, row.negative_prompt, 1, guided) for row in rows]  # [uncond, cond]
-    length = max(t5.shape[1] for _, t5, _ in encoded)
+    length = pipe.conditioner.tokenizer_2.model_max_length
 
     def half(h: int):  # one half (0: uncond, 1: cond) of every row, T5 padded to `length` with a zero mask
         import torch
