@@ -180,14 +180,13 @@ def row_conditioning(pipe, rows: list[Row], guided: bool) -> dict:
     Every batch is padded to the T5 tokenizer's maximum (128 tokens), not to its longest prompt, so that the
     UNet sees one shape per batch size and length: one CUDA graph each (cuda_graphs.py), not one per length.
     """
+    import torch
     import torch.nn.functional as F
 
     encoded = [pipe.encode_prompt(row.prompt, row.negative_prompt, 1, guided) for row in rows]  # [uncond, cond]
     length = pipe.conditioner.tokenizer_2.model_max_length
 
     def half(h: int):  # one half (0: uncond, 1: cond) of every row, T5 padded to `length` with a zero mask
-        import torch
-
         generated = torch.cat([g[h:h + 1] for g, _, _ in encoded])  # (B, N, 768)
         t5 = torch.cat([F.pad(s[h:h + 1], (0, 0, 0, length - s.shape[1])) for _, s, _ in encoded])  # (B, L, 1024)
         mask = torch.cat([F.pad(m[h:h + 1], (0, length - m.shape[1])) for _, _, m in encoded])  # (B, L)

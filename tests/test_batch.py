@@ -146,6 +146,24 @@ def test_rows_give_the_same_audio_in_any_batch(tiny_checkpoint):
     assert error < BATCHING_TOLERANCE
 
 
+def test_a_failing_row_is_reported_and_the_others_written(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    from audioldm2_lite import batch
+
+    def generate_unless_boom(pipe, rows, *args):
+        if any(row.prompt == "boom" for row in rows):
+            raise RuntimeError("CUDA out of memory")
+        return generate(pipe, rows, *args)
+
+    monkeypatch.setattr(batch, "generate", generate_unless_boom)
+    prompts = write_lines(tmp_path / "p.txt", ["rain", "# a comment", "boom", "wind"])
+    assert main(["--prompts-file", str(prompts), "--output-dir", str(tmp_path / "out"), "--batch-size", "3",
+                 "--model", str(tiny_checkpoint), "--seconds", "0.32", "--steps", "2", "--device", "cpu"]) == 1
+    out, err = capsys.readouterr()
+    assert "2 rows done, 0 skipped (file exists), 1 failed" in out  # the batch was retried one row at a time
+    assert "failed: line 3 (00001_boom.wav): RuntimeError: CUDA out of memory" in err
+    assert sorted(line["file"] for line in manifest(tmp_path / "out")) == ["00000_rain.wav", "00002_wind.wav"]
+
+
 # ----------------------------------------------------------------------------------------------
 # 200 rows: uninterrupted; interrupted by SIGTERM and SIGKILL then resumed; two processes under torchrun
 
