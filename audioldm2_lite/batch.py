@@ -79,9 +79,12 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
             if reader.fieldnames is None or "prompt" not in reader.fieldnames:
                 raise ValueError(f"{path} line 1: the header needs a 'prompt' column, got {reader.fieldnames}")
             check_columns(path, 1, reader.fieldnames)
-            # a record may span lines (quoted newlines): reader.line_num is the line it ends on
-            return [(reader.line_num, {k: v for k, v in record.items() if k == "prompt" or v not in ("", None)})
-                    for record in reader]
+            rows = []
+            for record in reader:  # a record may span lines (quoted newlines): reader.line_num is its last
+                if None in record:
+                    raise ValueError(f"{path} line {reader.line_num}: more values than the header has columns")
+                rows.append((reader.line_num, {k: v for k, v in record.items() if k == "prompt" or v}))
+            return rows
         if suffix == ".jsonl":
             rows = []
             for n, line in enumerate(file, 1):

@@ -67,6 +67,7 @@ def test_txt_csv_and_jsonl_rows(tmp_path):
     ("p.csv", ["prompt,seconds", "rain,1", ",2"], "p.csv line 3: the prompt is empty"),
     ("p.csv", ["prompt,sconds", "rain,1"], "p.csv line 1: unknown column(s) 'sconds'"),
     ("p.csv", ["text", "rain"], "p.csv line 1: the header needs a 'prompt' column"),
+    ("p.csv", ["prompt,seconds", "rain,1", "wind,2,3"], "p.csv line 3: more values than the header has columns"),
     ("p.jsonl", ['{"prompt": "rain"}', '{"prompt": "wind", "seconds": -1}'], "line 2: seconds must be positive"),
     ("p.jsonl", ['{"prompt": "rain", "seed": 1.5}'], "line 1: seed must be an integer"),
     ("p.jsonl", ['{"prompt": "rain", "candidates": "two"}'], "line 1: candidates must be an integer"),
@@ -135,8 +136,9 @@ def test_rows_give_the_same_audio_in_any_batch(tiny_checkpoint):
     print(f"batched vs alone: max_rel_error {max(errors):.2e}")  # measured 7.8e-8
     assert max(errors) < BATCHING_TOLERANCE
     assert all(abs(all_six[row][1] - alone[row][1]) < 1e-5 for row in rows)  # the CLAP score of the best
-    # the tolerance tells rows apart: a neighbour's audio is nowhere near
-    assert max_rel_error(torch.as_tensor(alone[rows[1]][0]), torch.as_tensor(alone[rows[0]][0])) > 100 * BATCHING_TOLERANCE
+    # the tolerance still tells rows apart: a neighbour differs by 2e-3 even on the tiny random model
+    neighbour = max_rel_error(torch.as_tensor(alone[rows[1]][0]), torch.as_tensor(alone[rows[0]][0]))
+    assert neighbour > 100 * BATCHING_TOLERANCE
 
     # a row with its own seed S sounds like `audioldm2-lite PROMPT --seed S` on the CPU
     single = pipe(prompts[2], negative_prompt=negatives[2], audio_length_in_s=0.32, num_inference_steps=2,
