@@ -18,7 +18,7 @@ import torch
 from reference import max_rel_error
 
 from audioldm2_lite import AudioLDM2Pipeline
-from audioldm2_lite.batch import Row, batches, generate, make_rows, row_seed
+from audioldm2_lite.batch import Row, batches, generate, make_rows, manifest_line, merge_manifests, row_seed
 from audioldm2_lite.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +31,16 @@ DEFAULTS = dict(negative_prompt="", seconds=10.0, guidance=3.5, candidates=1)
 BATCHING_TOLERANCE = 1e-5
 # In 16-bit WAV files that rounding can flip a sample across a quantisation step: one step at most.
 WAV_STEPS_TOLERANCE = 1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model gains nothing from intra-op threads, and on a busy machine idle threads spin: one thread
+    here and in the subprocesses (OMP_NUM_THREADS), as torchrun sets for its workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_lines(path: Path, lines) -> Path:
@@ -112,6 +122,22 @@ def test_cli_reports_a_bad_row_in_one_line_before_loading(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--prompts-file", str(path)])
     assert "--prompts-file needs --output-dir" in capsys.readouterr().err
+
+
+def test_manifest_parts_merge_into_one_line_per_file(tmp_path):
+    rows = make_rows(write_lines(tmp_path / "p.txt", ["rain", "wind", "fire", "snow"]), DEFAULTS, 0, ".wav")
+    settings = dict(steps=2, scheduler="ddim", karras=False, model="tiny")
+    for row in rows[:3]:
+        (tmp_path / row.file_name).write_bytes(b"audio")  # rows 0-2 have files; row 3 was never made
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(manifest_line(rows[1], settings, 0.5)) + "\n")
+    (tmp_path / "manifest.rank-0.jsonl").write_text(
+        json.dumps(manifest_line(rows[0], settings)) + "\n" + json.dumps(manifest_line(rows[3], settings))  # no file
+        + "\n" + '{"file": "00002_fi')  # a line cut short by a crash
+    assert merge_manifests(tmp_path, rows, settings) == 3
+    lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert [line["row"] for line in lines] == [0, 1, 2] and lines[1]["clap_score"] == 0.5
+    assert lines[2] == {**manifest_line(rows[2], settings), "recovered": True}  # file present, line lost
+    assert not list(tmp_path.glob("manifest.rank-*")) and not list(tmp_path.glob(".partial-*"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,7 +228,7 @@ def command(prompts: Path, out_dir: Path, checkpoint: Path, batch_size: int) -> 
 
 def cli(args, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, **kwargs)
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, **kwargs)
 
 
 def manifest(out_dir: Path) -> list[dict]:
