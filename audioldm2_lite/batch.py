@@ -373,8 +373,8 @@ def run(args) -> int:
     try:
         pipe = AudioLDM2Pipeline.from_pretrained(
             args.model, device=device, dtype=getattr(torch, args.dtype) if args.dtype else None, offload=args.offload,
-        )
-        if pipe.device.type == "cuda" and not args.offload:
+        ) if todo else None  # nothing left to make here: no need to load the model
+        if todo and pipe.device.type == "cuda" and not args.offload:
             pipe.optimize(compile=args.compile, cuda_graphs=True)
         manifest = out_dir / (MANIFEST if world == 1 else f"manifest.rank-{rank}.jsonl")
         from tqdm.auto import tqdm

@@ -309,6 +309,8 @@ def test_interrupted_runs_resume_to_the_same_audio(reference_run, tiny_checkpoin
     unscored = [{k: v for k, v in line.items() if k not in ("clap_score", "recovered")} for line in lines]
     assert unscored == [{k: v for k, v in line.items() if k != "clap_score"} for line in manifest(reference)]
     assert_same_audio(files, audio_files(reference))
+    # all done: a rerun skips every row without loading the model
+    assert main(command(prompts, out_dir, tmp_path / "no-model-here", 6)) == 0 and manifest(out_dir) == lines
 
 
 def test_torchrun_two_processes_match_one(reference_run, tiny_checkpoint, tmp_path):
