@@ -26,6 +26,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -361,7 +362,8 @@ def run(args) -> int:
     settings = dict(steps=steps, scheduler=args.scheduler, karras=args.karras, model=args.model)
     quiet = getattr(args, "quiet", False)
 
-    previous_handler = signal.signal(signal.SIGTERM, interrupt)
+    main_thread = threading.current_thread() is threading.main_thread()  # only there can signals be handled
+    previous_handler = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
     rank, world, device = start_distributed(args.device)
     if rank == 0:  # temporary files of a killed run: removed before any rank writes new ones
         for stale in out_dir.glob(".partial-*"):
@@ -394,7 +396,8 @@ def run(args) -> int:
               file=sys.stderr)
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
 
     counts = gather((done, len(mine) - len(todo), failed), world)
     barrier(world)
