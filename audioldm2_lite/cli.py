@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audioldm2-lite", description="Generate audio from a text prompt with AudioLDM 2."
     )
-    parser.add_argument("prompt", help="what the audio should sound like")
+    parser.add_argument("prompt", nargs="?", help="what the audio should sound like")
     parser.add_argument("-o", "--output", default="out.wav", help="output file, .wav or .flac (default: out.wav)")
     parser.add_argument("--negative-prompt", default="", help="what to steer away from, e.g. 'low quality'")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length in seconds (default: 10)")
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on CUDA, torch.compile the UNet, VAE and vocoder first (minutes of compiling)")
     parser.add_argument("--offload", action="store_true",
                         help="keep weights in CPU memory, each stage on the GPU only while it runs")
+    many = parser.add_argument_group("many prompts (README: Many prompts; torchrun for several GPUs)")
+    many.add_argument("--prompts-file", help=".txt (a prompt a line), .csv or .jsonl (a 'prompt' column, optional "
+                      "negative_prompt, seconds, seed, file_name, candidates, guidance); options are the defaults")
+    many.add_argument("--output-dir", help="folder for the files and manifest.jsonl; rows already there are skipped")
+    many.add_argument("--batch-size", type=int, default=1, help="rows per pipeline call (default: 1)")
+    many.add_argument("--format", default="wav", choices=[f[1:] for f in FORMATS], help="file format (default: wav)")
     return parser
 
 
@@ -94,7 +100,14 @@ def write_audio(path: Path, audio, sampling_rate: int) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_arguments(args, parser)
+    if args.prompts_file is not None:  # many prompts from a file: batch.py checks its own arguments
+        from . import batch
+
+        batch.check_arguments(args, parser)
+    elif args.prompt is None:
+        parser.error("give a PROMPT, or --prompts-file FILE for many")
+    else:
+        check_arguments(args, parser)
 
     import torch
 
@@ -102,6 +115,8 @@ def main(argv=None) -> int:
 
     steps = args.steps or (200 if args.scheduler == "ddim" else 20)
     try:
+        if args.prompts_file is not None:
+            return batch.run(args)
         pipe = AudioLDM2Pipeline.from_pretrained(
             args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None,
             offload=args.offload,

@@ -31,6 +31,7 @@ from .samplers import SAMPLERS, SchedulerConfig, make_sampler
 @dataclass
 class AudioLDM2PipelineOutput:
     audios: np.ndarray | torch.Tensor  # (batch * num_waveforms_per_prompt, samples) float32, or latents
+    scores: torch.Tensor | None = None  # (batch * n,) CLAP similarity of each audio to its prompt, when ranked
 
 
 def default_device() -> torch.device:
@@ -223,13 +224,14 @@ class AudioLDM2Pipeline:
         if output_type == "latent":
             return AudioLDM2PipelineOutput(audios=latents)
 
-        audio = self.decode(latents, num_samples)
+        audio, scores = self.decode(latents, num_samples), None
         if num_waveforms_per_prompt > 1 and prompt is not None:
-            audio = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
-        return AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio)
+            audio, scores = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
+        return AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio, scores=scores)
 
-    def rank_candidates(self, prompt, audio: torch.Tensor, num_waveforms_per_prompt: int) -> torch.Tensor:
-        """Each prompt's candidates sorted by CLAP audio-text cosine similarity, best first (see clap_audio.py)."""
+    def rank_candidates(self, prompt, audio: torch.Tensor, num_waveforms_per_prompt: int):
+        """Each prompt's candidates sorted by CLAP audio-text cosine similarity, best first (see clap_audio.py),
+        and those similarities: (audio (P * n, samples), scores (P * n,))."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         conditioner = self.conditioner
         with self._running(conditioner):
@@ -238,8 +240,10 @@ class AudioLDM2Pipeline:
             ids, mask = tokenize(conditioner.tokenizer, prompts, conditioner.tokenizer.model_max_length, False,
                                  "the CLAP text encoder", self.device)
             text_embeds = conditioner.clap.get_text_features(ids, mask)  # (P, 512)
-        order = rank_waveforms(audio_embeds.float(), text_embeds.float(), num_waveforms_per_prompt)
-        return audio[order.cpu()]
+        order = rank_waveforms(audio_embeds.float(), text_embeds.float(), num_waveforms_per_prompt).cpu()
+        similarity = (text_embeds.float() @ audio_embeds.float().T).cpu()  # (P, P * n)
+        owner = torch.arange(len(order)) // num_waveforms_per_prompt  # the prompt of each ranked waveform
+        return audio[order], similarity[owner, order]
 
     def check_inputs(self, prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
                      scheduler, output_type):
