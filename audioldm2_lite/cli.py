@@ -114,9 +114,9 @@ def check_output(args) -> None:
     for path in output_paths(args.output, args.candidates if args.all else 1):
         if path.is_dir():
             raise UsageError(f"'{path}' (one of the --all outputs) is a directory; choose another -o name")
-        folder = path.expanduser().resolve().parent
-        if not folder.is_dir():
-            raise UsageError(f"cannot write '{path}': the folder '{folder}' does not exist")
+    folder = Path(args.output).expanduser().resolve().parent  # every output lies in it
+    if not folder.is_dir():
+        raise UsageError(f"cannot write '{args.output}': the folder '{folder}' does not exist")
     try:  # the real test (root passes os.access everywhere): create a file there
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
@@ -273,7 +273,9 @@ def generate(args) -> int:
 
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"{PROG}: warning: {message}", file=file or sys.stderr)
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"{PROG}: warning: {message}", file=file or sys.stderr)  # on its own line, above any bar
 
 
 def fail(message: str, status: int) -> int:
@@ -294,9 +296,9 @@ def main(argv=None) -> int:
             return generate(args)
     except UsageError as error:
         return fail(str(error), 2)
-    except CheckpointError as error:
+    except (CheckpointError, ValueError) as error:  # ours, worded for a person
         return fail(str(error), 1)
-    except (ValueError, RuntimeError, OSError) as error:  # torch's out-of-memory is a RuntimeError
+    except (RuntimeError, OSError) as error:  # torch's out-of-memory is a RuntimeError
         return fail(f"{type(error).__name__}: {error}", 1)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
