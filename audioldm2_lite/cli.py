@@ -25,6 +25,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 # peak of which 2.14 GiB weights), doubled for safety: a bound to refuse the impossible, not a prediction.
 ACTIVATION_BYTES_PER_SECOND = 2 * 2.18 * 2**30 / (150 * 4 * 2 * 2)
 OFFICIAL_WEIGHT_BYTES = 4.7e9  # cvssp/audioldm2 in float32, for a hub id not yet on disk
+MIN_SECONDS = 0.01  # one mel frame: 160 samples at 16 kHz in every AudioLDM 2 checkpoint
 
 
 class UsageError(Exception):
@@ -79,6 +80,10 @@ def check_values(args) -> None:
         raise UsageError("the prompt is empty")
     if not args.seconds > 0:
         raise UsageError(f"--seconds must be positive, got {args.seconds}")
+    if args.seconds < MIN_SECONDS:
+        raise UsageError(f"--seconds must be at least {MIN_SECONDS} (one mel frame), got {args.seconds}")
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed must be in 0 .. 2**64 - 1, got {args.seed}")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     if not args.guidance >= 0:

@@ -47,6 +47,8 @@ NO_MPS = "MPS is available here, so --device mps is not a mistake"
     (["rain", "--seconds", "0"], "--seconds must be positive"),
     (["rain", "--seconds", "-2"], "--seconds must be positive"),
     (["rain", "--seconds", "nan"], "--seconds must be positive"),
+    (["rain", "--seconds", "0.001"], "--seconds must be at least 0.01 (one mel frame)"),
+    (["rain", "--seed", "-1"], "--seed must be in 0 .. 2**64 - 1"),
     (["rain", "--seconds", "1e6"], "the longest that fits is about"),  # before loading, from free memory
     (["rain", "--steps", "0"], "--steps must be at least 1"),
     (["rain", "--scheduler", "euler"], "unknown --scheduler 'euler'"),
