@@ -159,6 +159,10 @@ def check_device(args) -> None:
     if device.type == "cpu" and args.dtype in ("float16", "bfloat16"):
         raise UsageError(f"--dtype {args.dtype} is for GPUs: on the CPU use float32 (the default); torch's CPU "
                          "half-precision kernels are tens of times slower")
+    if args.compile and device.type != "cuda":
+        raise UsageError(f"--compile applies on CUDA only; here the device is {device}")
+    if args.offload and device.type == "cpu":
+        raise UsageError("--offload keeps weights in CPU memory while a GPU runs them; here the device is the CPU")
 
 
 def available_memory(device) -> int | None:

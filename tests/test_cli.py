@@ -66,6 +66,8 @@ NO_MPS = "MPS is available here, so --device mps is not a mistake"
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason=NO_MPS)),
     (["rain", "--device", "cpu", "--dtype", "float16"], "--dtype float16 is for GPUs: on the CPU use float32"),
     (["rain", "--device", "cpu", "--dtype", "bfloat16"], "--dtype bfloat16 is for GPUs"),
+    (["rain", "--device", "cpu", "--offload"], "--offload keeps weights in CPU memory while a GPU runs them; here the device is the CPU"),
+    (["rain", "--device", "cpu", "--compile"], "--compile applies on CUDA only"),
     (["rain", "-o", "out.mp3"], "output must end in .wav or .flac"),
     (["rain", "-o", "/no/such/folder/out.wav"], "the folder '/no/such/folder' does not exist"),
     pytest.param(["rain", "-o", "/proc/out.wav"], "the folder '/proc' is not writable",  # even for root
