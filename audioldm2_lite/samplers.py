@@ -119,7 +119,8 @@ class DDIMSampler(Sampler):
 
     Parity details (diffusers 0.42):
     - timesteps: "leading" k * (T // N) + steps_offset; "trailing" round(arange(T, 0, -T / N)) - 1;
-      "linspace" round(linspace(0, T - 1, N)); all descending.
+      "linspace" round(linspace(0, T - 1, N)); all descending. Where "leading" would pass T - 1 (N = T with
+      steps_offset 1, an IndexError in diffusers) it is shifted down to end at 0: every N in 1..T runs.
     - the previous timestep is always t - T // N, whatever the spacing (so with "trailing"/"linspace" it is
       not the next timestep in the list); below 0 it is alpha_bar_0, or 1 with set_alpha_to_one.
     - the noise z is drawn after the deterministic update, with the model output's shape and dtype, on the
