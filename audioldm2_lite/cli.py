@@ -171,8 +171,10 @@ def available_memory(device) -> int | None:
 
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu" and hasattr(os, "sysconf") and "SC_AVPHYS_PAGES" in os.sysconf_names:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    if device.type == "cpu" and Path("/proc/meminfo").is_file():  # Linux; MemAvailable counts reclaimable cache
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return None
 
 
@@ -196,7 +198,10 @@ def check_memory(args) -> None:
     batch = args.candidates * (2 if args.guidance > 1 else 1)
     per_second = ACTIVATION_BYTES_PER_SECOND * batch * dtype_bytes
     if weights + args.seconds * per_second > free:
-        longest = max(0.0, (free - weights) / per_second)
+        longest = (free - weights) / per_second
+        if longest < MIN_SECONDS:
+            raise UsageError(f"the model's weights alone need about {weights / 2**30:.1f} GiB in {dtype}; "
+                             f"{free / 2**30:.1f} GiB is free on {device}")
         raise UsageError(
             f"--seconds {args.seconds:g} with {args.candidates} candidate(s) needs about "
             f"{(weights + args.seconds * per_second) / 2**30:.1f} GiB; {free / 2**30:.1f} GiB is free on {device}: "
