@@ -1,5 +1,7 @@
 """audioldm2_lite: a readable, parity-checked PyTorch reimplementation of AudioLDM 2 inference."""
 
+__version__ = "0.1.0"  # the one place; pyproject.toml reads it
+
 from .loading import (
     CheckpointError,
     load_component,

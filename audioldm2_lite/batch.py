@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from .cli import FORMATS, check_arguments as check_cli_arguments, write_audio
+from .cli import FORMATS, UsageError, run_checks, settings_metadata, write_audio
 
 COLUMNS = ("prompt", "negative_prompt", "seconds", "seed", "file_name", "candidates", "guidance")
 NUMBERS = {"seconds": float, "guidance": float, "seed": int, "candidates": int}
@@ -323,24 +323,24 @@ def barrier(world: int) -> None:
 # The run
 
 
-def check_arguments(args, parser) -> None:
+def check_arguments(args) -> None:
     """The batch options, then the shared ones through the CLI's own checks."""
     if args.prompt is not None:
-        parser.error("give a PROMPT or --prompts-file, not both")
+        raise UsageError("give a PROMPT or --prompts-file, not both")
     if args.output_dir is None:
-        parser.error("--prompts-file needs --output-dir DIR")
+        raise UsageError("--prompts-file needs --output-dir DIR")
     if args.all:
-        parser.error("--all writes one file per candidate; with --prompts-file each row keeps its best")
+        raise UsageError("--all writes one file per candidate; with --prompts-file each row keeps its best")
     if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not Path(args.prompts_file).is_file():
-        parser.error(f"--prompts-file '{args.prompts_file}' is not a file")
+        raise UsageError(f"--prompts-file '{args.prompts_file}' is not a file")
     try:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        parser.error(f"cannot create --output-dir '{args.output_dir}' ({error.strerror})")
+        raise UsageError(f"cannot create --output-dir '{args.output_dir}' ({error.strerror})")
     stand_in = dict(prompt="(from the file)", output=str(Path(args.output_dir) / f"x.{args.format}"))
-    check_cli_arguments(argparse.Namespace(**{**vars(args), **stand_in}), parser)
+    run_checks(argparse.Namespace(**{**vars(args), **stand_in}))
 
 
 def interrupt(signum, frame):
@@ -429,6 +429,9 @@ def generate_and_write(pipe, batch: list[Row], settings: dict, out_dir: Path, ma
             yield batch, f"{type(error).__name__}: {error}"
         return
     for row, (audio, score) in zip(batch, results):
-        write_audio(out_dir / row.file_name, audio, pipe.sampling_rate)
+        metadata = settings_metadata(row.prompt, row.negative_prompt, row.seed, settings["steps"],
+                                     settings["scheduler"], settings["karras"], row.guidance, row.seconds,
+                                     settings["model"])
+        write_audio(out_dir / row.file_name, audio, pipe.sampling_rate, metadata)
         append_line(manifest, manifest_line(row, settings, score))  # after its file: never a line without one
         yield [row], None

@@ -44,20 +44,20 @@ class Conditioning(NamedTuple):
     t5_mask: torch.Tensor  # (B, L) int64, 1 = token, 0 = padding
 
 
-def warn_if_truncated(tokenizer, texts: list[str], max_length: int, reader: str) -> None:
-    """Warn, naming the lost text, about every text longer than `max_length` tokens."""
-    for text, ids in zip(texts, tokenizer(texts, verbose=False).input_ids):
-        if len(ids) > max_length:
-            # truncation keeps max_length - 1 tokens and the closing special token; the rest is lost
-            removed = tokenizer.decode(ids[max_length - 1 : -1])
-            warnings.warn(
-                f"{reader} reads at most {max_length} tokens; cut off from the prompt starting {text[:30]!r}: {removed!r}"
-            )
+def warn_if_truncated(texts: list[str], readers) -> None:
+    """One warning line per text that an encoder cut short: how many tokens each encoder kept of how many.
+
+    `readers`: (name, tokenizer, mask (B, L) of the tokens that encoder reads) for each encoder."""
+    for row, text in enumerate(texts):
+        counts = [(name, int(mask[row].sum()), len(tokenizer(text, verbose=False).input_ids))
+                  for name, tokenizer, mask in readers]
+        if any(kept < total for _, kept, total in counts):
+            kept = ", ".join(f"{name} kept {kept} of {total} tokens" for name, kept, total in counts)
+            warnings.warn(f"the prompt {text[:40]!r}... is too long: {kept}; the rest is ignored")
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, pad_to_max_length: bool, reader: str, device):
     """Token ids and mask (B, L) int64, truncated at `max_length`, padded to it or to the longest text."""
-    warn_if_truncated(tokenizer, texts, max_length, reader)
     tokens = tokenizer(
         texts, padding="max_length" if pad_to_max_length else "longest", max_length=max_length, truncation=True,
         return_tensors="pt",
@@ -107,6 +107,7 @@ class TextConditioner(nn.Module):
             self.tokenizer, texts, self.tokenizer.model_max_length, self.clap_pad_to_max_length,
             "the CLAP text encoder", t5_ids.device,
         )
+        warn_if_truncated(texts, [("CLAP", self.tokenizer, clap_mask), ("T5", self.tokenizer_2, t5_mask)])
         clap_states = self.clap.get_text_features(clap_ids, clap_mask)[:, None]  # (B, 1, 512)
         clap_mask = clap_mask.new_ones(len(texts), 1)
 

@@ -35,7 +35,25 @@ class AudioLDM2PipelineOutput:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when there is a GPU, then Apple's MPS, then the CPU (MPS is untested on real hardware)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def progress_stage(description: str, enabled: bool):
+    """A one-unit tqdm bar for a stage with no steps of its own (loading, encoding, decoding)."""
+    if not enabled:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=1, desc=description, bar_format="{desc}: {elapsed}") as bar:
+        yield
+        bar.update()
 
 
 class AudioLDM2Pipeline:
@@ -49,11 +67,14 @@ class AudioLDM2Pipeline:
         self.hop_length = vocoder.hop_length  # 160 samples per mel frame
 
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False):
+    def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False,
+                        progress: bool = False):
         """Load every stage of a hub id or local hub-layout folder.
 
-        dtype defaults to float16 on CUDA and float32 elsewhere. With `offload=True` the weights stay
-        in CPU memory and each stage visits `device` only while it runs (model CPU offload).
+        device defaults to `default_device()` (CUDA, then MPS, then CPU); dtype to float16 on CUDA and
+        float32 elsewhere. With `offload=True` the weights stay in CPU memory and each stage visits `device`
+        only while it runs (model CPU offload). `progress` names each component as it loads (a hub
+        download shows huggingface_hub's own bars).
         """
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
@@ -61,11 +82,13 @@ class AudioLDM2Pipeline:
         home = torch.device("cpu") if offload else device
 
         def load(name):
-            return load_component(root, name, dtype=dtype, device=home)
+            with progress_stage(f"loading {name}", progress):
+                return load_component(root, name, dtype=dtype, device=home)
 
         # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
         # masked, so the features agree to float rounding, at a fraction of the cost
-        conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, clap_pad_to_max_length=False)
+        with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
+            conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, clap_pad_to_max_length=False)
         return cls(
             conditioner, load("unet"), load("vae"), load("vocoder"),
             SchedulerConfig.from_hub(load_config(root, "scheduler")),
@@ -196,18 +219,24 @@ class AudioLDM2Pipeline:
                  negative_generated_prompt_embeds=None, attention_mask=None, negative_attention_mask=None,
                  max_new_tokens: int | None = None, output_type: str = "np", callback=None,
                  callback_steps: int = 1, scheduler: str = "ddim", karras_sigmas: bool = False,
-                 progress: bool = False) -> AudioLDM2PipelineOutput:
+                 progress: bool = False, seed: int | None = None) -> AudioLDM2PipelineOutput:
+        """Audio for `prompt` (diffusers' argument names). `seed` is the simple way to reproducible output:
+        the starting noise is drawn on the CPU, so a seed gives the same audio on every device (to float
+        rounding); `generator` takes precedence. `progress` shows every stage with tqdm."""
+        if seed is not None and generator is None:
+            generator = torch.Generator("cpu").manual_seed(seed)
         if audio_length_in_s is None:  # the UNet's training size: 10.24 s
             audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate
         self.check_inputs(prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
                           scheduler, output_type)
-        conditioning = self.encode_prompt(
-            prompt, negative_prompt, num_waveforms_per_prompt, guidance_scale > 1.0, max_new_tokens,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            generated_prompt_embeds=generated_prompt_embeds,
-            negative_generated_prompt_embeds=negative_generated_prompt_embeds,
-            attention_mask=attention_mask, negative_attention_mask=negative_attention_mask,
-        )
+        with progress_stage("encoding the prompt", progress):
+            conditioning = self.encode_prompt(
+                prompt, negative_prompt, num_waveforms_per_prompt, guidance_scale > 1.0, max_new_tokens,
+                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                generated_prompt_embeds=generated_prompt_embeds,
+                negative_generated_prompt_embeds=negative_generated_prompt_embeds,
+                attention_mask=attention_mask, negative_attention_mask=negative_attention_mask,
+            )
         batch = conditioning[0].shape[0] // (2 if guidance_scale > 1.0 else 1)
         frames, num_samples = self.latent_frames(audio_length_in_s)
         latents = self.prepare_latents(batch, frames, generator, latents)
@@ -224,9 +253,11 @@ class AudioLDM2Pipeline:
         if output_type == "latent":
             return AudioLDM2PipelineOutput(audios=latents)
 
-        audio, scores = self.decode(latents, num_samples), None
+        with progress_stage("decoding", progress):
+            audio, scores = self.decode(latents, num_samples), None
         if num_waveforms_per_prompt > 1 and prompt is not None:
-            audio, scores = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
+            with progress_stage("ranking the candidates", progress):
+                audio, scores = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
         return AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio, scores=scores)
 
     def rank_candidates(self, prompt, audio: torch.Tensor, num_waveforms_per_prompt: int):

@@ -119,7 +119,8 @@ class DDIMSampler(Sampler):
 
     Parity details (diffusers 0.42):
     - timesteps: "leading" k * (T // N) + steps_offset; "trailing" round(arange(T, 0, -T / N)) - 1;
-      "linspace" round(linspace(0, T - 1, N)); all descending.
+      "linspace" round(linspace(0, T - 1, N)); all descending. Where "leading" would pass T - 1 (N = T with
+      steps_offset 1, an IndexError in diffusers) it is shifted down to end at 0: every N in 1..T runs.
     - the previous timestep is always t - T // N, whatever the spacing (so with "trailing"/"linspace" it is
       not the next timestep in the list); below 0 it is alpha_bar_0, or 1 with set_alpha_to_one.
     - the noise z is drawn after the deterministic update, with the model output's shape and dtype, on the
@@ -131,13 +132,14 @@ class DDIMSampler(Sampler):
     def __init__(self, config: SchedulerConfig, num_inference_steps: int, eta: float = 0.0, device=None):
         total = config.num_train_timesteps
         if not 1 <= num_inference_steps <= total:
-            raise ValueError(f"num_inference_steps must be in [1, {total}], got {num_inference_steps}")
+            raise ValueError(f"DDIM takes 1 to {total} steps (the checkpoint's training steps), got {num_inference_steps}")
         self.prediction_type, self.eta = config.prediction_type, float(eta)
 
         # timesteps, descending
         n = num_inference_steps
         if config.timestep_spacing == "leading":
             timesteps = np.arange(n)[::-1] * (total // n) + config.steps_offset
+            timesteps -= max(0, timesteps[0] - (total - 1))  # N = T: 999 .. 0, where diffusers indexes t = T
         elif config.timestep_spacing == "trailing":
             timesteps = np.round(np.arange(total, 0, -total / n)) - 1
         else:  # linspace
@@ -207,8 +209,10 @@ class DPMSolverPlusPlus2M(Sampler):
 
     def __init__(self, config: SchedulerConfig, num_inference_steps: int, device=None):
         total, n = config.num_train_timesteps, num_inference_steps
-        if not 1 <= n <= total:
-            raise ValueError(f"num_inference_steps must be in [1, {total}], got {n}")
+        # N + 1 distinct training timesteps on the spacing grids; Karras levels and "trailing" need N
+        limit = total if config.use_karras_sigmas or config.timestep_spacing == "trailing" else total - 1
+        if not 1 <= n <= limit:
+            raise ValueError(f"DPM-Solver++ takes 1 to {limit} steps with this checkpoint's {total} training steps, got {n}")
         self.prediction_type = config.prediction_type
         alpha_bar = alphas_cumprod(config)
         train_sigmas = ((1 - alpha_bar) / alpha_bar) ** 0.5  # (T,) float32, increasing with t
@@ -219,6 +223,7 @@ class DPMSolverPlusPlus2M(Sampler):
         else:
             if config.timestep_spacing == "leading":
                 timesteps = np.arange(1, n + 1)[::-1] * (total // (n + 1)) + config.steps_offset
+                timesteps -= max(0, timesteps[0] - (total - 1))  # N = T - 1: 999 .. 1, where diffusers indexes T
             elif config.timestep_spacing == "trailing":
                 timesteps = np.arange(total, 0, -total / n).round() - 1
             else:  # linspace
