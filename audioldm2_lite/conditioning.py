@@ -159,12 +159,12 @@ class TextConditioner(nn.Module):
             raise ValueError("give `prompt`, or both `prompt_embeds` and `generated_prompt_embeds`")
         if negative_prompt_embeds is not None and negative_generated_prompt_embeds is None:
             raise ValueError("`negative_prompt_embeds` needs `negative_generated_prompt_embeds` too")
-        negative_as_text = do_classifier_free_guidance and negative_prompt_embeds is None
+        guided = do_classifier_free_guidance
 
-        if prompt_embeds is None and (negative_as_text or not do_classifier_free_guidance):
+        if prompt_embeds is None and (negative_prompt_embeds is None or not guided):
             # all text: both halves through the text stages in one batch, [negatives, prompts]; the negatives'
             # T5 tokens are padded, or cut, to the prompts' length so that the halves stack
-            texts = self.negative_texts(negative_prompt, len(prompts)) + prompts if negative_as_text else prompts
+            texts = (self.negative_texts(negative_prompt, len(prompts)) if guided else []) + prompts
             encoded = self.encode_texts(texts, self.t5_length(prompts), max_new_tokens, device)
         else:
             # a half given as embeddings is used as given; a half given as text is encoded on its own
@@ -172,9 +172,9 @@ class TextConditioner(nn.Module):
                 encoded = self.given(prompt_embeds, attention_mask, generated_prompt_embeds, device)
             else:
                 encoded = self.encode_texts(prompts, self.t5_length(prompts), max_new_tokens, device)
-            if do_classifier_free_guidance:
+            if guided:
                 batch, t5_length = encoded.t5_states.shape[:2]
-                if negative_as_text:
+                if negative_prompt_embeds is None:
                     negatives = self.negative_texts(negative_prompt, batch)
                     uncond = self.encode_texts(negatives, t5_length, max_new_tokens, device)
                 else:
