@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .loading import hub_field
+
 # The x3 upsampler's low-pass filter (see the module docstring for how they were chosen).
 RESAMPLE_CUTOFF = 0.956875  # -6 dB point, as a fraction of the input's Nyquist frequency (7655 Hz at 16 kHz)
 RESAMPLE_KAISER_BETA = 12.8
@@ -66,21 +68,17 @@ class ClapFeatureConfig:
     @classmethod
     def from_hub(cls, config: dict) -> "ClapFeatureConfig":
         d = cls()
-        out = cls(
-            sampling_rate=config.get("sampling_rate", d.sampling_rate),
-            feature_size=config.get("feature_size", d.feature_size),
-            fft_window_size=config.get("fft_window_size", d.fft_window_size),
-            hop_length=config.get("hop_length", d.hop_length),
-            max_length_s=config.get("max_length_s", d.max_length_s),
-            frequency_min=config.get("frequency_min", d.frequency_min),
-            frequency_max=config.get("frequency_max", d.frequency_max),
-            truncation=config.get("truncation", d.truncation),
-            padding=config.get("padding", d.padding),
+        return cls(
+            sampling_rate=hub_field(config, "sampling_rate", d.sampling_rate),
+            feature_size=hub_field(config, "feature_size", d.feature_size),
+            fft_window_size=hub_field(config, "fft_window_size", d.fft_window_size),
+            hop_length=hub_field(config, "hop_length", d.hop_length),
+            max_length_s=hub_field(config, "max_length_s", d.max_length_s),
+            frequency_min=hub_field(config, "frequency_min", d.frequency_min),
+            frequency_max=hub_field(config, "frequency_max", d.frequency_max),
+            truncation=hub_field(config, "truncation", d.truncation, supported=("rand_trunc",)),
+            padding=hub_field(config, "padding", d.padding, supported=("repeatpad",)),
         )
-        if out.truncation != "rand_trunc" or out.padding != "repeatpad":
-            raise ValueError(f"CLAP feature extractor: truncation={out.truncation!r}, padding={out.padding!r} "
-                             f"is not supported (only 'rand_trunc' with 'repeatpad', as in AudioLDM 2)")
-        return out
 
     @property
     def max_length(self) -> int:  # samples in the model's window (480000)

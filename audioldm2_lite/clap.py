@@ -29,6 +29,7 @@ from torch import nn
 
 from . import clap_audio
 from .attention import attention
+from .loading import hub_field
 
 # Hub tensors this module deliberately does not load.
 UNUSED_KEYS = (
@@ -61,24 +62,22 @@ class ClapConfig:
 
     @classmethod
     def from_hub(cls, config: dict) -> "ClapConfig":
-        text = config.get("text_config", {})
-        activations = (text.get("hidden_act", "gelu"), config.get("projection_hidden_act", "relu"))
-        if activations != ("gelu", "relu"):
-            raise ValueError(f"CLAP activations (hidden_act, projection_hidden_act) = {activations} are not supported")
-        defaults = cls()
+        text, d = hub_field(config, "text_config", {}), cls()
+        hub_field(text, "hidden_act", "gelu", supported=("gelu",))
+        hub_field(config, "projection_hidden_act", "relu", supported=("relu",))
         return cls(
-            vocab_size=text.get("vocab_size", defaults.vocab_size),
-            hidden_size=text.get("hidden_size", defaults.hidden_size),
-            num_layers=text.get("num_hidden_layers", defaults.num_layers),
-            num_heads=text.get("num_attention_heads", defaults.num_heads),
-            intermediate_size=text.get("intermediate_size", defaults.intermediate_size),
-            max_position_embeddings=text.get("max_position_embeddings", defaults.max_position_embeddings),
-            type_vocab_size=text.get("type_vocab_size", defaults.type_vocab_size),
-            layer_norm_eps=text.get("layer_norm_eps", defaults.layer_norm_eps),
-            pad_token_id=text.get("pad_token_id", defaults.pad_token_id),
+            vocab_size=hub_field(text, "vocab_size", d.vocab_size),
+            hidden_size=hub_field(text, "hidden_size", d.hidden_size),
+            num_layers=hub_field(text, "num_hidden_layers", d.num_layers),
+            num_heads=hub_field(text, "num_attention_heads", d.num_heads),
+            intermediate_size=hub_field(text, "intermediate_size", d.intermediate_size),
+            max_position_embeddings=hub_field(text, "max_position_embeddings", d.max_position_embeddings),
+            type_vocab_size=hub_field(text, "type_vocab_size", d.type_vocab_size),
+            layer_norm_eps=hub_field(text, "layer_norm_eps", d.layer_norm_eps),
+            pad_token_id=hub_field(text, "pad_token_id", d.pad_token_id),
             # the top-level value wins over the sub-configs' (transformers copies it into both)
-            projection_dim=config.get("projection_dim", defaults.projection_dim),
-            audio=dict(config.get("audio_config", {})),
+            projection_dim=hub_field(config, "projection_dim", d.projection_dim),
+            audio=hub_field(config, "audio_config", {}),
         )
 
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
+from .loading import hub_field, unsupported_config
 
 # Hub tensors of the audio tower deliberately not loaded (for ClapModel's UNUSED_KEYS): each attention's
 # `relative_position_index` is a fixed function of the window size, computed in forward.
@@ -76,38 +77,35 @@ class ClapAudioConfig:
         transformers' ClapConfig overwrites the audio config's projection settings with the top-level ones.
         """
         c, d = audio_config, cls()
-        unsupported = {
-            "enable_fusion": (c.get("enable_fusion", False), False),
-            "hidden_act": (c.get("hidden_act", "gelu"), "gelu"),
-            "projection_hidden_act": (projection_hidden_act, "relu"),
-            "patch_embed_input_channels": (c.get("patch_embed_input_channels", 1), 1),
-            "flatten_patch_embeds": (c.get("flatten_patch_embeds", True), True),
-            "enable_patch_layer_norm": (c.get("enable_patch_layer_norm", True), True),
-        }
-        for name, (found, supported) in unsupported.items():
-            if found != supported:
-                raise ValueError(f"CLAP audio_config.{name} = {found!r} is not supported (only {supported!r})")
+        hub_field(c, "enable_fusion", False, supported=(False,))
+        hub_field(c, "hidden_act", "gelu", supported=("gelu",))
+        if projection_hidden_act != "relu":
+            raise unsupported_config({}, "projection_hidden_act", projection_hidden_act, "'relu'")
+        hub_field(c, "patch_embed_input_channels", 1, supported=(1,))
+        hub_field(c, "flatten_patch_embeds", True, supported=(True,))
+        hub_field(c, "enable_patch_layer_norm", True, supported=(True,))
 
-        def square(value, name):  # the hub allows an int or a pair for these
+        def square(name, default):  # the hub allows an int or a pair for these
+            value = hub_field(c, name, default)
             if isinstance(value, (list, tuple)):
                 if len(set(value)) != 1:
-                    raise ValueError(f"CLAP audio_config.{name} = {value} is not square; only square is supported")
+                    raise unsupported_config(c, name, value, "square sizes: one int, or a pair of equal ints")
                 value = value[0]
             return int(value)
 
         config = cls(
-            spec_size=square(c.get("spec_size", d.spec_size), "spec_size"),
-            num_mel_bins=c.get("num_mel_bins", d.num_mel_bins),
-            patch_size=square(c.get("patch_size", d.patch_size), "patch_size"),
-            patch_stride=square(c.get("patch_stride", d.patch_stride), "patch_stride"),
-            window_size=c.get("window_size", d.window_size),
-            patch_embeds_hidden_size=c.get("patch_embeds_hidden_size", d.patch_embeds_hidden_size),
-            depths=tuple(c.get("depths", d.depths)),
-            num_attention_heads=tuple(c.get("num_attention_heads", d.num_attention_heads)),
-            mlp_ratio=c.get("mlp_ratio", d.mlp_ratio),
-            qkv_bias=c.get("qkv_bias", d.qkv_bias),
-            layer_norm_eps=c.get("layer_norm_eps", d.layer_norm_eps),
-            hidden_size=c.get("hidden_size", d.hidden_size),
+            spec_size=square("spec_size", d.spec_size),
+            num_mel_bins=hub_field(c, "num_mel_bins", d.num_mel_bins),
+            patch_size=square("patch_size", d.patch_size),
+            patch_stride=square("patch_stride", d.patch_stride),
+            window_size=hub_field(c, "window_size", d.window_size),
+            patch_embeds_hidden_size=hub_field(c, "patch_embeds_hidden_size", d.patch_embeds_hidden_size),
+            depths=tuple(hub_field(c, "depths", d.depths)),
+            num_attention_heads=tuple(hub_field(c, "num_attention_heads", d.num_attention_heads)),
+            mlp_ratio=hub_field(c, "mlp_ratio", d.mlp_ratio),
+            qkv_bias=hub_field(c, "qkv_bias", d.qkv_bias),
+            layer_norm_eps=hub_field(c, "layer_norm_eps", d.layer_norm_eps),
+            hidden_size=hub_field(c, "hidden_size", d.hidden_size),
             projection_dim=projection_dim,
         )
         config.check()

@@ -14,7 +14,8 @@ An AudioLDM 2 checkpoint in hub layout (cvssp/audioldm2, -large, -music) is a fo
   both shapes.
 
 The contract with a stage module (`audioldm2_lite/<stage>.py`) is small:
-  - `<Config>.from_hub(config: dict)` builds the stage's dataclass config from the hub `config.json`;
+  - `<Config>.from_hub(config: dict)` builds the stage's dataclass config from the hub `config.json`,
+    reading every field with `hub_field` (which refuses values the stage does not implement);
   - `<Model>(config)` is the `nn.Module`; it registers no non-persistent buffers (derived tables are
     computed in `forward`), so the model can be built on the meta device and filled by assignment;
   - optional `convert_hub_state_dict(state_dict, config) -> state_dict` for hub layouts that need a
@@ -25,7 +26,8 @@ The contract with a stage module (`audioldm2_lite/<stage>.py`) is small:
 
 Every failure a user can cause (offline with nothing cached, a missing folder or component, a
 truncated weight file, a config of the wrong class) raises `CheckpointError` with what is wrong and
-what to do about it.
+what to do about it. A config value a stage does not implement raises its subclass
+`UnsupportedConfigError`, always in one shape: file, field, value, what is supported.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ DEFAULT_CHECKPOINT = "cvssp/audioldm2"
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be found, read or loaded; the message says why and what to do."""
+
+
+class UnsupportedConfigError(CheckpointError, NotImplementedError):
+    """A checkpoint's config asks for a variant audioldm2_lite does not implement (see `hub_field`)."""
 
 
 @dataclass(frozen=True)
@@ -201,12 +207,68 @@ def _fetch_from_hub(repo_id: str, components) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
+# Reading config fields: what every stage's `from_hub` uses
+
+
+class HubConfig(dict):
+    """A hub config's fields, remembering the file (and sub-config) they came from, for error messages.
+
+    Plain dicts work wherever a HubConfig does; their errors just name "the config" as the source.
+    """
+
+    def __init__(self, fields: dict, source: str = "the config", prefix: str = ""):
+        super().__init__(fields)
+        self.source, self.prefix = source, prefix
+
+
+REQUIRED = object()  # marker: `hub_field` without a default
+
+
+def hub_field(config: dict, name: str, default=REQUIRED, supported=None):
+    """`config[name]`, or `default` where the file leaves the field out (or writes null for it).
+
+    `supported` lists the values this implementation handles; any other is an `UnsupportedConfigError`
+    naming the file, the field, the value and the supported values. A sub-config (a dict, such as
+    CLAP's `audio_config`) comes back as a HubConfig whose errors name it as `audio_config.<field>`.
+    """
+    value = config.get(name)
+    if value is None:
+        if default is REQUIRED:
+            raise CheckpointError(f"{config_source(config)} has no field '{config_prefix(config)}{name}'; is it the "
+                                  f"config of this component?")
+        value = default
+    if supported is not None and value not in supported:
+        raise unsupported_config(config, name, value, " or ".join(repr(v) for v in supported))
+    if isinstance(value, dict):
+        return HubConfig(value, config_source(config), f"{config_prefix(config)}{name}.")
+    return value
+
+
+def unsupported_config(config: dict, name: str, value, supported: str) -> UnsupportedConfigError:
+    """The one error for a config value audioldm2_lite does not implement; `supported` says what it does."""
+    return UnsupportedConfigError(
+        f"{config_source(config)}: {config_prefix(config)}{name} = {value!r} is not supported by audioldm2_lite "
+        f"(supported: {supported})."
+    )
+
+
+def config_source(config: dict) -> str:
+    return getattr(config, "source", "the config")
+
+
+def config_prefix(config: dict) -> str:
+    return getattr(config, "prefix", "")
+
+
+# ----------------------------------------------------------------------------------------------
 # Reading configs and weights
 
 
 def read_json(file: Path) -> dict:
+    """A JSON file's object; a config's fields come back as a HubConfig that names the file in errors."""
     try:
-        return json.loads(Path(file).read_text())
+        data = json.loads(Path(file).read_text())
+        return HubConfig(data, str(file)) if isinstance(data, dict) else data
     except FileNotFoundError:
         raise CheckpointError(f"missing file {file}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
