@@ -72,6 +72,11 @@ STAGES: dict[str, Stage] = {
     "vae": Stage("vae", "VAEConfig", "AutoencoderKL", ("AutoencoderKL",)),
     "vocoder": Stage("vocoder", "HifiGanConfig", "HifiGan", ("SpeechT5HifiGan",)),
 }
+# Stages stored inside another component's folder and loaded on their own: CLAP's audio tower, which
+# only candidate ranking needs (the pipeline loads it when it first ranks).
+PART_STAGES: dict[str, tuple[str, Stage]] = {
+    "clap_audio": ("text_encoder", Stage("clap_audio", "ClapAudioConfig", "ClapAudioTower", ("ClapModel",))),
+}
 # Components that are configuration or tokenizer files only.
 FILE_COMPONENTS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
 
@@ -349,20 +354,30 @@ def hub_class_name(config: dict) -> str | None:
     return config.get("_class_name") or (config.get("architectures") or [None])[0]
 
 
+def find_stage(name: str) -> tuple[str, Stage]:
+    """(component folder, stage) of a neural component or of a stage in PART_STAGES."""
+    if name in STAGES:
+        return name, STAGES[name]
+    if name in PART_STAGES:
+        return PART_STAGES[name]
+    raise CheckpointError(
+        f"unknown component '{name}'; the neural components are {sorted(STAGES)} (and {sorted(PART_STAGES)})."
+    )
+
+
 def stage_module(name: str):
-    if name not in STAGES:
-        raise CheckpointError(f"unknown component '{name}'; the neural components are {sorted(STAGES)}.")
+    module = find_stage(name)[1].module
     try:
-        return importlib.import_module(f"audioldm2_lite.{STAGES[name].module}")
+        return importlib.import_module(f"audioldm2_lite.{module}")
     except ModuleNotFoundError as error:
-        if error.name != f"audioldm2_lite.{STAGES[name].module}":
+        if error.name != f"audioldm2_lite.{module}":
             raise
         raise NotImplementedError(f"component '{name}' has no audioldm2_lite stage yet") from None
 
 
 def build_config(name: str, hub_config: dict, source: Path | str = "config.json"):
     """Our dataclass config for component `name` from its hub config dict (checks the class)."""
-    stage = STAGES[name]
+    stage = find_stage(name)[1]
     found = hub_class_name(hub_config)
     if found not in stage.hub_classes:
         raise CheckpointError(
@@ -378,9 +393,11 @@ def load_component(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> torch.nn.Module:
-    """Our module for component `name` of `checkpoint`, weights loaded strictly, in eval mode."""
+    """Our module for component `name` of `checkpoint` (or a stage in PART_STAGES), weights loaded strictly,
+    in eval mode."""
     module = stage_module(name)
-    folder = component_folder(checkpoint, name)
+    folder_name, stage = find_stage(name)
+    folder = component_folder(checkpoint, folder_name)
     config = build_config(name, read_json(folder / "config.json"), folder / "config.json")
     state_dict, origin = read_weights(folder)
     convert = getattr(module, "convert_hub_state_dict", None)
@@ -390,7 +407,7 @@ def load_component(
         origin = {k: origin.get(k, next(iter(origin.values()))) for k in renamed}
         state_dict = renamed
     with torch.device("meta"):
-        model = getattr(module, STAGES[name].model_class)(config)
+        model = getattr(module, stage.model_class)(config)
     assign_strict(
         model, state_dict, origin, name, getattr(module, "UNUSED_KEYS", ()), dtype, device,
         getattr(module, "KEEP_FP32_KEYS", ()),

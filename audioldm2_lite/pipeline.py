@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .audio_features import ClapFeatureConfig, clap_input_features
-from .clap_audio import rank_waveforms
+from .audio_features import clap_input_features
+from .clap_audio import load_audio_tower, rank_waveforms
 from .conditioning import TextConditioner
 from .cuda_graphs import CUDAGraphed
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
@@ -39,9 +39,12 @@ def default_device() -> torch.device:
 
 class AudioLDM2Pipeline:
     def __init__(self, conditioner: TextConditioner, unet, vae, vocoder, scheduler_config: SchedulerConfig,
-                 feature_config: ClapFeatureConfig, device="cpu", dtype=torch.float32, offload: bool = False):
+                 checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False):
         self.conditioner, self.unet, self.vae, self.vocoder = conditioner, unet, vae, vocoder
-        self.scheduler_config, self.feature_config = scheduler_config, feature_config
+        self.scheduler_config = scheduler_config
+        # CLAP's audio tower and its feature extractor's settings: loaded from `checkpoint` when candidates
+        # are first ranked (clap_audio_tower), so generation neither loads them nor depends on their configs
+        self.checkpoint, self.clap_audio, self.feature_config = checkpoint, None, None
         self.device, self.dtype, self.offload = torch.device(device), dtype, offload
         self.vae_scale_factor = vae.upsampling_factor  # 4: mel frames per latent frame
         self.sampling_rate = vocoder.config.sampling_rate  # 16 kHz
@@ -67,9 +70,7 @@ class AudioLDM2Pipeline:
         conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, clap_pad_to_max_length=False)
         return cls(
             conditioner, load("unet"), load("vae"), load("vocoder"),
-            SchedulerConfig.from_hub(load_config(root, "scheduler")),
-            ClapFeatureConfig.from_hub(load_config(root, "feature_extractor")),
-            device=device, dtype=dtype, offload=offload,
+            SchedulerConfig.from_hub(load_config(root, "scheduler")), root, device=device, dtype=dtype, offload=offload,
         )
 
     def optimize(self, compile: bool = False, cuda_graphs: bool = True) -> "AudioLDM2Pipeline":
@@ -200,6 +201,9 @@ class AudioLDM2Pipeline:
             audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate
         self.check_inputs(prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
                           scheduler, output_type)
+        ranking = num_waveforms_per_prompt > 1 and prompt is not None and output_type != "latent"
+        if ranking:
+            self.clap_audio_tower()  # loaded on first ranking, and any config it refuses refused before the work
         conditioning = self.encode_prompt(
             prompt, negative_prompt, num_waveforms_per_prompt, guidance_scale > 1.0, max_new_tokens,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
@@ -224,18 +228,25 @@ class AudioLDM2Pipeline:
             return AudioLDM2PipelineOutput(audios=latents)
 
         audio = self.decode(latents, num_samples)
-        if num_waveforms_per_prompt > 1 and prompt is not None:
+        if ranking:
             audio = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
         return AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio)
+
+    def clap_audio_tower(self):
+        """(CLAP audio tower, ClapFeatureConfig), loaded from the checkpoint on first use (for ranking)."""
+        if self.clap_audio is None:
+            home = torch.device("cpu") if self.offload else self.device
+            self.clap_audio, self.feature_config = load_audio_tower(self.checkpoint, self.dtype, home)
+        return self.clap_audio, self.feature_config
 
     def rank_candidates(self, prompt, audio: torch.Tensor, num_waveforms_per_prompt: int) -> torch.Tensor:
         """Each prompt's candidates sorted by CLAP audio-text cosine similarity, best first (see clap_audio.py)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        conditioner = self.conditioner
-        with self._running(conditioner):
-            features, _ = clap_input_features(audio.to(self.device), self.sampling_rate, self.feature_config)
-            audio_embeds = conditioner.clap.get_audio_features(features)  # (P * n, 512)
-            text_embeds = conditioner.clap_text_features(prompts, self.device)  # (P, 512)
+        tower, feature_config = self.clap_audio_tower()
+        with self._running(self.conditioner, tower):
+            features, _ = clap_input_features(audio.to(self.device), self.sampling_rate, feature_config)
+            audio_embeds = tower(features)  # (P * n, 512)
+            text_embeds = self.conditioner.clap_text_features(prompts, self.device)  # (P, 512)
         order = rank_waveforms(audio_embeds.float(), text_embeds.float(), num_waveforms_per_prompt)
         return audio[order.cpu()]
 

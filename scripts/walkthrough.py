@@ -91,11 +91,12 @@ def main():
     with Clock(device) as clock:
         audio = pipe.vocoder(mel.squeeze(1))[:, :samples]
     show(f"waveform ({pipe.sampling_rate} Hz)", "vocoder.py", audio, clock, f"{samples / pipe.sampling_rate:.2f} s")
+    tower, feature_config = pipe.clap_audio_tower()  # loaded on first use: only ranking needs it
     with Clock(device) as clock:
-        features, _ = clap_input_features(audio, pipe.sampling_rate, pipe.feature_config)
+        features, _ = clap_input_features(audio, pipe.sampling_rate, feature_config)
     show("CLAP log-mel (48 kHz)", "audio_features.py", features, clock)
     with Clock(device) as clock:
-        score = c.clap.get_audio_features(features) @ clap[1]
+        score = tower(features) @ clap[1]
     show("CLAP audio-text similarity", "clap_audio.py", score, clock, f"{score.item():+.4f} (ranks candidates)")
 
 
