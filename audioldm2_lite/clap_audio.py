@@ -48,6 +48,7 @@ from torch import nn
 
 from .attention import attention
 from .audio_features import ClapFeatureConfig
+from .clap import Projection
 from .loading import hub_field, load_component, load_config, unsupported_config
 
 # Tensors of the `text_encoder` component this stage deliberately does not load.
@@ -385,18 +386,6 @@ class ClapAudioModel(nn.Module):
         return self.audio_encoder(input_features)
 
 
-class AudioProjection(nn.Module):
-    """Hub name `audio_projection`: Linear-ReLU-Linear into the joint text-audio space."""
-
-    def __init__(self, config: ClapAudioConfig):
-        super().__init__()
-        self.linear1 = nn.Linear(config.hidden_size, config.projection_dim)
-        self.linear2 = nn.Linear(config.projection_dim, config.projection_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(F.relu(self.linear1(x)))
-
-
 class ClapAudioTower(nn.Module):
     """CLAP's audio tower under its hub names inside `text_encoder` (`audio_model.*`, `audio_projection.*`)."""
 
@@ -404,7 +393,7 @@ class ClapAudioTower(nn.Module):
         super().__init__()
         self.config = config
         self.audio_model = ClapAudioModel(config)
-        self.audio_projection = AudioProjection(config)
+        self.audio_projection = Projection(config.hidden_size, config.projection_dim)  # as the text tower's
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
         """(B, C, frames, mels) log-mel from audio_features.py -> (B, projection_dim) unit vectors, as
