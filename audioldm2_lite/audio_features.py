@@ -209,7 +209,8 @@ def fusion_crops(mel: torch.Tensor, frames: int) -> torch.Tensor:
     # the stretch in float32, as the reference: its sample positions are rounded to float32 (0.003 dB apart
     # from float64's at the official size)
     mel = mel.float()
-    whole = F.interpolate(mel[:, None], size=(frames, mel.shape[2]), mode="bilinear", align_corners=False)  # (B, 1, frames, n_mels)
+    whole = F.interpolate(mel[:, None], size=(frames, mel.shape[2]), mode="bilinear",
+                          align_corners=False)  # (B, 1, frames, n_mels)
     crops = [mel[:, None, start : start + frames] for start in crop_starts]  # 3 x (B, 1, frames, n_mels)
     return torch.cat([whole, *crops], dim=1)
 

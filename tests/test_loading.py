@@ -197,7 +197,8 @@ def test_unsupported_config_values_are_refused_in_one_shape(copy_of, component, 
         assert f"has no field '{name}'" in message
     else:  # the one shape: file, field, value, what is supported
         assert isinstance(error.value, UnsupportedConfigError) and isinstance(error.value, NotImplementedError)
-        assert f"{config_file}: {name} = {value!r} is not supported by audioldm2_lite (supported: {supported})." == message
+        expected = f"{config_file}: {name} = {value!r} is not supported by audioldm2_lite (supported: {supported})."
+        assert message == expected
 
 
 def test_misshapen_missing_and_unexpected_tensors_are_all_named(copy_of):
