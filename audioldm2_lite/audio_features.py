@@ -25,8 +25,15 @@ Differences from the reference, by design:
   extractor also does; on the same 48 kHz audio the two agree to the float32 rounding of the output
   (< 1e-5 dB).
 
-Only the `rand_trunc` / `repeatpad` modes of AudioLDM 2's checkpoints are implemented (the `fusion`
-mode, with HTK filters and four stacked mels, is for fusion CLAP models).
+`truncation="fusion"` (the extractor's default, used by diffusers' and transformers' small test
+checkpoints) stacks four log-mels as channels, (B, 4, 1001, 64), on HTK mel filters without area
+normalisation. For clips up to 10 s the four are the same log-mel of the padded clip. For longer clips
+they are the whole clip's log-mel stretched (bilinearly) to 10 s, then a front, a middle and a back
+10 s crop; the reference draws each crop's start at random within the first, second and last third of
+the possible starts, here each crop starts where its third starts (so the front crop is the first
+10 s, as with `rand_trunc`).
+`padding`: "repeatpad" (repeat whole copies, then zeros), "repeat" (repeat, cut at 10 s) or any other
+value (zeros), as the extractor does.
 
 References: transformers' `ClapFeatureExtractor` and `audio_utils.spectrogram`; librosa's Slaney mel
 scale; J. O. Smith, "Digital Audio Resampling" (windowed-sinc interpolation); the SoX / libsoxr
@@ -40,6 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .loading import hub_field
 from .mel import compute_dtype, mel_filterbank
 
 # The x3 upsampler's low-pass filter (see the module docstring for how they were chosen).
@@ -67,21 +75,25 @@ class ClapFeatureConfig:
     @classmethod
     def from_hub(cls, config: dict) -> "ClapFeatureConfig":
         d = cls()
-        out = cls(
-            sampling_rate=config.get("sampling_rate", d.sampling_rate),
-            feature_size=config.get("feature_size", d.feature_size),
-            fft_window_size=config.get("fft_window_size", d.fft_window_size),
-            hop_length=config.get("hop_length", d.hop_length),
-            max_length_s=config.get("max_length_s", d.max_length_s),
-            frequency_min=config.get("frequency_min", d.frequency_min),
-            frequency_max=config.get("frequency_max", d.frequency_max),
-            truncation=config.get("truncation", d.truncation),
-            padding=config.get("padding", d.padding),
+        return cls(
+            sampling_rate=hub_field(config, "sampling_rate", d.sampling_rate),
+            feature_size=hub_field(config, "feature_size", d.feature_size),
+            fft_window_size=hub_field(config, "fft_window_size", d.fft_window_size),
+            hop_length=hub_field(config, "hop_length", d.hop_length),
+            max_length_s=hub_field(config, "max_length_s", d.max_length_s),
+            frequency_min=hub_field(config, "frequency_min", d.frequency_min),
+            frequency_max=hub_field(config, "frequency_max", d.frequency_max),
+            truncation=hub_field(config, "truncation", d.truncation, supported=("rand_trunc", "fusion")),
+            padding=hub_field(config, "padding", d.padding),
         )
-        if out.truncation != "rand_trunc" or out.padding != "repeatpad":
-            raise ValueError(f"CLAP feature extractor: truncation={out.truncation!r}, padding={out.padding!r} "
-                             f"is not supported (only 'rand_trunc' with 'repeatpad', as in AudioLDM 2)")
-        return out
+
+    @property
+    def channels(self) -> int:  # log-mels stacked per clip: four versions with "fusion", else one
+        return 4 if self.truncation == "fusion" else 1
+
+    @property
+    def max_frames(self) -> int:  # log-mel frames of max_length samples (1001)
+        return self.max_length // self.hop_length + 1
 
     @property
     def max_length(self) -> int:  # samples in the model's window (480000)
@@ -129,24 +141,24 @@ def resample(waveform: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tens
 # 10 s window, log-mel spectrogram
 
 
-def fit_to_length(waveform: torch.Tensor, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) -> (B, max_length) and is_longer (B, 1).
-
-    Shorter clips are repeated a whole number of times and zero-padded ("repeatpad"); longer clips
-    are cut to their first `max_length` samples (the reference crops at a random offset).
-    """
-    B, T = waveform.shape
-    is_longer = torch.full((B, 1), T > max_length, dtype=torch.bool, device=waveform.device)
+def fit_to_length(waveform: torch.Tensor, max_length: int, padding: str = "repeatpad") -> torch.Tensor:
+    """(B, T) -> (B, max_length): longer clips keep their first `max_length` samples (the reference
+    crops at a random offset); shorter ones are padded as `padding` says (see the module docstring)."""
+    T = waveform.shape[1]
     if T >= max_length:
-        return waveform[:, :max_length], is_longer
-    repeated = waveform.repeat(1, max_length // T)  # (B, T * floor(max_length / T))
-    return F.pad(repeated, (0, max_length - repeated.shape[1])), is_longer
+        return waveform[:, :max_length]
+    if padding == "repeat":  # whole copies and a part of one more
+        return waveform.repeat(1, max_length // T + 1)[:, :max_length]
+    if padding == "repeatpad":  # whole copies, then zeros
+        waveform = waveform.repeat(1, max_length // T)  # (B, T * floor(max_length / T))
+    return F.pad(waveform, (0, max_length - waveform.shape[1]))
 
 
-def slaney_mel_filters(config: ClapFeatureConfig, dtype=torch.float64, device=None) -> torch.Tensor:
-    """(n_fft/2 + 1, n_mels) triangular filters on the Slaney mel scale, area-normalised (librosa's default)."""
+def mel_filters(config: ClapFeatureConfig, dtype=torch.float64, device=None) -> torch.Tensor:
+    """(n_fft/2 + 1, n_mels) triangular mel filters: on the Slaney scale with equal areas (librosa's
+    default), or with `truncation="fusion"` on the HTK scale, unnormalised (torchaudio's default)."""
     return mel_filterbank(config.sampling_rate, config.fft_window_size, config.feature_size, config.frequency_min,
-                          config.frequency_max, dtype, device).T
+                          config.frequency_max, dtype, device, htk=config.truncation == "fusion").T
 
 
 def log_mel_spectrogram(waveform: torch.Tensor, config: ClapFeatureConfig) -> torch.Tensor:
@@ -156,20 +168,42 @@ def log_mel_spectrogram(waveform: torch.Tensor, config: ClapFeatureConfig) -> to
     spectrum = torch.stft(waveform, n_fft, hop_length=config.hop_length, window=window, center=True,
                           pad_mode="reflect", return_complex=True)  # (B, n_fft/2 + 1, frames)
     power = spectrum.real**2 + spectrum.imag**2
-    filters = slaney_mel_filters(config, waveform.dtype, waveform.device)  # (n_fft/2 + 1, n_mels)
+    filters = mel_filters(config, waveform.dtype, waveform.device)  # (n_fft/2 + 1, n_mels)
     mel = torch.einsum("bft,fm->btm", power, filters)  # (B, frames, n_mels)
     return 10 * torch.log10(torch.clamp(mel, min=MEL_FLOOR))
 
 
+def fusion_crops(mel: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, T, n_mels) log-mel of a clip longer than `frames` -> (B, 4, frames, n_mels): the whole clip
+    stretched to `frames`, then a front, a middle and a back crop (each where its third of the possible
+    starts begins; the reference draws each start at random within its third)."""
+    starts = mel.shape[1] - frames + 1  # possible crop starts
+    thirds = [starts // 3 + (i < starts % 3) for i in range(3)]  # sizes, as numpy's array_split
+    crop_starts = [0, thirds[0] if thirds[1] else 0, thirds[0] + thirds[1] if thirds[2] else 0]
+    # the stretch in float32, as the reference: its sample positions are rounded to float32 (0.003 dB apart
+    # from float64's at the official size)
+    mel = mel.float()
+    whole = F.interpolate(mel[:, None], size=(frames, mel.shape[2]), mode="bilinear",
+                          align_corners=False)  # (B, 1, frames, n_mels)
+    crops = [mel[:, None, start : start + frames] for start in crop_starts]  # 3 x (B, 1, frames, n_mels)
+    return torch.cat([whole, *crops], dim=1)
+
+
 def clap_input_features(waveform: torch.Tensor, sampling_rate: int, config: ClapFeatureConfig,
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) waveform at `sampling_rate` -> input_features (B, 1, frames, n_mels) float32, is_longer (B, 1).
+    """(B, T) waveform at `sampling_rate` -> input_features (B, channels, frames, n_mels) float32, is_longer (B, 1).
 
-    The same tensors `ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad")` returns for
-    the waveform resampled to `config.sampling_rate`, except that longer clips keep their first 10 s.
+    The same tensors transformers' `ClapFeatureExtractor` returns for the waveform resampled to
+    `config.sampling_rate`, except that the crops of longer clips are not random (module docstring).
     """
     x = waveform.to(compute_dtype(waveform.device))
     x = resample(x, sampling_rate, config.sampling_rate)  # (B, T')
-    x, is_longer = fit_to_length(x, config.max_length)  # (B, max_length)
-    mel = log_mel_spectrogram(x, config)  # (B, frames, n_mels)
-    return mel[:, None].float(), is_longer
+    longer = x.shape[1] > config.max_length
+    is_longer = torch.full((x.shape[0], 1), longer, dtype=torch.bool, device=x.device)
+    if config.truncation == "fusion" and longer:
+        mel = log_mel_spectrogram(x, config)  # (B, frames of the whole clip, n_mels)
+        if mel.shape[1] == config.max_frames:  # longer by less than a hop: the reference keeps the whole clip
+            return mel[:, None].expand(-1, 4, -1, -1).float(), torch.zeros_like(is_longer)
+        return fusion_crops(mel, config.max_frames), is_longer
+    mel = log_mel_spectrogram(fit_to_length(x, config.max_length, config.padding), config)  # (B, frames, n_mels)
+    return mel[:, None].expand(-1, config.channels, -1, -1).float(), is_longer

@@ -1,4 +1,4 @@
-"""CLAP, the contrastive text-audio model (hub component `text_encoder`): the text branch, and both together.
+"""CLAP, the contrastive text-audio model (hub component `text_encoder`): the text tower.
 
 In AudioLDM 2 the CLAP text tower turns each prompt into one 512-d unit vector in the joint
 text-audio space. That vector (with a mask of [1]) is the first part of the sequence the projection
@@ -9,8 +9,8 @@ The text tower is RoBERTa-base (12 post-norm layers, 768-d, 12 heads, exact GELU
 output (tanh of a dense layer on the first token, `<s>`) goes through a two-layer projection
 (Linear-ReLU-Linear) and is L2-normalised, as `transformers.ClapModel.get_text_features` does.
 
-The audio tower (`audio_model`, `audio_projection`, an HTSAT Swin transformer) is written in
-`clap_audio.py`; `ClapModel` below holds both towers under the hub's names.
+The audio tower (`audio_model`, `audio_projection`, an HTSAT Swin transformer), stored in the same
+component, is `clap_audio.py`: a stage of its own, loaded only when candidates are first ranked.
 
 References:
 - Wu et al., "Large-scale Contrastive Language-Audio Pretraining with Feature Fusion and
@@ -21,19 +21,19 @@ References:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import clap_audio
 from .attention import attention
+from .loading import hub_field
 
 # Hub tensors this module deliberately does not load.
 UNUSED_KEYS = (
-    # the audio tower's stored relative-position index tables (recomputed in its forward)
-    *clap_audio.UNUSED_KEYS,
+    # the audio tower: a stage of its own (clap_audio.py), loaded when candidate ranking first needs it
+    r"audio_model\..*", r"audio_projection\..*",
     # temperatures of the contrastive training loss; inference only compares cosine similarities
     r"logit_scale_[at]",
     # stored index tables (arange and zeros): positions are computed from the padding in forward and
@@ -54,31 +54,26 @@ class ClapConfig:
     type_vocab_size: int = 1
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 1
-    # joint text-audio space, shared by both towers' projections
+    # joint text-audio space, shared with the audio tower's projection
     projection_dim: int = 512
-    # the hub's `audio_config` dict as stored, for the audio tower in clap_audio.py
-    audio: dict = field(default_factory=dict)
 
     @classmethod
     def from_hub(cls, config: dict) -> "ClapConfig":
-        text = config.get("text_config", {})
-        activations = (text.get("hidden_act", "gelu"), config.get("projection_hidden_act", "relu"))
-        if activations != ("gelu", "relu"):
-            raise ValueError(f"CLAP activations (hidden_act, projection_hidden_act) = {activations} are not supported")
-        defaults = cls()
+        text, d = hub_field(config, "text_config", {}), cls()
+        hub_field(text, "hidden_act", "gelu", supported=("gelu",))
+        hub_field(config, "projection_hidden_act", "relu", supported=("relu",))
         return cls(
-            vocab_size=text.get("vocab_size", defaults.vocab_size),
-            hidden_size=text.get("hidden_size", defaults.hidden_size),
-            num_layers=text.get("num_hidden_layers", defaults.num_layers),
-            num_heads=text.get("num_attention_heads", defaults.num_heads),
-            intermediate_size=text.get("intermediate_size", defaults.intermediate_size),
-            max_position_embeddings=text.get("max_position_embeddings", defaults.max_position_embeddings),
-            type_vocab_size=text.get("type_vocab_size", defaults.type_vocab_size),
-            layer_norm_eps=text.get("layer_norm_eps", defaults.layer_norm_eps),
-            pad_token_id=text.get("pad_token_id", defaults.pad_token_id),
+            vocab_size=hub_field(text, "vocab_size", d.vocab_size),
+            hidden_size=hub_field(text, "hidden_size", d.hidden_size),
+            num_layers=hub_field(text, "num_hidden_layers", d.num_layers),
+            num_heads=hub_field(text, "num_attention_heads", d.num_heads),
+            intermediate_size=hub_field(text, "intermediate_size", d.intermediate_size),
+            max_position_embeddings=hub_field(text, "max_position_embeddings", d.max_position_embeddings),
+            type_vocab_size=hub_field(text, "type_vocab_size", d.type_vocab_size),
+            layer_norm_eps=hub_field(text, "layer_norm_eps", d.layer_norm_eps),
+            pad_token_id=hub_field(text, "pad_token_id", d.pad_token_id),
             # the top-level value wins over the sub-configs' (transformers copies it into both)
-            projection_dim=config.get("projection_dim", defaults.projection_dim),
-            audio=dict(config.get("audio_config", {})),
+            projection_dim=hub_field(config, "projection_dim", d.projection_dim),
         )
 
 
@@ -219,20 +214,13 @@ class Projection(nn.Module):
 
 
 class ClapModel(nn.Module):
-    """CLAP: the text tower (here) and the audio tower (clap_audio.py) into one joint space."""
+    """CLAP's text tower under the hub names of transformers' ClapModel (the audio tower: clap_audio.py)."""
 
     def __init__(self, config: ClapConfig):
         super().__init__()
         self.config = config
         self.text_model = TextModel(config)
         self.text_projection = Projection(config.hidden_size, config.projection_dim)
-        audio_config = clap_audio.ClapAudioConfig.from_hub(config.audio, config.projection_dim)
-        self.audio_model = clap_audio.ClapAudioModel(audio_config)
-        self.audio_projection = clap_audio.AudioProjection(audio_config)
-
-    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
-        """(B, 1, frames, mels) log-mel from audio_features.py -> (B, projection_dim) unit vectors."""
-        return clap_audio.get_audio_features(self.audio_model, self.audio_projection, input_features)
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids and mask (1 = token, 0 = padding) -> (B, projection_dim) unit vectors.

@@ -4,8 +4,13 @@ When the pipeline makes several waveforms per prompt, it scores each by the cosi
 CLAP audio embedding with the prompt's CLAP text embedding and keeps them best first. The audio side:
 
     16 kHz waveform --(audio_features.py: resample to 48 kHz, 10 s crop or repeat-pad, log-mel)-->
-    input_features (B, 1, 1001, 64) --(HTSAT: a Swin transformer on the mel "image")--> (B, 1024)
+    input_features (B, C, 1001, 64) --(HTSAT: a Swin transformer on the mel "image")--> (B, 1024)
     --(audio_projection: Linear-ReLU-Linear)--> (B, 512) --(L2 norm)--> audio embedding
+
+C is the number of log-mels the feature extractor stacks per clip: 1 in the AudioLDM 2 checkpoints,
+4 with `truncation="fusion"` (diffusers' and transformers' small test checkpoints, whose HTSAT reads
+`patch_embed_input_channels=4`); each channel is folded into the image on its own and the patch
+embedding's convolution reads all of them.
 
 HTSAT (cvssp/audioldm2: spec_size 256, patch 4, window 8, depths 2-2-12-2, heads 4-8-16-32, 128 -> 1024
 channels) first normalises each mel bin with a BatchNorm, stretches the 1001 frames to 1024 (bicubic)
@@ -16,14 +21,14 @@ cyclic shift do not attend to each other), and a 2 x 2 patch merging between sta
 is the mean over the final tokens after a LayerNorm.
 
 Only the non-fusion model is implemented (`enable_fusion=False`, as in every AudioLDM 2 checkpoint): it
-reads one mel spectrogram per clip and ignores the feature extractor's `is_longer` flag.
+ignores the feature extractor's `is_longer` flag.
 
-Attaching to `clap.ClapModel` (hub component `text_encoder`): hold `ClapAudioModel(cfg)` as
-`audio_model` and `AudioProjection(cfg)` as `audio_projection`, with
-`cfg = ClapAudioConfig.from_hub(config["audio_config"], config["projection_dim"])`; every hub tensor
-`audio_model.*` / `audio_projection.*` then loads strictly, except the stored relative-position index
-tables that `UNUSED_KEYS` names (they are recomputed in forward). `get_audio_features` below is the
-forward of the pair.
+Loading: the tower's tensors live in the hub component `text_encoder` (`audio_model.*`,
+`audio_projection.*`, beside the text tower of clap.py). Only candidate ranking needs them, so the
+pipeline loads this stage on its own (`load_component(checkpoint, "clap_audio")`) when it first ranks:
+text-to-audio without ranking does not keep them in memory (the text tower's load reads the file and
+drops them), and a config only ranking reads (the audio tower's, the feature extractor's) can only
+refuse ranking, never generation.
 
 References:
 - Chen et al., "HTS-AT: A Hierarchical Token-Semantic Audio Transformer for Sound Classification and
@@ -43,10 +48,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
+from .audio_features import ClapFeatureConfig
+from .clap import Projection
+from .loading import hub_field, load_component, load_config, unsupported_config
 
-# Hub tensors of the audio tower deliberately not loaded (for ClapModel's UNUSED_KEYS): each attention's
-# `relative_position_index` is a fixed function of the window size, computed in forward.
-UNUSED_KEYS = (r"audio_model\.audio_encoder\.layers\.\d+\.blocks\.\d+\.attention\.self\.relative_position_index",)
+# Tensors of the `text_encoder` component this stage deliberately does not load.
+UNUSED_KEYS = (
+    # the text tower (clap.py) and the contrastive loss's temperatures
+    r"text_model\..*", r"text_projection\..*", r"logit_scale_[at]",
+    # each attention's `relative_position_index`: a fixed function of the window size, computed in forward
+    r"audio_model\.audio_encoder\.layers\.\d+\.blocks\.\d+\.attention\.self\.relative_position_index",
+)
 
 # Additive attention mask between tokens that the cyclic shift brought into one window from different
 # image regions (-100, not -inf, as in the reference: exp(-100) is already 0 in float32).
@@ -68,47 +80,42 @@ class ClapAudioConfig:
     layer_norm_eps: float = 1e-5
     hidden_size: int = 1024  # channels of the last stage, the projection's input
     projection_dim: int = 512  # the joint text-audio space
+    input_channels: int = 1  # log-mels per clip (the hub's patch_embed_input_channels): 4 with "fusion" features
 
     @classmethod
-    def from_hub(cls, audio_config: dict, projection_dim: int = 512, projection_hidden_act: str = "relu"):
-        """From the hub config's `audio_config` dict and the top-level `projection_dim` / `projection_hidden_act`.
+    def from_hub(cls, config: dict) -> "ClapAudioConfig":
+        """From the `text_encoder` config.json: its `audio_config` and the top-level `projection_dim` /
+        `projection_hidden_act` (transformers' ClapConfig overwrites the audio config's with them)."""
+        c, d = hub_field(config, "audio_config", {}), cls()
+        hub_field(config, "projection_hidden_act", "relu", supported=("relu",))
+        hub_field(c, "enable_fusion", False, supported=(False,))
+        hub_field(c, "hidden_act", "gelu", supported=("gelu",))
+        hub_field(c, "flatten_patch_embeds", True, supported=(True,))
+        hub_field(c, "enable_patch_layer_norm", True, supported=(True,))
 
-        transformers' ClapConfig overwrites the audio config's projection settings with the top-level ones.
-        """
-        c, d = audio_config, cls()
-        unsupported = {
-            "enable_fusion": (c.get("enable_fusion", False), False),
-            "hidden_act": (c.get("hidden_act", "gelu"), "gelu"),
-            "projection_hidden_act": (projection_hidden_act, "relu"),
-            "patch_embed_input_channels": (c.get("patch_embed_input_channels", 1), 1),
-            "flatten_patch_embeds": (c.get("flatten_patch_embeds", True), True),
-            "enable_patch_layer_norm": (c.get("enable_patch_layer_norm", True), True),
-        }
-        for name, (found, supported) in unsupported.items():
-            if found != supported:
-                raise ValueError(f"CLAP audio_config.{name} = {found!r} is not supported (only {supported!r})")
-
-        def square(value, name):  # the hub allows an int or a pair for these
+        def square(name, default):  # the hub allows an int or a pair for these
+            value = hub_field(c, name, default)
             if isinstance(value, (list, tuple)):
                 if len(set(value)) != 1:
-                    raise ValueError(f"CLAP audio_config.{name} = {value} is not square; only square is supported")
+                    raise unsupported_config(c, name, value, "square sizes: one int, or a pair of equal ints")
                 value = value[0]
             return int(value)
 
         config = cls(
-            spec_size=square(c.get("spec_size", d.spec_size), "spec_size"),
-            num_mel_bins=c.get("num_mel_bins", d.num_mel_bins),
-            patch_size=square(c.get("patch_size", d.patch_size), "patch_size"),
-            patch_stride=square(c.get("patch_stride", d.patch_stride), "patch_stride"),
-            window_size=c.get("window_size", d.window_size),
-            patch_embeds_hidden_size=c.get("patch_embeds_hidden_size", d.patch_embeds_hidden_size),
-            depths=tuple(c.get("depths", d.depths)),
-            num_attention_heads=tuple(c.get("num_attention_heads", d.num_attention_heads)),
-            mlp_ratio=c.get("mlp_ratio", d.mlp_ratio),
-            qkv_bias=c.get("qkv_bias", d.qkv_bias),
-            layer_norm_eps=c.get("layer_norm_eps", d.layer_norm_eps),
-            hidden_size=c.get("hidden_size", d.hidden_size),
-            projection_dim=projection_dim,
+            spec_size=square("spec_size", d.spec_size),
+            num_mel_bins=hub_field(c, "num_mel_bins", d.num_mel_bins),
+            patch_size=square("patch_size", d.patch_size),
+            patch_stride=square("patch_stride", d.patch_stride),
+            window_size=hub_field(c, "window_size", d.window_size),
+            patch_embeds_hidden_size=hub_field(c, "patch_embeds_hidden_size", d.patch_embeds_hidden_size),
+            depths=tuple(hub_field(c, "depths", d.depths)),
+            num_attention_heads=tuple(hub_field(c, "num_attention_heads", d.num_attention_heads)),
+            mlp_ratio=hub_field(c, "mlp_ratio", d.mlp_ratio),
+            qkv_bias=hub_field(c, "qkv_bias", d.qkv_bias),
+            layer_norm_eps=hub_field(c, "layer_norm_eps", d.layer_norm_eps),
+            hidden_size=hub_field(c, "hidden_size", d.hidden_size),
+            projection_dim=hub_field(config, "projection_dim", d.projection_dim),
+            input_channels=hub_field(c, "patch_embed_input_channels", d.input_channels),
         )
         config.check()
         return config
@@ -312,7 +319,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, config: ClapAudioConfig):
         super().__init__()
         p, dim = config.patch_size, config.patch_embeds_hidden_size
-        self.proj = nn.Conv2d(1, dim, kernel_size=p, stride=p)
+        self.proj = nn.Conv2d(config.input_channels, dim, kernel_size=p, stride=p)
         self.norm = nn.LayerNorm(dim)  # transformers' default eps (1e-5), not config.layer_norm_eps
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -325,7 +332,7 @@ class PatchEmbed(nn.Module):
 
 
 class HTSATEncoder(nn.Module):
-    """Log-mel (B, 1, T, F) -> pooled features (B, hidden_size). Hub name `audio_model.audio_encoder`."""
+    """Log-mel (B, C, T, F) -> pooled features (B, hidden_size). Hub name `audio_model.audio_encoder`."""
 
     def __init__(self, config: ClapAudioConfig):
         super().__init__()
@@ -337,27 +344,27 @@ class HTSATEncoder(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size)  # default eps, as in the reference
 
     def mel_to_image(self, mel: torch.Tensor) -> torch.Tensor:
-        """(B, 1, T, F) -> (B, 1, S, S): stretch T to S*r frames (r = S/F), then stack the r chunks of S
-        frames along frequency, so image row c*F + f, column t holds bin f of frame c*S + t."""
+        """(B, C, T, F) -> (B, C, S, S): stretch T to S*r frames (r = S/F), then stack the r chunks of S
+        frames along frequency, so image row c*F + f, column t holds bin f of frame c*S + t (per channel)."""
         S, r = self.config.spec_size, self.config.freq_ratio
-        B, _, T, F_ = mel.shape
+        B, C, T, F_ = mel.shape
         if T > S * r or F_ != self.config.num_mel_bins:
             raise ValueError(f"CLAP audio expects at most {S * r} frames of {self.config.num_mel_bins} mel bins, "
                              f"got {T} x {F_}")
         if T < S * r:
-            mel = F.interpolate(mel, size=(S * r, F_), mode="bicubic", align_corners=True)  # (B, 1, S*r, F)
-        image = mel.view(B, r, S, F_).transpose(2, 3)  # (B, r, F, S): chunk, bin, frame in chunk
-        return image.reshape(B, 1, r * F_, S)  # (B, 1, S, S)
+            mel = F.interpolate(mel, size=(S * r, F_), mode="bicubic", align_corners=True)  # (B, C, S*r, F)
+        image = mel.view(B, C, r, S, F_).transpose(3, 4)  # (B, C, r, F, S): chunk, bin, frame in chunk
+        return image.reshape(B, C, r * F_, S)  # (B, C, S, S)
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        """input_features (B, 1, T, F) log-mel in dB, as `audio_features.clap_input_features` gives it."""
+        """input_features (B, C, T, F) log-mel in dB, as `audio_features.clap_input_features` gives it."""
         # per-bin normalisation and folding into an image, in float32 (bicubic and BatchNorm in half
         # precision are less accurate and not implemented on every device)
         bn = self.batch_norm
-        x = input_features.float().transpose(1, 3)  # (B, F, T, 1): mel bins as channels
+        x = input_features.float().transpose(1, 3)  # (B, F, T, C): mel bins as channels
         x = F.batch_norm(x, bn.running_mean.float(), bn.running_var.float(), bn.weight.float(), bn.bias.float(),
                          training=False, eps=bn.eps)
-        image = self.mel_to_image(x.transpose(1, 3))  # (B, 1, S, S)
+        image = self.mel_to_image(x.transpose(1, 3))  # (B, C, S, S)
         x = self.patch_embed(image.to(self.patch_embed.proj.weight.dtype))  # (B, (S/4)^2, C0)
 
         # Swin stages: (B, L, C) -> (B, L/4, 2C) between stages
@@ -380,54 +387,39 @@ class ClapAudioModel(nn.Module):
         return self.audio_encoder(input_features)
 
 
-class AudioProjection(nn.Module):
-    """Hub name `audio_projection`: Linear-ReLU-Linear into the joint text-audio space."""
-
-    def __init__(self, config: ClapAudioConfig):
-        super().__init__()
-        self.linear1 = nn.Linear(config.hidden_size, config.projection_dim)
-        self.linear2 = nn.Linear(config.projection_dim, config.projection_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(F.relu(self.linear1(x)))
-
-
-def get_audio_features(audio_model: ClapAudioModel, audio_projection: AudioProjection,
-                       input_features: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, F) log-mel -> (B, projection_dim) unit vectors, as transformers' ClapModel.get_audio_features."""
-    return F.normalize(audio_projection(audio_model(input_features)), dim=-1)
-
-
-class ClapAudioBranch(nn.Module):
-    """The audio tower alone, under the hub names it has inside `ClapModel` (`audio_model.*`,
-    `audio_projection.*`), so it can be loaded from the `text_encoder` checkpoint by itself."""
+class ClapAudioTower(nn.Module):
+    """CLAP's audio tower under its hub names inside `text_encoder` (`audio_model.*`, `audio_projection.*`)."""
 
     def __init__(self, config: ClapAudioConfig):
         super().__init__()
         self.config = config
         self.audio_model = ClapAudioModel(config)
-        self.audio_projection = AudioProjection(config)
+        self.audio_projection = Projection(config.hidden_size, config.projection_dim)  # as the text tower's
 
-    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
-        return get_audio_features(self.audio_model, self.audio_projection, input_features)
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        """(B, C, frames, mels) log-mel from audio_features.py -> (B, projection_dim) unit vectors, as
+        transformers' `ClapModel.get_audio_features`. The log-mel is first rounded to the model's dtype,
+        as diffusers hands it to the model."""
+        input_features = input_features.to(self.audio_projection.linear1.weight.dtype)
+        return F.normalize(self.audio_projection(self.audio_model(input_features)), dim=-1)
 
-    forward = get_audio_features
 
+def load_audio_tower(checkpoint, dtype: torch.dtype = torch.float32,
+                     device="cpu") -> tuple[ClapAudioTower, ClapFeatureConfig]:
+    """The audio tower of a checkpoint's `text_encoder`, and the feature extractor settings that feed it.
 
-def load_clap_audio(checkpoint, dtype: torch.dtype = torch.float32, device="cpu") -> ClapAudioBranch:
-    """The audio tower of a checkpoint's `text_encoder`, loaded strictly (the text tower's tensors are skipped)."""
-    from .loading import assign_strict, component_folder, read_json, read_weights
-
-    folder = component_folder(checkpoint, "text_encoder")
-    hub = read_json(folder / "config.json")
-    config = ClapAudioConfig.from_hub(hub.get("audio_config", {}), hub.get("projection_dim", 512),
-                                      hub.get("projection_hidden_act", "relu"))
-    state_dict, origin = read_weights(folder)
-    state_dict = {k: v for k, v in state_dict.items() if k.startswith(("audio_model.", "audio_projection."))}
-    with torch.device("meta"):
-        model = ClapAudioBranch(config)
-    assign_strict(model, state_dict, origin, "text_encoder (audio tower)", UNUSED_KEYS, dtype, device)
-    return model.eval().requires_grad_(False)
+    Refuses a feature extractor whose log-mels per clip are not the ones the tower reads (diffusers
+    would fail at its first convolution): "fusion" gives four, "rand_trunc" one.
+    """
+    hub = load_config(checkpoint, "feature_extractor")
+    features = ClapFeatureConfig.from_hub(hub)
+    tower = load_component(checkpoint, "clap_audio", dtype=dtype, device=device)
+    channels = tower.config.input_channels
+    if features.channels != channels:
+        modes = {1: "'rand_trunc'", 4: "'fusion'"}.get(channels, "none")
+        raise unsupported_config(hub, "truncation", features.truncation, f"{modes} with this text_encoder, whose "
+                                 f"audio tower reads {channels} log-mels per clip (patch_embed_input_channels)")
+    return tower, features
 
 
 # ----------------------------------------------------------------------------------------------

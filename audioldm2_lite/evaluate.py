@@ -225,15 +225,15 @@ class ClapScorer:
     """The checkpoint's CLAP (both towers), its tokenizer and its audio front end; no other stage."""
 
     def __init__(self, model=None, device=None):
-        from .audio_features import ClapFeatureConfig
-        from .loading import DEFAULT_CHECKPOINT, load_component, load_config, load_tokenizer, resolve_checkpoint
+        from .clap_audio import load_audio_tower
+        from .loading import DEFAULT_CHECKPOINT, load_component, load_tokenizer, resolve_checkpoint
         from .pipeline import default_device
 
         self.device = torch.device(device) if device is not None else default_device()
         root = resolve_checkpoint(model or DEFAULT_CHECKPOINT, ["text_encoder", "tokenizer", "feature_extractor"])
         self.clap = load_component(root, "text_encoder", device=self.device)
         self.tokenizer = load_tokenizer(root, "tokenizer")
-        self.feature_config = ClapFeatureConfig.from_hub(load_config(root, "feature_extractor"))
+        self.audio_tower, self.feature_config = load_audio_tower(root, device=self.device)
         self.dim = self.clap.config.projection_dim
 
     @torch.inference_mode()
@@ -253,7 +253,7 @@ class ClapScorer:
                     waveform = read_named(file, rate).to(self.device)  # (T,) at 48 kHz
                     features.append(clap_input_features(waveform[None], rate, self.feature_config)[0])
                 batch = torch.cat(features)  # (B, 1, frames, mels)
-                out.append(self.clap.get_audio_features(batch).double().cpu())
+                out.append(self.audio_tower(batch).double().cpu())
                 bar.update(len(features))
         return torch.cat(out).numpy()
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .attention import attention
+from .loading import hub_field
 
 
 @dataclass
@@ -44,24 +45,19 @@ class GPT2Config:
 
     @classmethod
     def from_hub(cls, config: dict) -> "GPT2Config":
-        unsupported = {
-            "activation_function": ("gelu_new", config.get("activation_function", "gelu_new")),
-            "scale_attn_weights": (True, config.get("scale_attn_weights", True)),
-            "scale_attn_by_inverse_layer_idx": (False, config.get("scale_attn_by_inverse_layer_idx", False)),
-            "add_cross_attention": (False, config.get("add_cross_attention", False)),
-        }
-        for field, (supported, found) in unsupported.items():
-            if found != supported:
-                raise NotImplementedError(f"GPT-2 config {field}={found!r} is not supported (only {supported!r})")
-        n_embd = config["n_embd"]
+        hub_field(config, "activation_function", "gelu_new", supported=("gelu_new",))
+        hub_field(config, "scale_attn_weights", True, supported=(True,))
+        hub_field(config, "scale_attn_by_inverse_layer_idx", False, supported=(False,))
+        hub_field(config, "add_cross_attention", False, supported=(False,))
+        n_embd = hub_field(config, "n_embd")
         return cls(
             n_embd=n_embd,
-            n_layer=config["n_layer"],
-            n_head=config["n_head"],
-            n_inner=config.get("n_inner") or 4 * n_embd,
-            n_positions=config["n_positions"],
-            layer_norm_epsilon=config["layer_norm_epsilon"],
-            max_new_tokens=config.get("max_new_tokens", 8),
+            n_layer=hub_field(config, "n_layer"),
+            n_head=hub_field(config, "n_head"),
+            n_inner=hub_field(config, "n_inner", 4 * n_embd),  # null in the hub config: 4 * n_embd
+            n_positions=hub_field(config, "n_positions"),
+            layer_norm_epsilon=hub_field(config, "layer_norm_epsilon"),
+            max_new_tokens=hub_field(config, "max_new_tokens", 8),
         )
 
 
@@ -170,6 +166,7 @@ class GPT2Generator(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, L, D) of a sequence of input embeddings (B, L, D); mask (B, L), 1 = attend."""
+        inputs_embeds = inputs_embeds.to(self.wpe.weight.dtype)
         batch, length, _ = inputs_embeds.shape
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.bool, device=inputs_embeds.device)
@@ -189,6 +186,7 @@ class GPT2Generator(nn.Module):
         attention_mask (B, L): 1 = attend, 0 = padding. N defaults to the config's max_new_tokens (8).
         """
         new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        inputs_embeds = inputs_embeds.to(self.wpe.weight.dtype)  # the prompt in this model's dtype
         batch, prompt_length, _ = inputs_embeds.shape
         device = inputs_embeds.device
         if attention_mask is None:

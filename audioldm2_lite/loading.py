@@ -14,7 +14,8 @@ An AudioLDM 2 checkpoint in hub layout (cvssp/audioldm2, -large, -music) is a fo
   both shapes.
 
 The contract with a stage module (`audioldm2_lite/<stage>.py`) is small:
-  - `<Config>.from_hub(config: dict)` builds the stage's dataclass config from the hub `config.json`;
+  - `<Config>.from_hub(config: dict)` builds the stage's dataclass config from the hub `config.json`,
+    reading every field with `hub_field` (which refuses values the stage does not implement);
   - `<Model>(config)` is the `nn.Module`; it registers no non-persistent buffers (derived tables are
     computed in `forward`), so the model can be built on the meta device and filled by assignment;
   - optional `convert_hub_state_dict(state_dict, config) -> state_dict` for hub layouts that need a
@@ -25,7 +26,8 @@ The contract with a stage module (`audioldm2_lite/<stage>.py`) is small:
 
 Every failure a user can cause (offline with nothing cached, a missing folder or component, a
 truncated weight file, a config of the wrong class) raises `CheckpointError` with what is wrong and
-what to do about it.
+what to do about it. A config value a stage does not implement raises its subclass
+`UnsupportedConfigError`, always in one shape: file, field, value, what is supported.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be found, read or loaded; the message says why and what to do."""
 
 
+class UnsupportedConfigError(CheckpointError, NotImplementedError):
+    """A checkpoint's config asks for a variant audioldm2_lite does not implement (see `hub_field`)."""
+
+
 @dataclass(frozen=True)
 class Stage:
     module: str  # audioldm2_lite.<module>
@@ -65,6 +71,11 @@ STAGES: dict[str, Stage] = {
     "unet": Stage("unet", "UNetConfig", "UNet", ("AudioLDM2UNet2DConditionModel",)),
     "vae": Stage("vae", "VAEConfig", "AutoencoderKL", ("AutoencoderKL",)),
     "vocoder": Stage("vocoder", "HifiGanConfig", "HifiGan", ("SpeechT5HifiGan",)),
+}
+# Stages stored inside another component's folder and loaded on their own: CLAP's audio tower, which
+# only candidate ranking needs (the pipeline loads it when it first ranks).
+PART_STAGES: dict[str, tuple[str, Stage]] = {
+    "clap_audio": ("text_encoder", Stage("clap_audio", "ClapAudioConfig", "ClapAudioTower", ("ClapModel",))),
 }
 # Components that are configuration or tokenizer files only.
 FILE_COMPONENTS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
@@ -201,12 +212,68 @@ def _fetch_from_hub(repo_id: str, components) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
+# Reading config fields: what every stage's `from_hub` uses
+
+
+class HubConfig(dict):
+    """A hub config's fields, remembering the file (and sub-config) they came from, for error messages.
+
+    Plain dicts work wherever a HubConfig does; their errors just name "the config" as the source.
+    """
+
+    def __init__(self, fields: dict, source: str = "the config", prefix: str = ""):
+        super().__init__(fields)
+        self.source, self.prefix = source, prefix
+
+
+REQUIRED = object()  # marker: `hub_field` without a default
+
+
+def hub_field(config: dict, name: str, default=REQUIRED, supported=None):
+    """`config[name]`, or `default` where the file leaves the field out (or writes null for it).
+
+    `supported` lists the values this implementation handles; any other is an `UnsupportedConfigError`
+    naming the file, the field, the value and the supported values. A sub-config (a dict, such as
+    CLAP's `audio_config`) comes back as a HubConfig whose errors name it as `audio_config.<field>`.
+    """
+    value = config.get(name)
+    if value is None:
+        if default is REQUIRED:
+            raise CheckpointError(f"{config_source(config)} has no field '{config_prefix(config)}{name}'; is it the "
+                                  f"config of this component?")
+        value = default
+    if supported is not None and value not in supported:
+        raise unsupported_config(config, name, value, " or ".join(repr(v) for v in supported))
+    if isinstance(value, dict):
+        return HubConfig(value, config_source(config), f"{config_prefix(config)}{name}.")
+    return value
+
+
+def unsupported_config(config: dict, name: str, value, supported: str) -> UnsupportedConfigError:
+    """The one error for a config value audioldm2_lite does not implement; `supported` says what it does."""
+    return UnsupportedConfigError(
+        f"{config_source(config)}: {config_prefix(config)}{name} = {value!r} is not supported by audioldm2_lite "
+        f"(supported: {supported})."
+    )
+
+
+def config_source(config: dict) -> str:
+    return getattr(config, "source", "the config")
+
+
+def config_prefix(config: dict) -> str:
+    return getattr(config, "prefix", "")
+
+
+# ----------------------------------------------------------------------------------------------
 # Reading configs and weights
 
 
 def read_json(file: Path) -> dict:
+    """A JSON file's object; a config's fields come back as a HubConfig that names the file in errors."""
     try:
-        return json.loads(Path(file).read_text())
+        data = json.loads(Path(file).read_text())
+        return HubConfig(data, str(file)) if isinstance(data, dict) else data
     except FileNotFoundError:
         raise CheckpointError(f"missing file {file}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -287,20 +354,30 @@ def hub_class_name(config: dict) -> str | None:
     return config.get("_class_name") or (config.get("architectures") or [None])[0]
 
 
+def find_stage(name: str) -> tuple[str, Stage]:
+    """(component folder, stage) of a neural component or of a stage in PART_STAGES."""
+    if name in STAGES:
+        return name, STAGES[name]
+    if name in PART_STAGES:
+        return PART_STAGES[name]
+    raise CheckpointError(
+        f"unknown component '{name}'; the neural components are {sorted(STAGES)} (and {sorted(PART_STAGES)})."
+    )
+
+
 def stage_module(name: str):
-    if name not in STAGES:
-        raise CheckpointError(f"unknown component '{name}'; the neural components are {sorted(STAGES)}.")
+    module = find_stage(name)[1].module
     try:
-        return importlib.import_module(f"audioldm2_lite.{STAGES[name].module}")
+        return importlib.import_module(f"audioldm2_lite.{module}")
     except ModuleNotFoundError as error:
-        if error.name != f"audioldm2_lite.{STAGES[name].module}":
+        if error.name != f"audioldm2_lite.{module}":
             raise
         raise NotImplementedError(f"component '{name}' has no audioldm2_lite stage yet") from None
 
 
 def build_config(name: str, hub_config: dict, source: Path | str = "config.json"):
     """Our dataclass config for component `name` from its hub config dict (checks the class)."""
-    stage = STAGES[name]
+    stage = find_stage(name)[1]
     found = hub_class_name(hub_config)
     if found not in stage.hub_classes:
         raise CheckpointError(
@@ -316,9 +393,11 @@ def load_component(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> torch.nn.Module:
-    """Our module for component `name` of `checkpoint`, weights loaded strictly, in eval mode."""
+    """Our module for component `name` of `checkpoint` (or a stage in PART_STAGES), weights loaded strictly,
+    in eval mode."""
     module = stage_module(name)
-    folder = component_folder(checkpoint, name)
+    folder_name, stage = find_stage(name)
+    folder = component_folder(checkpoint, folder_name)
     config = build_config(name, read_json(folder / "config.json"), folder / "config.json")
     state_dict, origin = read_weights(folder)
     convert = getattr(module, "convert_hub_state_dict", None)
@@ -328,7 +407,7 @@ def load_component(
         origin = {k: origin.get(k, next(iter(origin.values()))) for k in renamed}
         state_dict = renamed
     with torch.device("meta"):
-        model = getattr(module, STAGES[name].model_class)(config)
+        model = getattr(module, stage.model_class)(config)
     assign_strict(
         model, state_dict, origin, name, getattr(module, "UNUSED_KEYS", ()), dtype, device,
         getattr(module, "KEEP_FP32_KEYS", ()),

@@ -88,14 +88,20 @@ def normalize_waveform(waveform: torch.Tensor, num_samples: int | None = None, p
 
 
 def mel_filterbank(sampling_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
-                   dtype=torch.float64, device=None) -> torch.Tensor:
+                   dtype=torch.float64, device=None, htk: bool = False) -> torch.Tensor:
     """(n_mels, n_fft / 2 + 1) triangular filters on the Slaney mel scale with Slaney area normalisation:
-    `librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...)` with its defaults."""
+    `librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...)` with its defaults.
 
-    def hz_to_mel(f: float) -> float:  # linear below 1 kHz (3 mel per 200 Hz), logarithmic above
+    `htk=True`: on the HTK mel scale and unnormalised (torchaudio's default; CLAP's "fusion" front end)."""
+
+    def hz_to_mel(f: float) -> float:  # Slaney: linear below 1 kHz (3 mel per 200 Hz), logarithmic above
+        if htk:
+            return 2595 * math.log10(1 + f / 700)
         return 3 * f / 200 if f < 1000 else 15 + math.log(f / 1000) * 27 / math.log(6.4)
 
     def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+        if htk:
+            return 700 * (10 ** (m / 2595) - 1)
         return torch.where(m < 15, 200 * m / 3, 1000 * torch.exp((m - 15) * math.log(6.4) / 27))
 
     edges = mel_to_hz(torch.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2, dtype=torch.float64,
@@ -105,7 +111,9 @@ def mel_filterbank(sampling_rate: int, n_fft: int, n_mels: int, fmin: float, fma
     rise = (fft_hz[None, :] - edges[:-2, None]) / (edges[1:-1] - edges[:-2])[:, None]  # (n_mels, n_freqs)
     fall = (edges[2:, None] - fft_hz[None, :]) / (edges[2:] - edges[1:-1])[:, None]
     filters = torch.clamp(torch.minimum(rise, fall), min=0)
-    return (filters * (2 / (edges[2:] - edges[:-2]))[:, None]).to(dtype)  # equal area per filter
+    if not htk:
+        filters = filters * (2 / (edges[2:] - edges[:-2]))[:, None]  # equal area per filter
+    return filters.to(dtype)
 
 
 def log_mel(waveform: torch.Tensor, config: MelConfig) -> torch.Tensor:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .audio_features import ClapFeatureConfig, clap_input_features
-from .clap_audio import rank_waveforms
-from .conditioning import TextConditioner, tokenize
+from .audio_features import clap_input_features
+from .clap_audio import load_audio_tower, rank_waveforms
+from .conditioning import TextConditioner
 from .cuda_graphs import CUDAGraphed
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .samplers import SAMPLERS, SchedulerConfig, make_sampler
@@ -58,9 +58,12 @@ def progress_stage(description: str, enabled: bool):
 
 class AudioLDM2Pipeline:
     def __init__(self, conditioner: TextConditioner, unet, vae, vocoder, scheduler_config: SchedulerConfig,
-                 feature_config: ClapFeatureConfig, device="cpu", dtype=torch.float32, offload: bool = False):
+                 checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False):
         self.conditioner, self.unet, self.vae, self.vocoder = conditioner, unet, vae, vocoder
-        self.scheduler_config, self.feature_config = scheduler_config, feature_config
+        self.scheduler_config = scheduler_config
+        # CLAP's audio tower and its feature extractor's settings: loaded from `checkpoint` when candidates
+        # are first ranked (clap_audio_tower), so generation neither loads them nor depends on their configs
+        self.checkpoint, self.clap_audio, self.feature_config = checkpoint, None, None
         self.device, self.dtype, self.offload = torch.device(device), dtype, offload
         self.vae_scale_factor = vae.upsampling_factor  # 4: mel frames per latent frame
         self.sampling_rate = vocoder.config.sampling_rate  # 16 kHz
@@ -91,9 +94,7 @@ class AudioLDM2Pipeline:
             conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, clap_pad_to_max_length=False)
         return cls(
             conditioner, load("unet"), load("vae"), load("vocoder"),
-            SchedulerConfig.from_hub(load_config(root, "scheduler")),
-            ClapFeatureConfig.from_hub(load_config(root, "feature_extractor")),
-            device=device, dtype=dtype, offload=offload,
+            SchedulerConfig.from_hub(load_config(root, "scheduler")), root, device=device, dtype=dtype, offload=offload,
         )
 
     def optimize(self, compile: bool = False, cuda_graphs: bool = True) -> "AudioLDM2Pipeline":
@@ -229,6 +230,9 @@ class AudioLDM2Pipeline:
             audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate
         self.check_inputs(prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
                           scheduler, output_type)
+        ranking = num_waveforms_per_prompt > 1 and prompt is not None and output_type != "latent"
+        if ranking:
+            self.clap_audio_tower()  # loaded on first ranking, and any config it refuses refused before the work
         with progress_stage("encoding the prompt", progress):
             conditioning = self.encode_prompt(
                 prompt, negative_prompt, num_waveforms_per_prompt, guidance_scale > 1.0, max_new_tokens,
@@ -255,24 +259,29 @@ class AudioLDM2Pipeline:
 
         with progress_stage("decoding", progress):
             audio, scores = self.decode(latents, num_samples), None
-        if num_waveforms_per_prompt > 1 and prompt is not None:
+        if ranking:
             with progress_stage("ranking the candidates", progress):
                 audio, scores = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
         return AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio, scores=scores)
+
+    def clap_audio_tower(self):
+        """(CLAP audio tower, ClapFeatureConfig), loaded from the checkpoint on first use (for ranking)."""
+        if self.clap_audio is None:
+            home = torch.device("cpu") if self.offload else self.device
+            self.clap_audio, self.feature_config = load_audio_tower(self.checkpoint, self.dtype, home)
+        return self.clap_audio, self.feature_config
 
     def rank_candidates(self, prompt, audio: torch.Tensor, num_waveforms_per_prompt: int):
         """Each prompt's candidates sorted by CLAP audio-text cosine similarity, best first (see clap_audio.py),
         and those similarities: (audio (P * n, samples), scores (P * n,))."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        conditioner = self.conditioner
-        with self._running(conditioner):
-            features, _ = clap_input_features(audio.to(self.device), self.sampling_rate, self.feature_config)
-            audio_embeds = conditioner.clap.get_audio_features(features.to(self.dtype))  # (P * n, 512)
-            ids, mask = tokenize(conditioner.tokenizer, prompts, conditioner.tokenizer.model_max_length, False,
-                                 "the CLAP text encoder", self.device)
-            text_embeds = conditioner.clap.get_text_features(ids, mask)  # (P, 512)
-        order = rank_waveforms(audio_embeds.float(), text_embeds.float(), num_waveforms_per_prompt).cpu()
-        similarity = (text_embeds.float() @ audio_embeds.float().T).cpu()  # (P, P * n)
+        tower, feature_config = self.clap_audio_tower()
+        with self._running(self.conditioner, tower):
+            features, _ = clap_input_features(audio.to(self.device), self.sampling_rate, feature_config)
+            audio_embeds = tower(features).float()  # (P * n, 512)
+            text_embeds = self.conditioner.clap_text_features(prompts, self.device).float()  # (P, 512)
+        order = rank_waveforms(audio_embeds, text_embeds, num_waveforms_per_prompt).cpu()
+        similarity = (text_embeds @ audio_embeds.T).cpu()  # (P, P * n)
         owner = torch.arange(len(order)) // num_waveforms_per_prompt  # the prompt of each ranked waveform
         return audio[order], similarity[owner, order]
 

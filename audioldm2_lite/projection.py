@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .loading import hub_field
+
 
 @dataclass
 class ProjectionConfig:
@@ -31,15 +33,12 @@ class ProjectionConfig:
 
     @classmethod
     def from_hub(cls, config: dict) -> "ProjectionConfig":
-        if config.get("use_learned_position_embedding") is not None:
-            raise NotImplementedError(
-                "this projection model adds learned positions to a VITS encoder (the AudioLDM 2 text-to-speech "
-                "checkpoints); only the text-to-audio and text-to-music checkpoints are supported."
-            )
+        # learned positions for a VITS encoder: the AudioLDM 2 text-to-speech checkpoints
+        hub_field(config, "use_learned_position_embedding", False, supported=(False,))
         return cls(
-            text_encoder_dim=config["text_encoder_dim"],
-            text_encoder_1_dim=config["text_encoder_1_dim"],
-            language_model_dim=config["langauge_model_dim"],  # sic: the hub config spells it this way
+            text_encoder_dim=hub_field(config, "text_encoder_dim"),
+            text_encoder_1_dim=hub_field(config, "text_encoder_1_dim"),
+            language_model_dim=hub_field(config, "langauge_model_dim"),  # sic: the hub config spells it this way
         )
 
 
@@ -84,6 +83,10 @@ class ProjectionModel(nn.Module):
             clap_mask = torch.ones(clap_states.shape[:2], dtype=mask_dtype, device=clap_states.device)
         if t5_mask is None:
             t5_mask = torch.ones(t5_states.shape[:2], dtype=mask_dtype, device=t5_states.device)
+
+        # the encoders' states in this model's dtype (the encoders may run in another)
+        dtype = self.projection.weight.dtype
+        clap_states, t5_states = clap_states.to(dtype), t5_states.to(dtype)
 
         # CLAP part: project, then [sos, clap, eos]
         clap_part = self.projection(clap_states)  # (B, Lc, 768)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .loading import hub_field
+
 
 @dataclass
 class SchedulerConfig:
@@ -47,33 +49,24 @@ class SchedulerConfig:
 
     @classmethod
     def from_hub(cls, config: dict) -> "SchedulerConfig":
-        unsupported = {  # options the AudioLDM 2 checkpoints leave off; refuse rather than ignore them
-            "clip_sample": False, "thresholding": False, "rescale_betas_zero_snr": False, "trained_betas": None,
-        }
-        for key, off in unsupported.items():
-            if config.get(key, off) != off:
-                raise NotImplementedError(f"scheduler option {key}={config[key]!r} is not supported")
-        defaults = cls()
-        scheduler = cls(
-            num_train_timesteps=config.get("num_train_timesteps", defaults.num_train_timesteps),
-            beta_start=config.get("beta_start", defaults.beta_start),
-            beta_end=config.get("beta_end", defaults.beta_end),
-            beta_schedule=config.get("beta_schedule", defaults.beta_schedule),
-            prediction_type=config.get("prediction_type", defaults.prediction_type),
-            timestep_spacing=config.get("timestep_spacing", defaults.timestep_spacing),
-            steps_offset=config.get("steps_offset", defaults.steps_offset),
-            set_alpha_to_one=config.get("set_alpha_to_one", defaults.set_alpha_to_one),
-            use_karras_sigmas=config.get("use_karras_sigmas", defaults.use_karras_sigmas),
+        # options the AudioLDM 2 checkpoints leave off: refused rather than ignored
+        for name, off in {"clip_sample": False, "thresholding": False, "rescale_betas_zero_snr": False}.items():
+            hub_field(config, name, off, supported=(off,))
+        hub_field(config, "trained_betas", None, supported=(None,))
+        d = cls()
+        return cls(
+            num_train_timesteps=hub_field(config, "num_train_timesteps", d.num_train_timesteps),
+            beta_start=hub_field(config, "beta_start", d.beta_start),
+            beta_end=hub_field(config, "beta_end", d.beta_end),
+            beta_schedule=hub_field(config, "beta_schedule", d.beta_schedule, supported=("linear", "scaled_linear")),
+            prediction_type=hub_field(config, "prediction_type", d.prediction_type,
+                                      supported=("epsilon", "v_prediction")),
+            timestep_spacing=hub_field(config, "timestep_spacing", d.timestep_spacing,
+                                       supported=("leading", "trailing", "linspace")),
+            steps_offset=hub_field(config, "steps_offset", d.steps_offset),
+            set_alpha_to_one=hub_field(config, "set_alpha_to_one", d.set_alpha_to_one),
+            use_karras_sigmas=hub_field(config, "use_karras_sigmas", d.use_karras_sigmas),
         )
-        scheduler.validate()
-        return scheduler
-
-    def validate(self):
-        choices = {"beta_schedule": ("linear", "scaled_linear"), "prediction_type": ("epsilon", "v_prediction"),
-                   "timestep_spacing": ("leading", "trailing", "linspace")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise NotImplementedError(f"scheduler {key}={getattr(self, key)!r}; supported: {allowed}")
 
 
 def alphas_cumprod(config: SchedulerConfig) -> torch.Tensor:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
+from .loading import hub_field
 
 # Hub tensors this module deliberately does not load.
 UNUSED_KEYS = (
@@ -58,22 +59,19 @@ class T5Config:
 
     @classmethod
     def from_hub(cls, config: dict) -> "T5Config":
-        feed_forward = (config.get("feed_forward_proj", "relu"), config.get("dense_act_fn", "relu"))
-        if feed_forward != ("gated-gelu", "gelu_new"):
-            raise ValueError(
-                f"T5 feed-forward (feed_forward_proj, dense_act_fn) = {feed_forward} is not supported: only the "
-                f"gated GELU of T5 v1.1 / Flan-T5, ('gated-gelu', 'gelu_new')"
-            )
+        # only the gated GELU feed-forward of T5 v1.1 / Flan-T5
+        hub_field(config, "feed_forward_proj", "relu", supported=("gated-gelu",))
+        hub_field(config, "dense_act_fn", "relu", supported=("gelu_new",))
         return cls(
-            vocab_size=config["vocab_size"],
-            d_model=config["d_model"],
-            d_kv=config["d_kv"],
-            d_ff=config["d_ff"],
-            num_layers=config["num_layers"],
-            num_heads=config["num_heads"],
-            relative_attention_num_buckets=config["relative_attention_num_buckets"],
-            relative_attention_max_distance=config["relative_attention_max_distance"],
-            layer_norm_epsilon=config["layer_norm_epsilon"],
+            vocab_size=hub_field(config, "vocab_size"),
+            d_model=hub_field(config, "d_model"),
+            d_kv=hub_field(config, "d_kv"),
+            d_ff=hub_field(config, "d_ff"),
+            num_layers=hub_field(config, "num_layers"),
+            num_heads=hub_field(config, "num_heads"),
+            relative_attention_num_buckets=hub_field(config, "relative_attention_num_buckets"),
+            relative_attention_max_distance=hub_field(config, "relative_attention_max_distance"),
+            layer_norm_epsilon=hub_field(config, "layer_norm_epsilon"),
         )
 
 

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
+from .loading import hub_field, unsupported_config
 
 # The values of hub config fields this implementation does not vary: any other value is an error.
 FIXED_HUB_FIELDS = {
@@ -85,31 +86,34 @@ class UNetConfig:
 
     @classmethod
     def from_hub(cls, config: dict) -> "UNetConfig":
-        unsupported = {k: config.get(k) for k, v in FIXED_HUB_FIELDS.items() if config.get(k, v) != v}
-        per_block = {k: config[k] for k in ("layers_per_block", "transformer_layers_per_block", "attention_head_dim")}
-        unsupported.update({k: v for k, v in per_block.items() if not isinstance(v, int)})
-        cross_attention_dim = config["cross_attention_dim"]
+        for name, value in FIXED_HUB_FIELDS.items():
+            hub_field(config, name, value, supported=(value,))
+        for name, known in (("down_block_types", DOWN_BLOCKS), ("up_block_types", UP_BLOCKS)):
+            unknown = [block for block in hub_field(config, name) if block not in known]
+            if unknown:
+                raise unsupported_config(config, name, unknown[0], " and ".join(known))
+        for name in ("layers_per_block", "transformer_layers_per_block", "attention_head_dim"):
+            if not isinstance(hub_field(config, name), int):
+                raise unsupported_config(config, name, config[name], "one int for every level")
+        cross_attention_dim = hub_field(config, "cross_attention_dim")
         if not (isinstance(cross_attention_dim, list) and all(isinstance(d, list) for d in cross_attention_dim)):
-            unsupported["cross_attention_dim"] = cross_attention_dim  # AudioLDM 2 lists the dims per level
-        unknown_blocks = [b for b in config["down_block_types"] if b not in DOWN_BLOCKS]
-        unknown_blocks += [b for b in config["up_block_types"] if b not in UP_BLOCKS]
-        if unsupported or unknown_blocks:
-            raise ValueError(f"UNet config not supported by audioldm2_lite: {unsupported or unknown_blocks}")
+            # AudioLDM 2 lists, per level, the sequence width each spatial transformer reads
+            raise unsupported_config(config, "cross_attention_dim", cross_attention_dim, "a list of lists, per level")
         return cls(
-            sample_size=config["sample_size"],
-            in_channels=config["in_channels"],
-            out_channels=config["out_channels"],
-            block_out_channels=tuple(config["block_out_channels"]),
+            sample_size=hub_field(config, "sample_size"),
+            in_channels=hub_field(config, "in_channels"),
+            out_channels=hub_field(config, "out_channels"),
+            block_out_channels=tuple(hub_field(config, "block_out_channels")),
             down_block_types=tuple(config["down_block_types"]),
             up_block_types=tuple(config["up_block_types"]),
             layers_per_block=config["layers_per_block"],
             transformer_layers_per_block=config["transformer_layers_per_block"],
             cross_attention_dim=tuple(tuple(dims) for dims in cross_attention_dim),
             num_heads=config["attention_head_dim"],
-            norm_num_groups=config["norm_num_groups"],
-            norm_eps=config["norm_eps"],
-            flip_sin_to_cos=config["flip_sin_to_cos"],
-            freq_shift=config["freq_shift"],
+            norm_num_groups=hub_field(config, "norm_num_groups"),
+            norm_eps=hub_field(config, "norm_eps"),
+            flip_sin_to_cos=hub_field(config, "flip_sin_to_cos"),
+            freq_shift=hub_field(config, "freq_shift"),
         )
 
 

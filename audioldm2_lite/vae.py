@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
+from .loading import hub_field
 
 GROUP_NORM_EPS = 1e-6
 
@@ -53,29 +54,23 @@ class VAEConfig:
 
     @classmethod
     def from_hub(cls, config: dict) -> "VAEConfig":
-        """From diffusers' AutoencoderKL config.json; rejects variants this file does not implement."""
-        blocks = len(config["block_out_channels"])
-        unsupported = {
-            "act_fn": (config.get("act_fn", "silu"), "silu"),
-            "down_block_types": (tuple(config.get("down_block_types", ())), ("DownEncoderBlock2D",) * blocks),
-            "up_block_types": (tuple(config.get("up_block_types", ())), ("UpDecoderBlock2D",) * blocks),
-            "mid_block_add_attention": (config.get("mid_block_add_attention", True), True),
-            "use_quant_conv": (config.get("use_quant_conv", True), True),
-            "use_post_quant_conv": (config.get("use_post_quant_conv", True), True),
-            "latents_mean": (config.get("latents_mean"), None),
-            "shift_factor": (config.get("shift_factor"), None),
-        }
-        for field, (found, supported) in unsupported.items():
-            if found != supported:
-                raise ValueError(f"VAE config field {field}={found!r} is not supported (only {supported!r})")
+        """From diffusers' AutoencoderKL config.json; refuses variants this file does not implement."""
+        levels = len(hub_field(config, "block_out_channels"))
+        hub_field(config, "act_fn", "silu", supported=("silu",))
+        hub_field(config, "down_block_types", supported=(["DownEncoderBlock2D"] * levels,))
+        hub_field(config, "up_block_types", supported=(["UpDecoderBlock2D"] * levels,))
+        for name in ("mid_block_add_attention", "use_quant_conv", "use_post_quant_conv"):
+            hub_field(config, name, True, supported=(True,))
+        for name in ("latents_mean", "shift_factor"):
+            hub_field(config, name, None, supported=(None,))
         return cls(
-            in_channels=config["in_channels"],
-            out_channels=config["out_channels"],
-            latent_channels=config["latent_channels"],
+            in_channels=hub_field(config, "in_channels"),
+            out_channels=hub_field(config, "out_channels"),
+            latent_channels=hub_field(config, "latent_channels"),
             block_out_channels=tuple(config["block_out_channels"]),
-            layers_per_block=config["layers_per_block"],
-            norm_num_groups=config["norm_num_groups"],
-            scaling_factor=config["scaling_factor"],
+            layers_per_block=hub_field(config, "layers_per_block"),
+            norm_num_groups=hub_field(config, "norm_num_groups"),
+            scaling_factor=hub_field(config, "scaling_factor"),
         )
 
 

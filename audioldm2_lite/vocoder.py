@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .loading import hub_field
+
 FINAL_LEAKY_RELU_SLOPE = 0.01  # F.leaky_relu's default, used by the reference before conv_post
 
 
@@ -50,15 +52,15 @@ class HifiGanConfig:
     def from_hub(cls, config: dict) -> "HifiGanConfig":
         """From transformers' SpeechT5HifiGan config.json."""
         return cls(
-            model_in_dim=config["model_in_dim"],
-            sampling_rate=config["sampling_rate"],
-            upsample_initial_channel=config["upsample_initial_channel"],
-            upsample_rates=tuple(config["upsample_rates"]),
-            upsample_kernel_sizes=tuple(config["upsample_kernel_sizes"]),
-            resblock_kernel_sizes=tuple(config["resblock_kernel_sizes"]),
-            resblock_dilation_sizes=tuple(tuple(d) for d in config["resblock_dilation_sizes"]),
-            leaky_relu_slope=config.get("leaky_relu_slope", 0.1),
-            normalize_before=config.get("normalize_before", False),
+            model_in_dim=hub_field(config, "model_in_dim"),
+            sampling_rate=hub_field(config, "sampling_rate"),
+            upsample_initial_channel=hub_field(config, "upsample_initial_channel"),
+            upsample_rates=tuple(hub_field(config, "upsample_rates")),
+            upsample_kernel_sizes=tuple(hub_field(config, "upsample_kernel_sizes")),
+            resblock_kernel_sizes=tuple(hub_field(config, "resblock_kernel_sizes")),
+            resblock_dilation_sizes=tuple(tuple(d) for d in hub_field(config, "resblock_dilation_sizes")),
+            leaky_relu_slope=hub_field(config, "leaky_relu_slope", 0.1),
+            normalize_before=hub_field(config, "normalize_before", False),
         )
 
 

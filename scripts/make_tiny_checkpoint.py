@@ -1,6 +1,6 @@
 """Build a tiny random AudioLDM 2 checkpoint in hub layout, offline, in seconds.
 
-    python scripts/make_tiny_checkpoint.py OUT_DIR [--seed 0]
+    python scripts/make_tiny_checkpoint.py OUT_DIR [--seed 0] [--fusion-features]
 
 Every component is made with diffusers / transformers `save_pretrained`, so the folder is exactly what
 `AudioLDM2Pipeline.from_pretrained` reads. The two tokenizers are trained here on a small built-in
@@ -9,6 +9,10 @@ The sizes are tiny but keep every structural feature of the official checkpoints
 [self, GPT-2, T5] attention, three VAE levels, a five-stage HiFi-GAN with a 160x hop, an HTSAT audio
 branch) so that parity on it exercises the same code paths. `make_random_checkpoint.py` reuses the
 tokenizer builders below for the full-size checkpoint.
+
+`--fusion-features` gives CLAP the audio front end of diffusers' and transformers' own small test
+checkpoints: a feature extractor with `truncation="fusion"` (four log-mels stacked per clip) and an HTSAT
+that reads them as four input channels (`patch_embed_input_channels=4`, fusion itself off).
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def perturb_vectors(model, scale: float = 0.1):
     return model
 
 
-def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
+def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, fusion_features: bool = False) -> Path:
     import torch
     from diffusers import AudioLDM2Pipeline, AutoencoderKL, DDIMScheduler
     from diffusers.pipelines.audioldm2 import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel
@@ -122,6 +126,7 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
         audio_config=dict(
             spec_size=64, num_mel_bins=16, window_size=4, patch_size=4, patch_stride=[4, 4], depths=[1, 2],
             num_attention_heads=[2, 4], patch_embeds_hidden_size=16, hidden_size=32, projection_dim=16,
+            patch_embed_input_channels=4 if fusion_features else 1,
         ),
         projection_dim=16,
     ))
@@ -159,7 +164,8 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     scheduler = DDIMScheduler.from_config(json.loads((official / "scheduler" / "scheduler_config.json").read_text()))
     feature_extractor = ClapFeatureExtractor(
         feature_size=16, sampling_rate=48000, hop_length=1920, max_length_s=10, fft_window_size=1024,
-        frequency_min=50, frequency_max=14000, truncation="rand_trunc", padding="repeatpad",
+        frequency_min=50, frequency_max=14000, truncation="fusion" if fusion_features else "rand_trunc",
+        padding="repeatpad",
     )
 
     # GPT2LMHeadModel is what diffusers needs at run time; the hub layout stores the bare GPT2Model.
@@ -176,8 +182,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fusion-features", action="store_true",
+                        help="CLAP reads four stacked log-mels per clip, as in diffusers' test checkpoints")
     args = parser.parse_args()
-    print(make_tiny_checkpoint(args.out_dir, args.seed))
+    print(make_tiny_checkpoint(args.out_dir, args.seed, args.fusion_features))
 
 
 if __name__ == "__main__":

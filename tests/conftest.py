@@ -1,6 +1,7 @@
 """Session fixtures: checkpoints built offline, once per test session.
 
 - `tiny_checkpoint`: a tiny random AudioLDM 2 in hub layout (scripts/make_tiny_checkpoint.py), seconds.
+- `fusion_checkpoint`: the same with `--fusion-features` (CLAP's front end as in diffusers' test checkpoints).
 - `full_checkpoint(variant, components)`: full-size random weights from the official configs
   (scripts/make_random_checkpoint.py) for tests marked `slow`; each (variant, component) is built once.
   Set AUDIOLDM2_LITE_TEST_CACHE=DIR to keep them between runs (they take minutes and GBs to build).
@@ -33,6 +34,12 @@ def _deterministic():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "audioldm2-tiny")
+
+
+@pytest.fixture(scope="session")
+def fusion_checkpoint(tmp_path_factory) -> Path:
+    """The tiny checkpoint with the CLAP front end of diffusers' test checkpoints ("fusion" features, 4 channels)."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-fusion") / "audioldm2-tiny-fusion", fusion_features=True)
 
 
 @pytest.fixture(scope="session")

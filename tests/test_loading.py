@@ -18,6 +18,7 @@ from audioldm2_lite import (
 )
 from audioldm2_lite.loading import (
     STAGES,
+    UnsupportedConfigError,
     _choose_hub_files,
     build_config,
     read_json,
@@ -168,6 +169,36 @@ def test_config_of_the_wrong_class(copy_of):
     config_file.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"describes a 'AutoencoderKL'.*projection_model"):
         load_component(ckpt, "projection_model")
+
+
+@pytest.mark.parametrize("component, path, value, supported", [
+    ("unet", ["upcast_attention"], True, "False"),
+    ("text_encoder", ["text_config", "hidden_act"], "relu", "'gelu'"),  # a field of a sub-config
+    ("vocoder", ["model_in_dim"], None, None),  # a required field missing
+])
+def test_unsupported_config_values_are_refused_in_one_shape(copy_of, component, path, value, supported):
+    ckpt = copy_of(component)
+    config_file = ckpt / component / "config.json"
+    config = json.loads(config_file.read_text())
+    *parents, field = path
+    fields = config
+    for parent in parents:
+        fields = fields[parent]
+    if value is None:
+        del fields[field]
+    else:
+        fields[field] = value
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as error:
+        load_component(ckpt, component)
+    message, name = str(error.value), ".".join(path)
+    assert "\n" not in message and str(config_file) in message  # one line that names the file
+    if value is None:
+        assert f"has no field '{name}'" in message
+    else:  # the one shape: file, field, value, what is supported
+        assert isinstance(error.value, UnsupportedConfigError) and isinstance(error.value, NotImplementedError)
+        expected = f"{config_file}: {name} = {value!r} is not supported by audioldm2_lite (supported: {supported})."
+        assert message == expected
 
 
 def test_misshapen_missing_and_unexpected_tensors_are_all_named(copy_of):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from reference import diffusers_pipeline, max_rel_error
 
 from audioldm2_lite import AudioLDM2Pipeline
+from audioldm2_lite.loading import UnsupportedConfigError
 
 # Waveform tolerance: every stage matches its twin to ~1e-6 relative in fp32; through T UNet steps,
 # the VAE and the vocoder those rounding differences grow (the sampler amplifies them by up to ~1/sqrt(alpha)
@@ -62,6 +67,47 @@ def test_tiny_ranking_matches(tiny_checkpoint):
     ours, reference = both(tiny_checkpoint, "dpmsolver++", 1.0, "a cat meows twice", num_inference_steps=3,
                            num_waveforms_per_prompt=3)
     assert report("tiny ranked candidates", ours, reference) <= WAVEFORM_TOLERANCE
+
+
+def test_fusion_features_checkpoint_generates_and_ranks_as_diffusers(fusion_checkpoint):
+    # the CLAP front end of diffusers' own test checkpoints: four stacked log-mels per clip ("fusion"
+    # features) read by a four-channel HTSAT; one prompt under 10 s, as above
+    ours, reference = both(fusion_checkpoint, "dpmsolver++", 1.0, "a cat meows twice", num_inference_steps=3,
+                           num_waveforms_per_prompt=3)
+    assert report("tiny fusion-features ranked candidates", ours, reference) <= WAVEFORM_TOLERANCE
+
+
+def test_ranking_only_configs_refuse_ranking_not_generation(tiny_checkpoint, tmp_path):
+    """The feature extractor's config and CLAP's audio config matter only to ranking: generating one waveform
+    per prompt never reads them (nor loads the audio tower); asking for ranking refuses them, before the work."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    features_file = ckpt / "feature_extractor" / "preprocessor_config.json"
+    clap_file = ckpt / "text_encoder" / "config.json"
+
+    def edit(file, section=None, **changes):
+        config = json.loads(file.read_text())
+        (config[section] if section else config).update(changes)
+        file.write_text(json.dumps(config))
+
+    edit(features_file, truncation="head")
+    edit(clap_file, "audio_config", enable_fusion=True)
+    pipe = AudioLDM2Pipeline.from_pretrained(ckpt, device="cpu")
+    args = dict(audio_length_in_s=0.5, num_inference_steps=2)
+    assert pipe("a dog barks", **args).audios.shape == (1, 8000)
+    assert pipe.clap_audio is None  # never loaded without ranking
+    with pytest.raises(UnsupportedConfigError, match=re.escape(f"{features_file}: truncation = 'head' is not")):
+        pipe("a dog barks", num_waveforms_per_prompt=2, **args)
+    edit(features_file, truncation="rand_trunc")
+    with pytest.raises(UnsupportedConfigError, match=re.escape(f"{clap_file}: audio_config.enable_fusion = True")):
+        pipe("a dog barks", num_waveforms_per_prompt=2, **args)
+    # a "fusion" extractor (four log-mels) for a one-channel HTSAT: diffusers fails at the first convolution
+    edit(clap_file, "audio_config", enable_fusion=False)
+    edit(features_file, truncation="fusion")
+    with pytest.raises(UnsupportedConfigError, match=r"truncation = 'fusion' .*'rand_trunc' with this text_encoder"):
+        pipe("a dog barks", num_waveforms_per_prompt=2, **args)
+    edit(features_file, truncation="rand_trunc")
+    assert pipe("a dog barks", num_waveforms_per_prompt=2, **args).audios.shape == (2, 8000)
 
 
 def test_generate_latents_yields_every_step(tiny_checkpoint):
