@@ -19,7 +19,8 @@ The three modes, which combine (the regenerated regions add up; `strength` appli
   `generate_batch_masked`; diffusers' inpainting pipelines for 4-channel UNets): after each step the kept
   region is replaced by x0 noised to the next step's level, after the last step by x0 itself.
 - Bandwidth extension (super-resolution): `regenerate_above_hz=f` regenerates the latent bins (4 mel
-  bins each) that hold any mel band whose centre is at or above f, and keeps the bins below.
+  bins each) that hold any mel band reaching above f (at 4 kHz: mel bands 48-63, from 3.55 kHz up),
+  and keeps the bins below.
 
 What "kept" means at the output: the final latent equals x0 outside the mask. The VAE decoder's
 mid-block attention spans the whole latent, so a decoded kept region would still move a little with the
@@ -98,9 +99,9 @@ def time_mask(start_s: float, end_s: float, latent_frames: int, sampling_rate: i
 
 
 def frequency_mask(above_hz: float, config: MelConfig) -> torch.Tensor:
-    """(n_mels / factor,) bool: the latent bins holding a mel band whose centre is at or above `above_hz`."""
-    centres = mel_frequencies(config.n_mels + 2, config.fmin, config.fmax)[1:-1]  # (n_mels,) increasing
-    first_band = int((centres < above_hz).sum())
+    """(n_mels / factor,) bool: the latent bins holding a mel band that reaches above `above_hz`."""
+    tops = mel_frequencies(config.n_mels + 2, config.fmin, config.fmax)[2:]  # (n_mels,) each band's upper edge
+    first_band = int((tops <= above_hz).sum())  # the bands lie in increasing order
     latent_bins = torch.arange(config.n_mels // config.frames_multiple)
     return latent_bins >= first_band // config.frames_multiple
 
@@ -185,11 +186,7 @@ class AudioEdit:
                     or not 0 < regenerate_above_hz < nyquist:
                 raise ValueError(f"regenerate_above_hz must be in (0, {nyquist:g}) Hz, the model's mel range; "
                                  f"got {regenerate_above_hz!r}")
-            bins = frequency_mask(regenerate_above_hz, config)
-            if not bins.any():
-                raise ValueError(f"regenerate_above_hz={regenerate_above_hz:g} is above the highest mel band's "
-                                 f"centre: nothing would be regenerated")
-            bins = bins[None, :].expand(latent_frames, latent_bins)  # (T/4, F/4)
+            bins = frequency_mask(regenerate_above_hz, config)[None, :].expand(latent_frames, latent_bins)  # (T/4, F/4)
             regenerate = bins if regenerate is None else regenerate | bins  # the regions add up
         if regenerate is not None:
             regenerate = regenerate[None, None].to(pipe.device)  # (1, 1, T/4, F/4)
