@@ -4,7 +4,7 @@ exactness properties of the three modes (style transfer, inpainting, bandwidth e
 from __future__ import annotations
 
 import dataclasses
-import math
+from concurrent.futures import ThreadPoolExecutor
 
 import librosa
 import numpy as np
@@ -202,3 +202,114 @@ def test_mask_arithmetic_on_odd_lengths(pipe):
     assert edit.num_samples == 20801 and edit.num_frames == 132 and edit.regenerate.shape == (1, 1, 33, 4)
     expected = (torch.arange(33)[:, None] >= 12) | frequency_mask(7000, mel_config(pipe))[None, :]  # combined
     assert torch.equal(edit.regenerate[0, 0], expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one clear error each, from Python and from the command line (no output file)
+
+
+def test_each_bad_edit_is_one_clear_error(pipe, tmp_path):
+    audio = recording(16000)[0]  # 1 s
+    nan = audio.copy()
+    nan[100] = np.nan
+    cases = [
+        (dict(audio=tmp_path / "missing.wav"), "does not exist"),
+        (dict(audio=tmp_path), "is a directory"),
+        (dict(audio=nan, audio_sampling_rate=RATE), "NaN or infinite"),
+        (dict(audio=audio), "needs its sampling_rate"),
+        (dict(audio=audio[:600], audio_sampling_rate=RATE), "shorter than one latent frame"),
+        (dict(audio=audio, audio_sampling_rate=RATE, strength=0.0), r"strength must be in \(0, 1\]"),
+        (dict(audio=audio, audio_sampling_rate=RATE, strength=1.5), r"strength must be in \(0, 1\]"),
+        (dict(audio=audio, audio_sampling_rate=RATE, strength=float("nan")), r"strength must be in \(0, 1\]"),
+        (dict(audio=audio, audio_sampling_rate=RATE, strength=0.05), "runs no denoising step"),  # 0.05 x 10 steps
+        (dict(audio=audio, audio_sampling_rate=RATE, regenerate_seconds=(0.6, 0.2)), "reversed or empty"),
+        (dict(audio=audio, audio_sampling_rate=RATE, regenerate_seconds=(0.4, 0.4)), "reversed or empty"),
+        (dict(audio=audio, audio_sampling_rate=RATE, regenerate_seconds=(-0.1, 0.4)), "outside the audio"),
+        (dict(audio=audio, audio_sampling_rate=RATE, regenerate_seconds=(0.5, 1.5)), "outside the audio"),
+        (dict(audio=audio, audio_sampling_rate=RATE, regenerate_seconds=0.5), r"must be \(start, end\)"),
+        (dict(audio=audio, audio_sampling_rate=RATE, regenerate_above_hz=0), r"must be in \(0, 8000\) Hz"),
+        (dict(audio=audio, audio_sampling_rate=RATE, regenerate_above_hz=8000), r"must be in \(0, 8000\) Hz"),
+        (dict(audio=audio, audio_sampling_rate=RATE, regenerate_above_hz=-5), r"must be in \(0, 8000\) Hz"),
+        (dict(regenerate_seconds=(0.1, 0.2)), "regenerate_seconds edit audio: give the audio"),
+        (dict(regenerate_above_hz=4000), "regenerate_above_hz edit audio: give the audio"),
+        (dict(strength=0.5), "strength edit audio: give the audio"),
+        (dict(audio=audio, audio_sampling_rate=RATE, audio_length_in_s=2.0), "disagrees with the audio's 1 s"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message) as raised:
+            pipe("rain", num_inference_steps=10, **kwargs)
+        assert "\n" not in str(raised.value), kwargs
+
+
+def run_cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "audioldm2_lite.cli", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+
+
+def test_cli_bad_edits_end_with_one_line_and_no_file(tiny_checkpoint, tmp_path):
+    good = tmp_path / "in.wav"
+    soundfile.write(good, recording(16000)[0], RATE)  # 1 s
+    short = tmp_path / "short.wav"
+    soundfile.write(short, recording(300)[0], RATE)
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0), RATE)
+    not_audio = tmp_path / "notes.ogg"
+    not_audio.write_text("not audio")
+    nan = tmp_path / "nan.wav"
+    soundfile.write(nan, np.array([0.0, np.nan, 0.5] * 1000), RATE, subtype="FLOAT")
+    cases = [
+        (["--regenerate-seconds", "0.1:0.2"], "--regenerate-seconds edits audio: give the file to edit with --audio"),
+        (["--regenerate-above-hz", "4000"], "--regenerate-above-hz edits audio"),
+        (["--strength", "0.5"], "--strength edits audio"),
+        (["--audio", tmp_path / "missing.wav"], "does not exist"),
+        (["--audio", tmp_path], "is a directory"),
+        (["--audio", empty], "is empty"),
+        (["--audio", not_audio], "cannot read"),
+        (["--audio", nan], "NaN or infinite"),
+        (["--audio", good, "--strength", "0"], r"--strength must be in (0, 1]"),
+        (["--audio", good, "--strength", "1.2"], r"--strength must be in (0, 1]"),
+        (["--audio", good, "--regenerate-seconds", "0.8:0.2"], "reversed or empty"),
+        (["--audio", good, "--regenerate-seconds", "0.3:0.3"], "reversed or empty"),
+        (["--audio", good, "--regenerate-seconds", "0.5:3"], "outside the audio (0 to 1 s)"),
+        (["--audio", good, "--regenerate-seconds", "half"], "expected START:END"),
+        (["--audio", good, "--regenerate-above-hz", "0"], "--regenerate-above-hz must be positive"),
+        (["--audio", good, "--seconds", "5"], "disagrees with the length of --audio (1 s)"),
+        # these need the model's configuration: checked by the pipeline after loading it
+        (["--audio", good, "--regenerate-above-hz", "9000"], "must be in (0, 8000) Hz"),
+        (["--audio", short], "shorter than one latent frame"),
+    ]
+    outputs = [tmp_path / f"out{i}.wav" for i in range(len(cases))]
+    with ThreadPoolExecutor(4) as pool:  # independent processes: run a few at once
+        results = list(pool.map(
+            lambda case: run_cli("rain", "-o", case[0], "--model", tiny_checkpoint, "--device", "cpu", "--steps", "2",
+                                 *case[1][0]), zip(outputs, cases)))
+    for (extra, message), out, result in zip(cases, outputs, results):
+        assert result.returncode != 0, extra
+        errors = [line for line in result.stderr.splitlines() if line.startswith("audioldm2-lite: error:")]
+        assert len(errors) == 1 and message in errors[0], (extra, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert not out.exists() and not list(tmp_path.glob(".partial-*")), extra
+
+
+def test_cli_runs_the_three_modes(tiny_checkpoint, tmp_path, capsys):
+    from audioldm2_lite.cli import main
+
+    source = tmp_path / "in.flac"
+    soundfile.write(source, recording(26460, 44100, channels=2).T, 44100)  # 0.6 s, stereo, 44.1 kHz
+    common = ["--model", tiny_checkpoint, "--device", "cpu", "--seed", "0", "--negative-prompt", "noise",
+              "--audio", source]
+    modes = {
+        "style.wav": ["--strength", "0.6", "--steps", "5"],
+        "inpaint.wav": ["--regenerate-seconds", "0.2:0.45", "--steps", "2", "--scheduler", "dpmsolver++"],
+        "wider.flac": ["--regenerate-above-hz", "4000", "--regenerate-seconds", "0:0.1", "--steps", "2",
+                       "--candidates", "2", "--all"],
+    }
+    for name, extra in modes.items():
+        assert main(["a violin", "-o", str(tmp_path / name), *map(str, common), *extra]) == 0
+    for name in ("style.wav", "inpaint.wav", "wider_1.flac", "wider_2.flac"):
+        audio, rate = soundfile.read(tmp_path / name)
+        assert rate == 16000 and audio.shape == (9600,), name  # 0.6 s at 16 kHz, mono
