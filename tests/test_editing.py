@@ -54,8 +54,9 @@ def test_encoder_matches_diffusers(pipe, tiny_checkpoint):
         ours_sample, _ = encode_audio(pipe, audio, RATE, torch.Generator().manual_seed(3), sample_posterior=True)
     assert samples == 20000 and ours_mean.shape == mean.shape == (1, 4, 32, 4)
     # same float32 convolutions in the same order: rounding only
-    assert max_rel_error(ours_mean, mean) < 1e-5
-    assert max_rel_error(ours_sample, sample) < 1e-5
+    errors = max_rel_error(ours_mean, mean), max_rel_error(ours_sample, sample)
+    print(f"encoder vs AutoencoderKL.encode: mean {errors[0]:.1e}, sample {errors[1]:.1e}")
+    assert max(errors) < 1e-5
 
 
 def reference_edit(scheduler_name, config, steps, predict, noise, source, strength, regenerate):
@@ -100,8 +101,10 @@ def test_edit_loop_matches_diffusers_schedulers(pipe, tiny_checkpoint, scheduler
     start = 10 - min(int(10 * strength), 10)
     ours = list(denoise(sampler, predict, noise, source, start, regenerate, start_from_noise=strength == 1.0))[-1][1]
     reference = reference_edit(scheduler, load_config(tiny_checkpoint, "scheduler"), 10, predict, noise, source, strength, regenerate)
-    # the same float32 formulas; diffusers forms some products in another order: ~1e-7 per step
-    assert max_rel_error(ours, reference) < 1e-5, scheduler
+    # the same float32 formulas (measured: bit-identical); 1e-6 as for the samplers alone
+    error = max_rel_error(ours, reference)
+    print(f"edit loop vs diffusers, {scheduler}, strength {strength}, masked {masked}: {error:.1e}")
+    assert error < 1e-6, scheduler
     if regenerate is not None:
         assert torch.equal(ours[..., ~regenerate], source[..., ~regenerate])  # kept: the source exactly
 
