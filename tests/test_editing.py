@@ -147,24 +147,43 @@ def odd_input(tmp_path_factory):
     return path
 
 
-def test_inpainting_keeps_the_reconstruction_outside_the_range(pipe, odd_input):
-    out = pipe("a cat meows", audio=odd_input, regenerate_seconds=(0.3, 0.75), num_inference_steps=3,
-               scheduler="dpmsolver++", num_waveforms_per_prompt=2, generator=torch.Generator().manual_seed(0)).audios
-    assert out.shape == (2, 20800)  # the input's length at 16 kHz
-    source, samples = encode_audio(pipe, odd_input)
+def check_inpainting_keeps_the_reconstruction(pipe, path, seconds, latent_frames, candidates, steps):
+    """Inpaint `seconds` (start, end) of the file at `path`, whose regenerated latent frames are `latent_frames`
+    (first, stop): outside them and the vocoder's receptive field, the output is the plain reconstruction."""
+    out = pipe("a cat meows", audio=path, regenerate_seconds=seconds, num_inference_steps=steps,
+               scheduler="dpmsolver++", num_waveforms_per_prompt=candidates,
+               generator=torch.Generator().manual_seed(0)).audios
+    source, samples = encode_audio(pipe, path)
+    assert out.shape == (candidates, samples)  # the input's length at 16 kHz
     with torch.no_grad():
-        mel = pipe.vae.decode(source / pipe.vae.config.scaling_factor)[:, 0]  # (1, 132, F)
-        reconstruction = pipe.vocoder(mel)[:, :samples].numpy()  # encode, decode, vocode
-    # regenerated latent frames: those overlapping 0.3-0.75 s = samples 4800-12000, 640 per frame: 7 .. 18
-    hop, first, stop = pipe.hop_length, 7 * 4, 19 * 4  # in mel frames
+        mel = pipe.vae.decode(source / pipe.vae.config.scaling_factor)[:, 0]  # (1, T, F)
+        reconstruction = pipe.vocoder(mel)[:, :samples].float().numpy()  # encode, decode, vocode
+    hop, first, stop = pipe.hop_length, latent_frames[0] * 4, latent_frames[1] * 4  # in mel frames
     margin = receptive_field_frames(pipe.vocoder.config)  # mel frames the vocoder reaches on either side
     outside = np.ones(samples, dtype=bool)
-    outside[(first - margin) * hop:(stop + margin) * hop] = False
+    outside[max(first - margin, 0) * hop:(stop + margin) * hop] = False
+    assert outside.sum() >= 2 * hop  # something is left to compare
     difference = np.abs(out - reconstruction) / np.abs(reconstruction).max()  # relative to the peak
     print(f"vocoder margin {margin} frames; relative difference outside: {difference[:, outside].max():.1e}, "
           f"inside: {difference[:, first * hop:stop * hop].max():.1e}")
     assert difference[:, outside].max() < 1e-5  # the same mel through the same vocoder: batch-size rounding
     assert difference[:, first * hop:stop * hop].max() > 1e-3  # and the range was regenerated
+
+
+def test_inpainting_keeps_the_reconstruction_outside_the_range(pipe, odd_input):
+    # regenerated latent frames: those overlapping 0.3-0.75 s = samples 4800-12000, 640 per frame: 7 .. 18
+    check_inpainting_keeps_the_reconstruction(pipe, odd_input, (0.3, 0.75), (7, 19), candidates=2, steps=3)
+
+
+@pytest.mark.slow
+def test_full_size_inpainting_keeps_the_reconstruction(full_checkpoint, tmp_path):
+    # the official vocoder's receptive field: 27 mel frames (0.27 s) on either side of the regenerated range
+    pipe = AudioLDM2Pipeline.from_pretrained(full_checkpoint(), device="cpu", dtype=torch.float32)
+    assert receptive_field_frames(pipe.vocoder.config) == 27
+    path = tmp_path / "in.wav"
+    soundfile.write(path, recording(40960, 16000)[0], 16000)  # 2.56 s: 64 latent frames
+    # 1.0-1.5 s = samples 16000-24000: latent frames 25 .. ceil(37.5) = 38
+    check_inpainting_keeps_the_reconstruction(pipe, path, (1.0, 1.5), (25, 38), candidates=1, steps=2)
 
 
 def test_bandwidth_extension_keeps_the_low_bins(pipe, odd_input):
