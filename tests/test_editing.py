@@ -100,7 +100,8 @@ def test_edit_loop_matches_diffusers_schedulers(pipe, tiny_checkpoint, scheduler
     sampler = make_sampler(scheduler.split()[0], config, 10)
     start = 10 - min(int(10 * strength), 10)
     ours = list(denoise(sampler, predict, noise, source, start, regenerate, start_from_noise=strength == 1.0))[-1][1]
-    reference = reference_edit(scheduler, load_config(tiny_checkpoint, "scheduler"), 10, predict, noise, source, strength, regenerate)
+    reference = reference_edit(scheduler, load_config(tiny_checkpoint, "scheduler"), 10, predict, noise, source,
+                               strength, regenerate)
     # the same float32 formulas (measured: bit-identical); 1e-6 as for the samplers alone
     error = max_rel_error(ours, reference)
     print(f"edit loop vs diffusers, {scheduler}, strength {strength}, masked {masked}: {error:.1e}")
@@ -199,7 +200,8 @@ def test_bandwidth_extension_keeps_the_low_bins(pipe, odd_input):
     with torch.no_grad():
         mel = edit.mel(latents)  # (1, 132, F): what the vocoder reads
         reconstruction = pipe.vae.decode(edit.source / pipe.vae.config.scaling_factor)[:, 0]
-    assert max_rel_error(mel[..., :kept_mel_bins], reconstruction[..., :kept_mel_bins]) < 1e-5  # decoded in a batch of 2 vs alone: conv rounding, measured 2e-6
+    # decoded in a batch of 2 here, alone there: convolution rounding, measured 2e-6
+    assert max_rel_error(mel[..., :kept_mel_bins], reconstruction[..., :kept_mel_bins]) < 1e-5
     assert max_rel_error(mel[..., kept_mel_bins:], reconstruction[..., kept_mel_bins:]) > 1e-3
 
 
