@@ -130,13 +130,13 @@ def test_small_strength_stays_close_to_the_reconstruction(pipe):
     audio = recording(20480)[0]
     source, _ = encode_audio(pipe, audio, RATE)
     distances = []
-    for strength in (0.05, 0.3, 1.0):  # 1, 6 and all 20 DDIM steps
+    for strength in (0.1, 0.3, 1.0):  # 1, 3 and all 10 DDIM steps
         latent = pipe("rain on a roof", audio=audio, audio_sampling_rate=RATE, strength=strength,
-                      num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="latent").audios
+                      num_inference_steps=10, generator=torch.Generator().manual_seed(0), output_type="latent").audios
         distances.append(max_rel_error(latent, source))
-    print("latent distance from the input's latent at strength 0.05, 0.3, 1.0:", distances)
-    # measured 0.55, 11, 620: the tiny random VAE's latents have std 0.14, not 1, so even the 5 % step's
-    # noise (std 0.055) is large beside them; the full-size model is checked from the CLI (README)
+    print("latent distance from the input's latent at strength 0.1, 0.3, 1.0:", distances)
+    # the tiny random VAE's latents have std 0.14, not 1, so even the last step's noise (std 0.055 at t = 1)
+    # is large beside them: the bound is loose, the growth with strength is the point
     assert distances[0] < 1.0 and distances[0] < distances[1] < distances[2]
 
 
@@ -174,17 +174,6 @@ def check_inpainting_keeps_the_reconstruction(pipe, path, seconds, latent_frames
 def test_inpainting_keeps_the_reconstruction_outside_the_range(pipe, odd_input):
     # regenerated latent frames: those overlapping 0.3-0.75 s = samples 4800-12000, 640 per frame: 7 .. 18
     check_inpainting_keeps_the_reconstruction(pipe, odd_input, (0.3, 0.75), (7, 19), candidates=2, steps=3)
-
-
-@pytest.mark.slow
-def test_full_size_inpainting_keeps_the_reconstruction(full_checkpoint, tmp_path):
-    # the official vocoder's receptive field: 27 mel frames (0.27 s) on either side of the regenerated range
-    pipe = AudioLDM2Pipeline.from_pretrained(full_checkpoint(), device="cpu", dtype=torch.float32)
-    assert receptive_field_frames(pipe.vocoder.config) == 27
-    path = tmp_path / "in.wav"
-    soundfile.write(path, recording(40960, 16000)[0], 16000)  # 2.56 s: 64 latent frames
-    # 1.0-1.5 s = samples 16000-24000: latent frames 25 .. ceil(37.5) = 38
-    check_inpainting_keeps_the_reconstruction(pipe, path, (1.0, 1.5), (25, 38), candidates=1, steps=2)
 
 
 def test_bandwidth_extension_keeps_the_low_bins(pipe, odd_input):
