@@ -329,6 +329,8 @@ def check_arguments(args) -> None:
         raise UsageError("give a PROMPT or --prompts-file, not both")
     if args.output_dir is None:
         raise UsageError("--prompts-file needs --output-dir DIR")
+    if args.audio is not None:
+        raise UsageError("--audio edits one recording: give a PROMPT with it, not --prompts-file")
     if args.all:
         raise UsageError("--all writes one file per candidate; with --prompts-file each row keeps its best")
     if args.batch_size < 1:

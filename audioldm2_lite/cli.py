@@ -25,6 +25,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 # peak of which 2.14 GiB weights), doubled for safety: a bound to refuse the impossible, not a prediction.
 ACTIVATION_BYTES_PER_SECOND = 2 * 2.18 * 2**30 / (150 * 4 * 2 * 2)
 OFFICIAL_WEIGHT_BYTES = 4.7e9  # cvssp/audioldm2 in float32, for a hub id not yet on disk
+DEFAULT_SECONDS = 10.0
 MIN_SECONDS = 0.01  # one mel frame: 160 samples at 16 kHz in every AudioLDM 2 checkpoint
 
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("prompt", nargs="?", help="what the audio should sound like (or --prompts-file for many)")
     parser.add_argument("-o", "--output", default="out.wav", help="output file, .wav or .flac (default: out.wav)")
     parser.add_argument("--negative-prompt", default="", help="what to steer away from, e.g. 'low quality'")
-    parser.add_argument("--seconds", type=float, default=10.0, help="audio length in seconds (default: 10)")
+    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="audio length in seconds (default: 10)")
     parser.add_argument("--steps", type=int, default=None,
                         help="denoising steps (default: 200 for ddim, 20 for dpmsolver++; at most 1000)")
     parser.add_argument("--scheduler", default="ddim", help="ddim (the checkpoint's default) or dpmsolver++")
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on CUDA, torch.compile the UNet, VAE and vocoder first (minutes of compiling)")
     parser.add_argument("--offload", action="store_true",
                         help="keep weights in CPU memory, each stage on the GPU only while it runs")
+    add_editing_arguments(parser)
     many = parser.add_argument_group("many prompts (README: Many prompts; torchrun for several GPUs)")
     many.add_argument("--prompts-file", help=".txt (a prompt a line), .csv or .jsonl (a 'prompt' column, optional "
                       "negative_prompt, seconds, seed, file_name, candidates, guidance); options are the defaults")
@@ -107,6 +109,59 @@ def check_scheduler(args) -> None:
         raise UsageError(f"unknown --scheduler '{args.scheduler}'; choose from {', '.join(SAMPLERS)}")
     if args.karras and args.scheduler != "dpmsolver++":
         raise UsageError("--karras applies to --scheduler dpmsolver++ only")
+
+
+# ----------------------------------------------------------------------------------------------
+# Editing audio (editing.py): --audio with --strength, --regenerate-seconds, --regenerate-above-hz
+
+
+def add_editing_arguments(parser) -> None:
+    group = parser.add_argument_group("editing audio", "edit an existing recording; the output keeps its length")
+    group.add_argument("--audio", default=None, help="the audio file to edit (WAV, FLAC, OGG, ...; any rate, channels)")
+    group.add_argument("--strength", type=float, default=None,
+                       help="style transfer: how much of the noise schedule to redo, in (0, 1] (default: 1, all)")
+    group.add_argument("--regenerate-seconds", default=None, metavar="START:END",
+                       help="inpainting: regenerate this time range (e.g. 2.0:4.5) and keep the rest")
+    group.add_argument("--regenerate-above-hz", type=float, default=None, metavar="HZ",
+                       help="bandwidth extension: regenerate above this frequency and keep below (0 - 8000)")
+
+
+def check_editing(args) -> None:
+    """Checks that need no model; with --audio sets args.seconds to the input's length and args.edit to the
+    pipeline's editing options (empty without --audio)."""
+    given = [flag for flag, value in (("--strength", args.strength), ("--regenerate-seconds", args.regenerate_seconds),
+                                      ("--regenerate-above-hz", args.regenerate_above_hz)) if value is not None]
+    args.edit = {}
+    if args.audio is None:
+        if given:
+            raise UsageError(f"{given[0]} edits audio: give the file to edit with --audio")
+        return
+    from .audio_io import AudioInputError, read_audio
+    from .editing import check_time_range
+
+    try:
+        seconds = len(read_audio(args.audio, target_rate=16000)) / 16000
+    except AudioInputError as error:
+        raise UsageError(str(error))
+    # the output takes the input's length: a --seconds that disagrees is refused (the default cannot be told
+    # from an explicit 10, so that value is taken as not given)
+    if args.seconds != DEFAULT_SECONDS and abs(args.seconds - seconds) > 1e-3:
+        raise UsageError(f"--seconds {args.seconds:g} disagrees with the length of --audio ({seconds:g} s); leave "
+                     f"--seconds out: an edit keeps the input's length")
+    strength = 1.0 if args.strength is None else args.strength
+    if not 0 < strength <= 1:
+        raise UsageError(f"--strength must be in (0, 1], got {args.strength:g}")
+    time_range = None
+    if args.regenerate_seconds is not None:
+        try:
+            time_range = check_time_range(args.regenerate_seconds.split(":"), seconds)
+        except ValueError as error:
+            raise UsageError(f"--regenerate-seconds: {error} (expected START:END in seconds, e.g. 2.0:4.5)")
+    if args.regenerate_above_hz is not None and not args.regenerate_above_hz > 0:
+        raise UsageError(f"--regenerate-above-hz must be positive, got {args.regenerate_above_hz:g}")
+    args.seconds = seconds  # the input's length (the pipeline checks it against the audio it reads)
+    args.edit = dict(audio=args.audio, strength=strength, regenerate_seconds=time_range,
+                     regenerate_above_hz=args.regenerate_above_hz)
 
 
 def output_paths(output: str, count: int) -> list[Path]:
@@ -215,7 +270,7 @@ def check_memory(args) -> None:
         )
 
 
-CHECKS = [check_values, check_scheduler, check_output, check_device, check_memory]
+CHECKS = [check_editing, check_values, check_scheduler, check_output, check_device, check_memory]
 
 
 def run_checks(args) -> None:
@@ -288,7 +343,7 @@ def generate(args) -> int:
     result = pipe(
         args.prompt, negative_prompt=args.negative_prompt, audio_length_in_s=args.seconds,
         num_inference_steps=steps, guidance_scale=args.guidance, num_waveforms_per_prompt=args.candidates,
-        scheduler=args.scheduler, karras_sigmas=args.karras, seed=seed, progress=not args.quiet,
+        scheduler=args.scheduler, karras_sigmas=args.karras, seed=seed, progress=not args.quiet, **args.edit,
     )
     audios = result.audios if args.all else result.audios[:1]  # ranked best first
     metadata = settings_metadata(args.prompt, args.negative_prompt, seed, steps, args.scheduler, args.karras,
