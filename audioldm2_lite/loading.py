@@ -66,6 +66,11 @@ STAGES: dict[str, Stage] = {
     "vae": Stage("vae", "VAEConfig", "AutoencoderKL", ("AutoencoderKL",)),
     "vocoder": Stage("vocoder", "HifiGanConfig", "HifiGan", ("SpeechT5HifiGan",)),
 }
+# Stages that replace a component's usual one when its config names their hub class: the text-to-speech
+# checkpoints store a VITS model as `text_encoder_2` where the others store Flan-T5.
+ALTERNATIVE_STAGES: dict[str, tuple[Stage, ...]] = {
+    "text_encoder_2": (Stage("vits", "VitsConfig", "VitsTextEncoder", ("VitsModel",)),),
+}
 # Components that are configuration or tokenizer files only.
 FILE_COMPONENTS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
 
@@ -287,27 +292,35 @@ def hub_class_name(config: dict) -> str | None:
     return config.get("_class_name") or (config.get("architectures") or [None])[0]
 
 
-def stage_module(name: str):
+def stage_for(name: str, hub_config: dict | None = None) -> Stage:
+    """The stage implementing component `name`: an alternative one if the hub config names its class."""
     if name not in STAGES:
         raise CheckpointError(f"unknown component '{name}'; the neural components are {sorted(STAGES)}.")
+    found = hub_class_name(hub_config or {})
+    return next((s for s in ALTERNATIVE_STAGES.get(name, ()) if found in s.hub_classes), STAGES[name])
+
+
+def stage_module(name: str, hub_config: dict | None = None):
+    module = stage_for(name, hub_config).module
     try:
-        return importlib.import_module(f"audioldm2_lite.{STAGES[name].module}")
+        return importlib.import_module(f"audioldm2_lite.{module}")
     except ModuleNotFoundError as error:
-        if error.name != f"audioldm2_lite.{STAGES[name].module}":
+        if error.name != f"audioldm2_lite.{module}":
             raise
         raise NotImplementedError(f"component '{name}' has no audioldm2_lite stage yet") from None
 
 
 def build_config(name: str, hub_config: dict, source: Path | str = "config.json"):
     """Our dataclass config for component `name` from its hub config dict (checks the class)."""
-    stage = STAGES[name]
+    stage = stage_for(name, hub_config)
     found = hub_class_name(hub_config)
     if found not in stage.hub_classes:
+        accepted = [c for s in (stage, *ALTERNATIVE_STAGES.get(name, ())) for c in s.hub_classes]
         raise CheckpointError(
-            f"{source} describes a '{found}', but component '{name}' must be one of {list(stage.hub_classes)}. "
+            f"{source} describes a '{found}', but component '{name}' must be one of {accepted}. "
             f"Is the folder layout mixed up?"
         )
-    return getattr(stage_module(name), stage.config_class).from_hub(hub_config)
+    return getattr(stage_module(name, hub_config), stage.config_class).from_hub(hub_config)
 
 
 def load_component(
@@ -317,9 +330,10 @@ def load_component(
     device: str | torch.device = "cpu",
 ) -> torch.nn.Module:
     """Our module for component `name` of `checkpoint`, weights loaded strictly, in eval mode."""
-    module = stage_module(name)
     folder = component_folder(checkpoint, name)
-    config = build_config(name, read_json(folder / "config.json"), folder / "config.json")
+    hub_config = read_json(folder / "config.json")
+    module, stage = stage_module(name, hub_config), stage_for(name, hub_config)
+    config = build_config(name, hub_config, folder / "config.json")
     state_dict, origin = read_weights(folder)
     convert = getattr(module, "convert_hub_state_dict", None)
     if convert is not None:
@@ -328,7 +342,7 @@ def load_component(
         origin = {k: origin.get(k, next(iter(origin.values()))) for k in renamed}
         state_dict = renamed
     with torch.device("meta"):
-        model = getattr(module, STAGES[name].model_class)(config)
+        model = getattr(module, stage.model_class)(config)
     assign_strict(
         model, state_dict, origin, name, getattr(module, "UNUSED_KEYS", ()), dtype, device,
         getattr(module, "KEEP_FP32_KEYS", ()),

@@ -1,6 +1,7 @@
 """Session fixtures: checkpoints built offline, once per test session.
 
 - `tiny_checkpoint`: a tiny random AudioLDM 2 in hub layout (scripts/make_tiny_checkpoint.py), seconds.
+- `tiny_speech_checkpoint`: the same in the text-to-speech layout (scripts/make_tiny_speech_checkpoint.py).
 - `full_checkpoint(variant, components)`: full-size random weights from the official configs
   (scripts/make_random_checkpoint.py) for tests marked `slow`; each (variant, component) is built once.
   Set AUDIOLDM2_LITE_TEST_CACHE=DIR to keep them between runs (they take minutes and GBs to build).
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from make_random_checkpoint import make_random_checkpoint  # noqa: E402
 from make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
+from make_tiny_speech_checkpoint import make_tiny_speech_checkpoint  # noqa: E402
 
 CONFIGS = ROOT / "scripts" / "checkpoint_configs"
 
@@ -33,6 +35,12 @@ def _deterministic():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "audioldm2-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_speech_checkpoint(tmp_path_factory) -> Path:
+    """The tiny checkpoint in the text-to-speech layout (VITS text_encoder_2; scripts/make_tiny_speech_checkpoint.py)."""
+    return make_tiny_speech_checkpoint(tmp_path_factory.mktemp("tiny-speech") / "audioldm2-speech-tiny")
 
 
 @pytest.fixture(scope="session")
