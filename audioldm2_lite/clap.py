@@ -231,7 +231,11 @@ class ClapModel(nn.Module):
         self.audio_projection = clap_audio.AudioProjection(audio_config)
 
     def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
-        """(B, 1, frames, mels) log-mel from audio_features.py -> (B, projection_dim) unit vectors."""
+        """(B, 1, frames, mels) log-mel from audio_features.py -> (B, projection_dim) unit vectors.
+
+        The log-mel is first rounded to the model's dtype, as diffusers hands it to the model.
+        """
+        input_features = input_features.to(self.audio_projection.linear1.weight.dtype)
         return clap_audio.get_audio_features(self.audio_model, self.audio_projection, input_features)
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

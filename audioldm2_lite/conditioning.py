@@ -17,6 +17,7 @@ Parity details (diffusers' `AudioLDM2Pipeline.encode_prompt`):
   stack. Unlike diffusers, both halves go through CLAP, T5, the projection and GPT-2 in one batch.
 - `num_waveforms_per_prompt` repeats each prompt's tensors in place (prompt 0, prompt 0, prompt 1, ...).
 - T5 states come back in the T5 model's dtype, the generated states in GPT-2's, the mask as int64.
+  Precomputed embeddings are used as given (on the device); the UNet casts what it reads to its dtype.
 """
 
 from __future__ import annotations
@@ -94,32 +95,41 @@ class TextConditioner(nn.Module):
     def device(self) -> torch.device:
         return self.gpt2.wpe.weight.device
 
-    def tokenize_t5(self, texts: list[str], length: int | None, device):
-        """T5 ids and mask: padded to the longest text and cut at the tokenizer's maximum (128), or
-        padded and cut to exactly `length` tokens (the negative prompt, to stack with the prompt)."""
-        max_length = self.tokenizer_2.model_max_length if length is None else length
-        return tokenize(self.tokenizer_2, texts, max_length, length is not None, "the T5 text encoder", device)
+    # ------------------------------------------------------------------------------------------
+    # The text stages
 
-    def encode_texts(self, texts: list[str], t5_ids, t5_mask, max_new_tokens: int | None = None) -> Conditioning:
-        """CLAP, T5, projection and GPT-2 on a batch of texts whose T5 tokens are given (they fix its length)."""
-        # CLAP: one unit vector per text, always attended to
-        clap_ids, clap_mask = tokenize(
+    def clap_text_features(self, texts: list[str], device=None) -> torch.Tensor:
+        """CLAP's text embedding of each text: (B, 512) unit vectors (also what candidates are ranked against)."""
+        ids, mask = tokenize(
             self.tokenizer, texts, self.tokenizer.model_max_length, self.clap_pad_to_max_length,
-            "the CLAP text encoder", t5_ids.device,
+            "the CLAP text encoder", device or self.device,
         )
-        clap_states = self.clap.get_text_features(clap_ids, clap_mask)[:, None]  # (B, 1, 512)
-        clap_mask = clap_mask.new_ones(len(texts), 1)
+        return self.clap.get_text_features(ids, mask)
+
+    def t5_length(self, prompts: list[str]) -> int:
+        """T5 tokens per prompt in a batch: the longest prompt's, at most the tokenizer's maximum (128)."""
+        longest = max(len(ids) for ids in self.tokenizer_2(prompts, verbose=False).input_ids)
+        return min(longest, self.tokenizer_2.model_max_length)
+
+    def encode_texts(self, texts: list[str], t5_length: int, max_new_tokens: int | None = None,
+                     device=None) -> Conditioning:
+        """CLAP, T5, projection and GPT-2 on a batch of texts, their T5 tokens padded or cut to `t5_length`."""
+        device = device or self.device
+        # CLAP: one unit vector per text, always attended to
+        clap_states = self.clap_text_features(texts, device)[:, None]  # (B, 1, 512)
+        clap_mask = torch.ones(len(texts), 1, dtype=torch.long, device=device)
 
         # T5: one state per token
+        t5_ids, t5_mask = tokenize(self.tokenizer_2, texts, t5_length, True, "the T5 text encoder", device)
         t5_states = self.t5(t5_ids, t5_mask)  # (B, L, 1024)
 
         # the GPT-2 prompt [sos, clap, eos, sos_1, t5 ..., eos_1], continued by N generated states
-        projection_dtype = self.projection.projection.weight.dtype
-        prompt, prompt_mask = self.projection(
-            clap_states.to(projection_dtype), t5_states.to(projection_dtype), clap_mask, t5_mask
-        )  # (B, L + 5, 768), (B, L + 5)
-        generated = self.gpt2.generate(prompt.to(self.gpt2.wpe.weight.dtype), prompt_mask, max_new_tokens)  # (B, N, 768)
+        prompt, prompt_mask = self.projection(clap_states, t5_states, clap_mask, t5_mask)  # (B, L + 5, 768), (B, L + 5)
+        generated = self.gpt2.generate(prompt, prompt_mask, max_new_tokens)  # (B, N, 768)
         return Conditioning(generated, t5_states, t5_mask)
+
+    # ------------------------------------------------------------------------------------------
+    # Prompts to conditioning, as diffusers' encode_prompt
 
     @torch.no_grad()
     def encode_prompt(
@@ -149,44 +159,30 @@ class TextConditioner(nn.Module):
             raise ValueError("give `prompt`, or both `prompt_embeds` and `generated_prompt_embeds`")
         if negative_prompt_embeds is not None and negative_generated_prompt_embeds is None:
             raise ValueError("`negative_prompt_embeds` needs `negative_generated_prompt_embeds` too")
-        batch = len(prompts) if prompt_embeds is None else prompt_embeds.shape[0]
+        negative_as_text = do_classifier_free_guidance and negative_prompt_embeds is None
 
-        # tokenise what is given as text: the prompts to their longest, the negatives to the prompts' T5 length
-        to_encode = []  # (texts, T5 ids, T5 mask) per half, in [uncond, cond] order
-        if prompt_embeds is None:
-            t5_ids, t5_mask = self.tokenize_t5(prompts, None, device)
-            to_encode.append((prompts, t5_ids, t5_mask))
-        t5_length = (prompt_embeds if prompt_embeds is not None else t5_ids).shape[1]
-        encode_negative = do_classifier_free_guidance and negative_prompt_embeds is None
-        if encode_negative:
-            negatives = self.negative_texts(negative_prompt, batch)
-            to_encode.insert(0, (negatives, *self.tokenize_t5(negatives, t5_length, device)))
-
-        # both halves through the text stages in one batch, then split again
-        if to_encode:
-            encoded = self.encode_texts(
-                [text for texts, _, _ in to_encode for text in texts],
-                torch.cat([ids for _, ids, _ in to_encode]),
-                torch.cat([mask for _, _, mask in to_encode]),
-                max_new_tokens,
-            )
-            halves = zip(*(part.split(batch) for part in encoded))
-            encoded_negative = Conditioning(*next(halves)) if encode_negative else None
-            encoded_prompt = Conditioning(*next(halves)) if prompt_embeds is None else None
-
-        if prompt_embeds is None:
-            cond = encoded_prompt
+        if prompt_embeds is None and (negative_as_text or not do_classifier_free_guidance):
+            # all text: both halves through the text stages in one batch, [negatives, prompts]; the negatives'
+            # T5 tokens are padded, or cut, to the prompts' length so that the halves stack
+            texts = self.negative_texts(negative_prompt, len(prompts)) + prompts if negative_as_text else prompts
+            encoded = self.encode_texts(texts, self.t5_length(prompts), max_new_tokens, device)
         else:
-            cond = self.given(prompt_embeds, attention_mask, generated_prompt_embeds, device)
-        cond = self.repeat(cond, num_waveforms_per_prompt)
-        if not do_classifier_free_guidance:
-            return cond
-        if encode_negative:
-            uncond = encoded_negative
-        else:
-            uncond = self.given(negative_prompt_embeds, negative_attention_mask, negative_generated_prompt_embeds, device)
-        uncond = self.repeat(uncond, num_waveforms_per_prompt)
-        return Conditioning(*(torch.cat([u, c]) for u, c in zip(uncond, cond)))
+            # a half given as embeddings is used as given; a half given as text is encoded on its own
+            if prompt_embeds is not None:
+                encoded = self.given(prompt_embeds, attention_mask, generated_prompt_embeds, device)
+            else:
+                encoded = self.encode_texts(prompts, self.t5_length(prompts), max_new_tokens, device)
+            if do_classifier_free_guidance:
+                batch, t5_length = encoded.t5_states.shape[:2]
+                if negative_as_text:
+                    negatives = self.negative_texts(negative_prompt, batch)
+                    uncond = self.encode_texts(negatives, t5_length, max_new_tokens, device)
+                else:
+                    uncond = self.given(negative_prompt_embeds, negative_attention_mask,
+                                        negative_generated_prompt_embeds, device)
+                encoded = Conditioning(*(torch.cat([u, c]) for u, c in zip(uncond, encoded)))
+        # repeating [uncond, cond] prompt by prompt keeps the halves apart: (2B, ...) -> (2B * times, ...)
+        return self.repeat(encoded, num_waveforms_per_prompt)
 
     @staticmethod
     def negative_texts(negative_prompt, batch: int) -> list[str]:
@@ -198,14 +194,12 @@ class TextConditioner(nn.Module):
             raise ValueError(f"{len(negative_prompt)} negative prompts for {batch} prompts: give one per prompt")
         return list(negative_prompt)
 
-    def given(self, t5_states, t5_mask, generated, device) -> Conditioning:
-        """Precomputed conditioning, cast and moved as the encoded one would be (a missing mask: all ones)."""
+    @staticmethod
+    def given(t5_states, t5_mask, generated, device) -> Conditioning:
+        """Precomputed conditioning on `device` (a missing mask: all ones). The UNet casts it to its dtype."""
         if t5_mask is None:
             t5_mask = torch.ones(t5_states.shape[:2], dtype=torch.long, device=device)
-        t5_dtype = self.t5.shared.weight.dtype
-        return Conditioning(
-            generated.to(device, self.gpt2.wpe.weight.dtype), t5_states.to(device, t5_dtype), t5_mask.to(device)
-        )
+        return Conditioning(generated.to(device), t5_states.to(device), t5_mask.to(device))
 
     @staticmethod
     def repeat(conditioning: Conditioning, times: int) -> Conditioning:

@@ -170,6 +170,7 @@ class GPT2Generator(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, L, D) of a sequence of input embeddings (B, L, D); mask (B, L), 1 = attend."""
+        inputs_embeds = inputs_embeds.to(self.wpe.weight.dtype)
         batch, length, _ = inputs_embeds.shape
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.bool, device=inputs_embeds.device)
@@ -189,6 +190,7 @@ class GPT2Generator(nn.Module):
         attention_mask (B, L): 1 = attend, 0 = padding. N defaults to the config's max_new_tokens (8).
         """
         new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        inputs_embeds = inputs_embeds.to(self.wpe.weight.dtype)  # the prompt in this model's dtype
         batch, prompt_length, _ = inputs_embeds.shape
         device = inputs_embeds.device
         if attention_mask is None:

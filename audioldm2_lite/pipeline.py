@@ -22,7 +22,7 @@ import torch
 
 from .audio_features import ClapFeatureConfig, clap_input_features
 from .clap_audio import rank_waveforms
-from .conditioning import TextConditioner, tokenize
+from .conditioning import TextConditioner
 from .cuda_graphs import CUDAGraphed
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .samplers import SAMPLERS, SchedulerConfig, make_sampler
@@ -234,10 +234,8 @@ class AudioLDM2Pipeline:
         conditioner = self.conditioner
         with self._running(conditioner):
             features, _ = clap_input_features(audio.to(self.device), self.sampling_rate, self.feature_config)
-            audio_embeds = conditioner.clap.get_audio_features(features.to(self.dtype))  # (P * n, 512)
-            ids, mask = tokenize(conditioner.tokenizer, prompts, conditioner.tokenizer.model_max_length, False,
-                                 "the CLAP text encoder", self.device)
-            text_embeds = conditioner.clap.get_text_features(ids, mask)  # (P, 512)
+            audio_embeds = conditioner.clap.get_audio_features(features)  # (P * n, 512)
+            text_embeds = conditioner.clap_text_features(prompts, self.device)  # (P, 512)
         order = rank_waveforms(audio_embeds.float(), text_embeds.float(), num_waveforms_per_prompt)
         return audio[order.cpu()]
 

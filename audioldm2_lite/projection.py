@@ -93,6 +93,10 @@ class ProjectionModel(nn.Module):
         if t5_mask is None:
             t5_mask = torch.ones(t5_states.shape[:2], dtype=mask_dtype, device=t5_states.device)
 
+        # the encoders' states in this model's dtype (the encoders may run in another)
+        dtype = self.projection.weight.dtype
+        clap_states, t5_states = clap_states.to(dtype), t5_states.to(dtype)
+
         # CLAP part: project, then [sos, clap, eos]
         clap_part = self.projection(clap_states)  # (B, Lc, 768)
         clap_part, clap_mask = frame_with_learned_tokens(clap_part, clap_mask, self.sos_embed, self.eos_embed)

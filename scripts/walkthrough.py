@@ -22,7 +22,6 @@ sys.path.insert(0, str(HERE.parent))
 
 from audioldm2_lite import AudioLDM2Pipeline  # noqa: E402
 from audioldm2_lite.audio_features import clap_input_features  # noqa: E402
-from audioldm2_lite.conditioning import tokenize  # noqa: E402
 
 
 class Clock:
@@ -68,23 +67,14 @@ def main():
     print(f"{'stage':28s} {'file':22s} {'output shape':22s} {'dtype':15s} {'time':>12s}")
 
     with Clock(device) as clock:
-        clap_ids, clap_mask = tokenize(c.tokenizer, prompts, c.tokenizer.model_max_length, False, "CLAP", device)
-    show("CLAP tokens (RoBERTa BPE)", "conditioning.py", clap_ids, clock)
-    with Clock(device) as clock:
-        clap = c.clap.get_text_features(clap_ids, clap_mask)[:, None]
+        clap = c.clap_text_features(prompts)  # the tokenizer's ids, then clap.py's text tower
     show("CLAP text embedding", "clap.py", clap, clock, "one unit vector per prompt")
-    with Clock(device) as clock:
-        t5_ids, t5_mask = c.tokenize_t5(prompts, None, device)
-    show("T5 tokens (sentencepiece)", "conditioning.py", t5_ids, clock)
-    with Clock(device) as clock:
-        t5 = c.t5(t5_ids, t5_mask)
-    show("Flan-T5 states", "t5.py", t5, clock, "the UNet's second cross-attention reads these")
-    with Clock(device) as clock:
-        gpt_prompt, gpt_mask = c.projection(clap, t5, clap_mask.new_ones(2, 1), t5_mask)
-    show("projected GPT-2 prompt", "projection.py", gpt_prompt, clock, "[sos, clap, eos, sos, t5..., eos]")
-    with Clock(device) as clock:
-        generated = c.gpt2.generate(gpt_prompt, gpt_mask)
-    show("GPT-2 generated states", "gpt2.py", generated, clock, "the UNet's first cross-attention reads these")
+    with Clock(device) as clock:  # CLAP again, T5, the projection, then GPT-2's generation
+        generated, t5, t5_mask = c.encode_texts(prompts, c.t5_length(prompts[1:]))
+    show("GPT-2 generated states", "conditioning.py", generated, clock,
+         "CLAP + T5 (t5.py) -> projection.py -> gpt2.py; the UNet's first cross-attention reads these")
+    print(f"{'  of which Flan-T5 states':28s} {'t5.py':22s} {str(tuple(t5.shape)):22s} {str(t5.dtype):15s} "
+          f"{'':12s}  the UNet's second cross-attention reads these")
 
     frames, samples = pipe.latent_frames(args.seconds)
     latents = pipe.prepare_latents(1, frames, torch.Generator(device).manual_seed(0))
@@ -105,7 +95,7 @@ def main():
         features, _ = clap_input_features(audio, pipe.sampling_rate, pipe.feature_config)
     show("CLAP log-mel (48 kHz)", "audio_features.py", features, clock)
     with Clock(device) as clock:
-        score = c.clap.get_audio_features(features) @ clap[1, 0]
+        score = c.clap.get_audio_features(features) @ clap[1]
     show("CLAP audio-text similarity", "clap_audio.py", score, clock, f"{score.item():+.4f} (ranks candidates)")
 
 
