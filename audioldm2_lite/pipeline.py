@@ -195,7 +195,8 @@ class AudioLDM2Pipeline:
                  negative_generated_prompt_embeds=None, attention_mask=None, negative_attention_mask=None,
                  max_new_tokens: int | None = None, output_type: str = "np", callback=None,
                  callback_steps: int = 1, scheduler: str = "ddim", karras_sigmas: bool = False,
-                 progress: bool = False) -> AudioLDM2PipelineOutput:
+                 progress: bool = False, transcription=None) -> AudioLDM2PipelineOutput:
+        """`transcription`: the words to say, for the text-to-speech checkpoints (the prompt describes the voice)."""
         if audio_length_in_s is None:  # the UNet's training size: 10.24 s
             audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate
         self.check_inputs(prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
@@ -205,7 +206,7 @@ class AudioLDM2Pipeline:
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             generated_prompt_embeds=generated_prompt_embeds,
             negative_generated_prompt_embeds=negative_generated_prompt_embeds,
-            attention_mask=attention_mask, negative_attention_mask=negative_attention_mask,
+            attention_mask=attention_mask, negative_attention_mask=negative_attention_mask, transcription=transcription,
         )
         batch = conditioning[0].shape[0] // (2 if guidance_scale > 1.0 else 1)
         frames, num_samples = self.latent_frames(audio_length_in_s)
