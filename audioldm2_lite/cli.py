@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("prompt", help="what the audio should sound like")
     parser.add_argument("-o", "--output", default="out.wav", help="output file, .wav or .flac (default: out.wav)")
     parser.add_argument("--negative-prompt", default="", help="what to steer away from, e.g. 'low quality'")
+    parser.add_argument("--transcription", default=None,
+                        help="the words to say, with a text-to-speech model such as anhnct/audioldm2_gigaspeech "
+                             "(the prompt then describes the voice)")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length in seconds (default: 10)")
     parser.add_argument("--steps", type=int, default=None,
                         help="denoising steps (default: 200 for ddim, 20 for dpmsolver++)")
@@ -52,6 +55,8 @@ def check_arguments(args, parser) -> None:
 
     if not args.prompt.strip():
         parser.error("the prompt is empty")
+    if args.transcription is not None and not args.transcription.strip():
+        parser.error("the transcription is empty")
     if not args.seconds > 0:
         parser.error(f"--seconds must be positive, got {args.seconds}")
     if args.steps is not None and args.steps < 1:
@@ -113,6 +118,7 @@ def main(argv=None) -> int:
             args.prompt, negative_prompt=args.negative_prompt, audio_length_in_s=args.seconds,
             num_inference_steps=steps, guidance_scale=args.guidance, num_waveforms_per_prompt=args.candidates,
             scheduler=args.scheduler, karras_sigmas=args.karras, generator=generator, progress=True,
+            transcription=args.transcription,
         )
         audios = result.audios if args.all else result.audios[:1]  # ranked best first
         for path, audio in zip(output_paths(args.output, len(audios)), audios):

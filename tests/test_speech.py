@@ -124,3 +124,32 @@ def test_tiny_speech_end_to_end(tiny_speech_checkpoint, scheduler, steps):
     assert ours.shape == reference.shape == (1, 8000)
     # fp32 through 512 generated states, the UNet steps, the VAE and the vocoder: see WAVEFORM_TOLERANCE
     assert report(f"tiny speech {scheduler}", ours, reference) <= WAVEFORM_TOLERANCE
+
+
+def test_cli_speaks(tiny_speech_checkpoint, tmp_path):
+    import soundfile
+
+    from audioldm2_lite.cli import main
+
+    out = tmp_path / "speech.wav"
+    assert main(["A female reporter is speaking", "--transcription", "wish you a good day", "-o", str(out),
+                 "--model", str(tiny_speech_checkpoint), "--seconds", "0.5", "--steps", "2", "--device", "cpu"]) == 0
+    audio, rate = soundfile.read(out)
+    assert rate == 16000 and audio.shape == (8000,)
+
+
+@pytest.mark.parametrize("speaks, args, message", [
+    (True, [], "this is a text-to-speech checkpoint: give the words to say"),
+    (False, ["--transcription", "hello"], "`transcription` needs a text-to-speech checkpoint"),
+    (True, ["--transcription", "  "], "the transcription is empty"),
+])
+def test_cli_transcription_errors_are_one_line(tiny_speech_checkpoint, tiny_checkpoint, tmp_path, speaks, args, message):
+    from test_cli import run_cli
+
+    out = tmp_path / "out.wav"
+    model = tiny_speech_checkpoint if speaks else tiny_checkpoint
+    result = run_cli("A man speaks", *args, "-o", str(out), "--model", str(model), "--seconds", "0.5", "--steps", "1",
+                     "--device", "cpu")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and message in lines[-1] and "Traceback" not in result.stderr
+    assert lines[-1].startswith("audioldm2-lite: error:") and not out.exists()
