@@ -7,9 +7,8 @@ CHECKPOINT is a hub-layout folder with a full-size `language_model` (e.g. one bu
 the speech checkpoints' length: [sos, clap, eos, sos_1, 310 VITS slots, eos_1] = 315 positions, about a tenth of
 them real phonemes; guided, so there are two prompts ([uncond, cond]). Ours generates both in one batch with a
 fixed-size key/value cache (gpt2.py); diffusers' `generate_language_model` runs once per half, as its pipeline
-does. Prints the median time per side and the ratio. `--states` generates fewer states (diffusers' loop
-recomputes the whole sequence at each step with current transformers: 512 full-size states take it ~25 min on a
-2-core CPU).
+does. Prints the median time per side and the ratio. `--states` generates fewer states (diffusers' loop did not
+finish 512 full-size states in 10 minutes on the shared 2-core CPU where this was written).
 """
 
 from __future__ import annotations

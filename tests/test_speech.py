@@ -176,8 +176,7 @@ def test_cli_transcription_errors_are_one_line(tiny_speech_checkpoint, tiny_chec
 def teacher_forced_check(checkpoint, label):
     """Our conditioning against diffusers' stages and transformers' GPT-2 run once over the whole sequence.
 
-    diffusers' own loop recomputes the whole sequence at each of the 512 steps (about 25 min at full size on a
-    2-core CPU), so the loop itself is compared at tiny size (test_encode_prompt_parity_guided) and here the 512
+    diffusers' own 512-step loop did not finish in 10 minutes at full size on a 2-core CPU, so the loop itself is compared at tiny size (test_encode_prompt_parity_guided) and here the 512
     states are checked by teacher forcing: one GPT-2 forward over [prompt, states 1..511] must give each state
     at its position.
     """
