@@ -185,6 +185,7 @@ def teacher_forced_check(checkpoint, label):
     encoded = ours.encode_prompt(PROMPTS[0], transcription=TRANSCRIPTIONS[0], negative_prompt="noise")
     del ours
     pipe = reference_pipeline(checkpoint)
+    pipe.tokenizer_2.phonemize = False
     slots = pipe.tokenizer_2.model_max_length
     tokens = pipe.tokenizer_2(TRANSCRIPTIONS[:1], padding="max_length", max_length=slots, truncation=True,
                               return_tensors="pt")
