@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("prompt", nargs="?", help="what the audio should sound like (or --prompts-file for many)")
     parser.add_argument("-o", "--output", default="out.wav", help="output file, .wav or .flac (default: out.wav)")
     parser.add_argument("--negative-prompt", default="", help="what to steer away from, e.g. 'low quality'")
+    parser.add_argument("--transcription", default=None,
+                        help="the words to say, with a text-to-speech model such as anhnct/audioldm2_gigaspeech "
+                             "(the prompt then describes the voice)")
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="audio length in seconds (default: 10)")
     parser.add_argument("--steps", type=int, default=None,
                         help="denoising steps (default: 200 for ddim, 20 for dpmsolver++; at most 1000)")
@@ -86,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 def check_values(args) -> None:
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
+    if args.transcription is not None and not args.transcription.strip():
+        raise UsageError("the transcription is empty")
     if not args.seconds > 0:
         raise UsageError(f"--seconds must be positive, got {args.seconds}")
     if args.seconds < MIN_SECONDS:
@@ -343,7 +348,8 @@ def generate(args) -> int:
     result = pipe(
         args.prompt, negative_prompt=args.negative_prompt, audio_length_in_s=args.seconds,
         num_inference_steps=steps, guidance_scale=args.guidance, num_waveforms_per_prompt=args.candidates,
-        scheduler=args.scheduler, karras_sigmas=args.karras, seed=seed, progress=not args.quiet, **args.edit,
+        scheduler=args.scheduler, karras_sigmas=args.karras, seed=seed, progress=not args.quiet,
+        transcription=args.transcription, **args.edit,
     )
     audios = result.audios if args.all else result.audios[:1]  # ranked best first
     metadata = settings_metadata(args.prompt, args.negative_prompt, seed, steps, args.scheduler, args.karras,

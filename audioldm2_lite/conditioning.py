@@ -18,6 +18,10 @@ Parity details (diffusers' `AudioLDM2Pipeline.encode_prompt`):
 - `num_waveforms_per_prompt` repeats each prompt's tensors in place (prompt 0, prompt 0, prompt 1, ...).
 - T5 states come back in the T5 model's dtype, the generated states in GPT-2's, the mask as int64.
   Precomputed embeddings are used as given (on the device); the UNet casts what it reads to its dtype.
+
+Text-to-speech checkpoints (a VITS `text_encoder_2`): the `transcription` takes T5's place, read as phonemes
+by the VITS encoder; the unconditional half has all-zero VITS states; GPT-2 generates 512 states. The
+"t5_*" tensors then hold the VITS states and mask (the speech UNet does not read them). See speech.py.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from .loading import (
     load_tokenizer,
     resolve_checkpoint,
 )
+from .speech import encode_transcriptions, speech_new_tokens, transcriptions_for
+from .vits import VitsTextEncoder
 
 COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model", "language_model")
 
@@ -71,8 +77,9 @@ class TextConditioner(nn.Module):
 
     def __init__(self, tokenizer, tokenizer_2, clap, t5, projection, gpt2, clap_pad_to_max_length: bool = True):
         super().__init__()
-        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2  # RoBERTa (CLAP), T5
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2  # RoBERTa (CLAP), T5 (or VITS: text-to-speech)
         self.clap, self.t5, self.projection, self.gpt2 = clap, t5, projection, gpt2
+        self.speaks = isinstance(t5, VitsTextEncoder)  # a text-to-speech checkpoint: needs a transcription
         # diffusers pads CLAP's input to 512 tokens. Padding to the longest prompt instead gives the same
         # features up to float rounding (padding is masked and does not move positions) for far less work.
         self.clap_pad_to_max_length = clap_pad_to_max_length
@@ -108,21 +115,30 @@ class TextConditioner(nn.Module):
 
     def t5_length(self, prompts: list[str]) -> int:
         """T5 tokens per prompt in a batch: the longest prompt's, at most the tokenizer's maximum (128)."""
+        if self.speaks:  # VITS: every transcription fills the tokenizer's slots (310)
+            return self.tokenizer_2.model_max_length
         longest = max(len(ids) for ids in self.tokenizer_2(prompts, verbose=False).input_ids)
         return min(longest, self.tokenizer_2.model_max_length)
 
     def encode_texts(self, texts: list[str], t5_length: int, max_new_tokens: int | None = None,
-                     device=None) -> Conditioning:
-        """CLAP, T5, projection and GPT-2 on a batch of texts, their T5 tokens padded or cut to `t5_length`."""
+                     device=None, transcriptions: list[str | None] | None = None) -> Conditioning:
+        """CLAP, T5, projection and GPT-2 on a batch of texts, their T5 tokens padded or cut to `t5_length`.
+
+        Text-to-speech: VITS reads `transcriptions` (one per text; None or missing = unconditional) instead.
+        """
         device = device or self.device
         # CLAP: one unit vector per text, always attended to
         clap_states = self.clap_text_features(texts, device)[:, None]  # (B, 1, 512)
         clap_mask = torch.ones(len(texts), 1, dtype=torch.long, device=device)
         warn_if_truncated(texts, [("CLAP", self.tokenizer), ("T5", self.tokenizer_2)])
 
-        # T5: one state per token
-        t5_ids, t5_mask = tokenize(self.tokenizer_2, texts, t5_length, True, device)
-        t5_states = self.t5(t5_ids, t5_mask)  # (B, L, 1024)
+        if self.speaks:  # VITS: one state per phoneme slot of the transcription (B, 310, 192); speech.py
+            transcriptions = transcriptions or [None] * len(texts)
+            t5_states, t5_mask = encode_transcriptions(self.t5, self.tokenizer_2, transcriptions, device)
+            max_new_tokens = max_new_tokens or speech_new_tokens(self.gpt2.config.max_new_tokens)
+        else:  # T5: one state per token
+            t5_ids, t5_mask = tokenize(self.tokenizer_2, texts, t5_length, True, device)
+            t5_states = self.t5(t5_ids, t5_mask)  # (B, L, 1024)
 
         # the GPT-2 prompt [sos, clap, eos, sos_1, t5 ..., eos_1], continued by N generated states
         prompt, prompt_mask = self.projection(clap_states, t5_states, clap_mask, t5_mask)  # (B, L + 5, 768), (B, L + 5)
@@ -147,12 +163,15 @@ class TextConditioner(nn.Module):
         negative_generated_prompt_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         negative_attention_mask: torch.Tensor | None = None,
+        transcription: str | list[str] | None = None,
     ) -> Conditioning:
         """Conditioning for `prompt`, [uncond, cond] along the batch with guidance, each prompt repeated
         `num_waveforms_per_prompt` times.
 
         As in diffusers, either half may be given precomputed instead of as text: `prompt_embeds` (T5
         states) with `generated_prompt_embeds` and optionally `attention_mask`; likewise `negative_*`.
+        `transcription` (text-to-speech checkpoints only, and needed by them): what is said, one string
+        for every prompt or one per prompt.
         """
         device = torch.device(device) if device is not None else self.device
         prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -161,18 +180,21 @@ class TextConditioner(nn.Module):
         if negative_prompt_embeds is not None and negative_generated_prompt_embeds is None:
             raise ValueError("`negative_prompt_embeds` needs `negative_generated_prompt_embeds` too")
         guided = do_classifier_free_guidance
+        spoken = self.check_transcription(transcription, prompts if prompt_embeds is None else None)
 
         if prompt_embeds is None and (negative_prompt_embeds is None or not guided):
             # all text: both halves through the text stages in one batch, [negatives, prompts]; the negatives'
             # T5 tokens are padded, or cut, to the prompts' length so that the halves stack
             texts = (self.negative_texts(negative_prompt, len(prompts)) if guided else []) + prompts
-            encoded = self.encode_texts(texts, self.t5_length(prompts), max_new_tokens, device)
+            if spoken is not None:  # text-to-speech: the unconditional rows say nothing
+                spoken = [None] * (len(texts) - len(prompts)) + spoken
+            encoded = self.encode_texts(texts, self.t5_length(prompts), max_new_tokens, device, spoken)
         else:
             # a half given as embeddings is used as given; a half given as text is encoded on its own
             if prompt_embeds is not None:
                 encoded = self.given(prompt_embeds, attention_mask, generated_prompt_embeds, device)
             else:
-                encoded = self.encode_texts(prompts, self.t5_length(prompts), max_new_tokens, device)
+                encoded = self.encode_texts(prompts, self.t5_length(prompts), max_new_tokens, device, spoken)
             if guided:
                 batch, t5_length = encoded.t5_states.shape[:2]
                 if negative_prompt_embeds is None:
@@ -184,6 +206,20 @@ class TextConditioner(nn.Module):
                 encoded = Conditioning(*(torch.cat([u, c]) for u, c in zip(uncond, encoded)))
         # repeating [uncond, cond] prompt by prompt keeps the halves apart: (2B, ...) -> (2B * times, ...)
         return self.repeat(encoded, num_waveforms_per_prompt)
+
+    def check_transcription(self, transcription, prompts: list[str] | None) -> list[str] | None:
+        """One transcription per prompt for a text-to-speech checkpoint (when prompts are encoded), else None."""
+        if not self.speaks:
+            if transcription is not None:
+                raise ValueError("`transcription` needs a text-to-speech checkpoint (e.g. anhnct/audioldm2_gigaspeech); "
+                                 "this one makes audio from the prompt alone")
+            return None
+        if prompts is None:
+            return None
+        if transcription is None:
+            raise ValueError("this is a text-to-speech checkpoint: give the words to say as `transcription` "
+                             "(the prompt describes the voice)")
+        return transcriptions_for(transcription, len(prompts))
 
     @staticmethod
     def negative_texts(negative_prompt, batch: int) -> list[str]:

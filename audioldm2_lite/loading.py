@@ -77,6 +77,11 @@ STAGES: dict[str, Stage] = {
 PART_STAGES: dict[str, tuple[str, Stage]] = {
     "clap_audio": ("text_encoder", Stage("clap_audio", "ClapAudioConfig", "ClapAudioTower", ("ClapModel",))),
 }
+# Stages that replace a component's usual one when its config names their hub class: the text-to-speech
+# checkpoints store a VITS model as `text_encoder_2` where the others store Flan-T5.
+ALTERNATIVE_STAGES: dict[str, tuple[Stage, ...]] = {
+    "text_encoder_2": (Stage("vits", "VitsConfig", "VitsTextEncoder", ("VitsModel",)),),
+}
 # Components that are configuration or tokenizer files only.
 FILE_COMPONENTS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
 
@@ -354,19 +359,21 @@ def hub_class_name(config: dict) -> str | None:
     return config.get("_class_name") or (config.get("architectures") or [None])[0]
 
 
-def find_stage(name: str) -> tuple[str, Stage]:
-    """(component folder, stage) of a neural component or of a stage in PART_STAGES."""
-    if name in STAGES:
-        return name, STAGES[name]
+def find_stage(name: str, hub_config: dict | None = None) -> tuple[str, Stage]:
+    """(component folder, stage) of a neural component or of a stage in PART_STAGES; an ALTERNATIVE_STAGES
+    stage where the component's hub config names its class."""
     if name in PART_STAGES:
         return PART_STAGES[name]
-    raise CheckpointError(
-        f"unknown component '{name}'; the neural components are {sorted(STAGES)} (and {sorted(PART_STAGES)})."
-    )
+    if name not in STAGES:
+        raise CheckpointError(
+            f"unknown component '{name}'; the neural components are {sorted(STAGES)} (and {sorted(PART_STAGES)})."
+        )
+    found = hub_class_name(hub_config or {})
+    return name, next((s for s in ALTERNATIVE_STAGES.get(name, ()) if found in s.hub_classes), STAGES[name])
 
 
-def stage_module(name: str):
-    module = find_stage(name)[1].module
+def stage_module(name: str, hub_config: dict | None = None):
+    module = find_stage(name, hub_config)[1].module
     try:
         return importlib.import_module(f"audioldm2_lite.{module}")
     except ModuleNotFoundError as error:
@@ -377,14 +384,15 @@ def stage_module(name: str):
 
 def build_config(name: str, hub_config: dict, source: Path | str = "config.json"):
     """Our dataclass config for component `name` from its hub config dict (checks the class)."""
-    stage = find_stage(name)[1]
+    stage = find_stage(name, hub_config)[1]
     found = hub_class_name(hub_config)
     if found not in stage.hub_classes:
+        accepted = [c for s in (stage, *ALTERNATIVE_STAGES.get(name, ())) for c in s.hub_classes]
         raise CheckpointError(
-            f"{source} describes a '{found}', but component '{name}' must be one of {list(stage.hub_classes)}. "
+            f"{source} describes a '{found}', but component '{name}' must be one of {accepted}. "
             f"Is the folder layout mixed up?"
         )
-    return getattr(stage_module(name), stage.config_class).from_hub(hub_config)
+    return getattr(stage_module(name, hub_config), stage.config_class).from_hub(hub_config)
 
 
 def load_component(
@@ -395,10 +403,10 @@ def load_component(
 ) -> torch.nn.Module:
     """Our module for component `name` of `checkpoint` (or a stage in PART_STAGES), weights loaded strictly,
     in eval mode."""
-    module = stage_module(name)
-    folder_name, stage = find_stage(name)
-    folder = component_folder(checkpoint, folder_name)
-    config = build_config(name, read_json(folder / "config.json"), folder / "config.json")
+    folder = component_folder(checkpoint, find_stage(name)[0])
+    hub_config = read_json(folder / "config.json")
+    module, stage = stage_module(name, hub_config), find_stage(name, hub_config)[1]
+    config = build_config(name, hub_config, folder / "config.json")
     state_dict, origin = read_weights(folder)
     convert = getattr(module, "convert_hub_state_dict", None)
     if convert is not None:

@@ -223,14 +223,15 @@ class AudioLDM2Pipeline:
                  callback_steps: int = 1, scheduler: str = "ddim", karras_sigmas: bool = False,
                  progress: bool = False, seed: int | None = None, audio=None, audio_sampling_rate: float | None = None,
                  strength: float = 1.0, regenerate_seconds: tuple[float, float] | None = None,
-                 regenerate_above_hz: float | None = None) -> AudioLDM2PipelineOutput:
+                 regenerate_above_hz: float | None = None, transcription=None) -> AudioLDM2PipelineOutput:
         """Audio for `prompt` (diffusers' argument names). `seed` is the simple way to reproducible output:
         the starting noise is drawn on the CPU, so a seed gives the same audio on every device (to float
         rounding); `generator` takes precedence. `progress` shows every stage with tqdm.
 
         With `audio` (a path, or an array/tensor with `audio_sampling_rate`), an edit of it: style transfer to
         `strength`, inpainting of `regenerate_seconds` (start, end), bandwidth extension above
-        `regenerate_above_hz` (see editing.py). An edit's output has the input's length."""
+        `regenerate_above_hz` (see editing.py). An edit's output has the input's length.
+        `transcription`: the words to say, for the text-to-speech checkpoints (the prompt describes the voice)."""
         if seed is not None and generator is None:
             generator = torch.Generator("cpu").manual_seed(seed)
         edit = None
@@ -253,6 +254,7 @@ class AudioLDM2Pipeline:
                 generated_prompt_embeds=generated_prompt_embeds,
                 negative_generated_prompt_embeds=negative_generated_prompt_embeds,
                 attention_mask=attention_mask, negative_attention_mask=negative_attention_mask,
+                transcription=transcription,
             )
         batch = conditioning[0].shape[0] // (2 if guidance_scale > 1.0 else 1)
         frames, num_samples = (edit.num_frames, edit.num_samples) if edit else self.latent_frames(audio_length_in_s)

@@ -10,6 +10,11 @@ learned start and end vector, and concatenates them:
 with the matching attention mask (the learned vectors are always attended to). GPT-2 then continues
 this sequence by `max_new_tokens` hidden states.
 
+In the text-to-speech checkpoints the second encoder is VITS' phoneme encoder (192-d, `vits.py`) instead
+of T5, and a learned position embedding, one vector per phoneme slot (`learnable_positional_embedding`,
+stored as (1, 192, slots)), is added to its states before their projection
+(`use_learned_position_embedding` in the hub config).
+
 Reference: Liu et al., "AudioLDM 2" (arXiv:2308.05734), section 3.2; diffusers'
 `AudioLDM2ProjectionModel` (pipelines/audioldm2/modeling_audioldm2.py). Parameter names are the hub's
 (`projection`, `projection_1`, `sos_embed`, ...; `_1` marks the second, T5, encoder).
@@ -30,15 +35,17 @@ class ProjectionConfig:
     text_encoder_dim: int = 512  # CLAP's joint embedding width
     text_encoder_1_dim: int = 1024  # Flan-T5-large's d_model
     language_model_dim: int = 768  # GPT-2's n_embd
+    learned_positions: int | None = None  # text-to-speech: phoneme slots with a learned position (310), else None
 
     @classmethod
     def from_hub(cls, config: dict) -> "ProjectionConfig":
-        # learned positions for a VITS encoder: the AudioLDM 2 text-to-speech checkpoints
-        hub_field(config, "use_learned_position_embedding", False, supported=(False,))
+        # diffusers adds the positions whenever `use_learned_position_embedding` is not null, over `max_seq_length`
+        learned = config.get("use_learned_position_embedding") is not None
         return cls(
             text_encoder_dim=hub_field(config, "text_encoder_dim"),
             text_encoder_1_dim=hub_field(config, "text_encoder_1_dim"),
             language_model_dim=hub_field(config, "langauge_model_dim"),  # sic: the hub config spells it this way
+            learned_positions=hub_field(config, "max_seq_length") if learned else None,
         )
 
 
@@ -64,6 +71,10 @@ class ProjectionModel(nn.Module):
         self.eos_embed = nn.Parameter(torch.empty(dim))
         self.sos_embed_1 = nn.Parameter(torch.empty(dim))
         self.eos_embed_1 = nn.Parameter(torch.empty(dim))
+        if config.learned_positions is not None:  # text-to-speech: one vector per VITS phoneme slot
+            self.learnable_positional_embedding = nn.Parameter(
+                torch.empty(1, config.text_encoder_1_dim, config.learned_positions)
+            )
 
     def forward(
         self,
@@ -92,7 +103,9 @@ class ProjectionModel(nn.Module):
         clap_part = self.projection(clap_states)  # (B, Lc, 768)
         clap_part, clap_mask = frame_with_learned_tokens(clap_part, clap_mask, self.sos_embed, self.eos_embed)
 
-        # T5 part: project, then [sos_1, t5, eos_1]; eos_1 follows any padding, as in the reference
+        # T5 (or VITS) part: project, then [sos_1, t5, eos_1]; eos_1 follows any padding, as in the reference
+        if self.config.learned_positions is not None:  # VITS states: add the learned position of each slot
+            t5_states = t5_states + self.learnable_positional_embedding.transpose(1, 2)  # (B, Lt = slots, D1)
         t5_part = self.projection_1(t5_states)  # (B, Lt, 768)
         t5_part, t5_mask = frame_with_learned_tokens(t5_part, t5_mask, self.sos_embed_1, self.eos_embed_1)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from make_tiny_checkpoint import build_roberta_tokenizer, build_t5_tokenizer, perturb_vectors  # noqa: E402
+from make_tiny_speech_checkpoint import build_vits_tokenizer  # noqa: E402
 
 ALL_COMPONENTS = (
     "text_encoder", "text_encoder_2", "projection_model", "language_model", "unet", "vae", "vocoder",
@@ -36,6 +37,10 @@ def _build(name: str, src: Path):
     config = json.loads((src / "config.json").read_text())
     if name == "text_encoder":
         return ClapModel(ClapConfig.from_pretrained(src))
+    if name == "text_encoder_2" and config.get("model_type") == "vits":  # the text-to-speech checkpoints
+        from transformers import VitsConfig, VitsModel
+
+        return VitsModel(VitsConfig.from_pretrained(src))
     if name == "text_encoder_2":
         return T5EncoderModel(T5Config.from_pretrained(src))
     if name == "language_model":
@@ -61,6 +66,9 @@ def make_random_checkpoint(config_dir: str | Path, out_dir: str | Path, componen
         if name == "tokenizer":
             max_length = json.loads((src / "tokenizer_config.json").read_text())["model_max_length"]
             build_roberta_tokenizer(dst, max_length)
+        elif name == "tokenizer_2" and (src / "tokenizer_config.json").is_file():  # VITS, text-to-speech
+            settings = json.loads((src / "tokenizer_config.json").read_text())
+            build_vits_tokenizer(dst, settings["model_max_length"], settings["phonemize"])
         elif name == "tokenizer_2":
             build_t5_tokenizer(dst, 128)  # flan-t5's tokenizer truncates at 128 (not among the configs)
         elif name == "scheduler":
@@ -71,6 +79,9 @@ def make_random_checkpoint(config_dir: str | Path, out_dir: str | Path, componen
         else:
             model = _build(name, src).eval()
             perturb_vectors(model)
+            if getattr(model, "use_learned_position_embedding", None):  # text-to-speech projection
+                with torch.no_grad():  # zero-initialised: random values, so that parity checks they are added
+                    model.learnable_positional_embedding.normal_()
             if name == "text_encoder":
                 model = model.to(torch.float64)  # as the official config's torch_dtype says
             model.save_pretrained(dst, safe_serialization=True)

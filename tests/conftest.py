@@ -2,6 +2,7 @@
 
 - `tiny_checkpoint`: a tiny random AudioLDM 2 in hub layout (scripts/make_tiny_checkpoint.py), seconds.
 - `fusion_checkpoint`: the same with `--fusion-features` (CLAP's front end as in diffusers' test checkpoints).
+- `tiny_speech_checkpoint`: the same in the text-to-speech layout (scripts/make_tiny_speech_checkpoint.py).
 - `full_checkpoint(variant, components)`: full-size random weights from the official configs
   (scripts/make_random_checkpoint.py) for tests marked `slow`; each (variant, component) is built once.
   Set AUDIOLDM2_LITE_TEST_CACHE=DIR to keep them between runs (they take minutes and GBs to build).
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from make_random_checkpoint import make_random_checkpoint  # noqa: E402
 from make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
+from make_tiny_speech_checkpoint import make_tiny_speech_checkpoint  # noqa: E402
 
 CONFIGS = ROOT / "scripts" / "checkpoint_configs"
 
@@ -40,6 +42,12 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def fusion_checkpoint(tmp_path_factory) -> Path:
     """The tiny checkpoint with the CLAP front end of diffusers' test checkpoints ("fusion" features, 4 channels)."""
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-fusion") / "audioldm2-tiny-fusion", fusion_features=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_speech_checkpoint(tmp_path_factory) -> Path:
+    """The tiny checkpoint in the text-to-speech layout (VITS text_encoder_2; scripts/make_tiny_speech_checkpoint.py)."""
+    return make_tiny_speech_checkpoint(tmp_path_factory.mktemp("tiny-speech") / "audioldm2-speech-tiny")
 
 
 @pytest.fixture(scope="session")

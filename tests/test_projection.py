@@ -30,7 +30,8 @@ def random_inputs(config: ProjectionConfig, batch=3, t5_length=7):
 def check_parity(checkpoint):
     ours = load_component(checkpoint, "projection_model")
     reference = reference_projection(checkpoint)
-    clap_states, t5_states, clap_mask, t5_mask = random_inputs(ours.config)
+    # the text-to-speech projection adds a learned position per VITS slot: its input fills every slot
+    clap_states, t5_states, clap_mask, t5_mask = random_inputs(ours.config, t5_length=ours.config.learned_positions or 7)
     with torch.no_grad():
         expected = reference(
             hidden_states=clap_states, hidden_states_1=t5_states, attention_mask=clap_mask, attention_mask_1=t5_mask
@@ -45,6 +46,11 @@ def check_parity(checkpoint):
 
 def test_projection_parity_tiny(tiny_checkpoint):
     check_parity(tiny_checkpoint)
+
+
+def test_projection_parity_tiny_speech(tiny_speech_checkpoint):
+    ours, _ = check_parity(tiny_speech_checkpoint)
+    assert ours.config.learned_positions == 32 and ours.learnable_positional_embedding.abs().sum() > 0
 
 
 def test_config_reads_misspelt_hub_field():
