@@ -180,16 +180,21 @@ class AudioLDM2Pipeline:
         sampler = make_sampler(scheduler, config, num_inference_steps, device=self.device, eta=eta)
         latents = latents * sampler.init_noise_sigma
         with self._running(self.unet):
+            context = self.unet.cross_attention_context(generated, t5_states, t5_mask)  # the same at every step
             for i, t in enumerate(sampler.timesteps):
-                noise = self.predict_noise(latents, t, generated, t5_states, t5_mask, guidance_scale)
+                noise = self.predict_noise(latents, t, context, guidance_scale)
                 latents = sampler.step(noise, i, latents, generator=generator)
                 yield t, latents
 
-    def predict_noise(self, latents, t, generated, t5_states, t5_mask, guidance_scale: float) -> torch.Tensor:
-        """The UNet's noise prediction for `latents` at timestep `t`, with classifier-free guidance."""
+    def predict_noise(self, latents, t, context, guidance_scale: float) -> torch.Tensor:
+        """The UNet's noise prediction for `latents` at timestep `t`, with classifier-free guidance.
+
+        `context` is `unet.cross_attention_context` of the conditioning ([uncond, cond] with guidance).
+        """
         guided = guidance_scale > 1.0
-        model_input = torch.cat([latents, latents]) if guided else latents  # (2B, 8, T/4, 16): [uncond, cond]
-        noise = self.unet(model_input, t, generated, t5_states, t5_mask)
+        # with guidance the UNet sees [latents, latents] (2B, 8, T/4, 16) against [uncond, cond]; it runs the
+        # layers before the first attention once and repeats their output (batch_repeats)
+        noise = self.unet(latents, t, context=context, batch_repeats=2 if guided else 1)
         if guided:  # one batched call, then extrapolate from the unconditional towards the conditional
             uncond, cond = noise.chunk(2)
             noise = uncond + guidance_scale * (cond - uncond)

@@ -157,11 +157,20 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # hub `to_out.0` (diffusers' to_out.1 is a dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, bias: torch.Tensor | None = None):
-        context = x if context is None else context
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
-        heads = lambda t: t.view(B, -1, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, heads, len, d)
-        out = attention(heads(self.to_q(x)), heads(self.to_k(context)), heads(self.to_v(context)), bias)
+        return x.view(B, L, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, heads, L, d)
+
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, context_dim) -> keys and values (B, heads, S, d)."""
+        return self.split_heads(self.to_k(context)), self.split_heads(self.to_v(context))
+
+    def forward(self, x: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
+                bias: torch.Tensor | None = None):
+        """Attention of x's positions over themselves, or over a sequence given by its `keys_values`."""
+        B, L, C = x.shape
+        keys, values = self.keys_values(x) if keys_values is None else keys_values
+        out = attention(self.split_heads(self.to_q(x)), keys, values, bias)  # (B, heads, L, d)
         out = out.transpose(1, 2).reshape(B, L, C)  # (B, L, heads * d)
         return self.to_out[0](out)
 
@@ -198,9 +207,9 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: dict) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context, bias)  # context None: a second self-attention
+        x = x + self.attn2(self.norm2(x), *context.get(self.attn2.name, (None, None)))  # absent: self-attention
         x = x + self.ff(self.norm3(x))
         return x
 
@@ -222,13 +231,12 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, conditioning: dict) -> torch.Tensor:
-        context, bias = conditioning[self.reads]
+    def forward(self, x: torch.Tensor, context: dict) -> torch.Tensor:
         B, C, H, W = x.shape
         h = self.proj_in(self.norm(x))
         h = h.permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, H*W, C): one token per position
         for block in self.transformer_blocks:
-            h = block(h, context, bias)
+            h = block(h, context)
         h = h.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
         return x + self.proj_out(h)
 
@@ -275,12 +283,12 @@ class DownBlock(nn.Module):
         self.per_resnet = len(dims)
         self.downsamplers = nn.ModuleList([Downsample(out_channels)] if downsample else [])
 
-    def forward(self, x, time_emb, conditioning):
+    def forward(self, x, time_emb, context):
         skips = []
         for i, resnet in enumerate(self.resnets):
             x = resnet(x, time_emb)
             for transformer in self.attentions[i * self.per_resnet:(i + 1) * self.per_resnet]:
-                x = transformer(x, conditioning)
+                x = transformer(x, context)
             skips.append(x)
         for downsampler in self.downsamplers:
             x = downsampler(x)
@@ -296,10 +304,10 @@ class MidBlock(nn.Module):
         self.resnets = nn.ModuleList([ResnetBlock(channels, channels, time_channels, groups, eps) for _ in range(2)])
         self.attentions = attention_stack(channels, 1, dims, transformer_layers, num_heads, groups)
 
-    def forward(self, x, time_emb, conditioning):
+    def forward(self, x, time_emb, context):
         x = self.resnets[0](x, time_emb)
         for transformer in self.attentions:
-            x = transformer(x, conditioning)
+            x = transformer(x, context)
         return self.resnets[1](x, time_emb)
 
 
@@ -322,12 +330,12 @@ class UpBlock(nn.Module):
         self.per_resnet = len(dims)
         self.upsamplers = nn.ModuleList([Upsample(out_channels)] if upsample else [])
 
-    def forward(self, x, skips, time_emb, conditioning, output_size):
+    def forward(self, x, skips, time_emb, context, output_size):
         for i, resnet in enumerate(self.resnets):
             x = torch.cat([x, skips.pop()], dim=1)  # (B, C + C_skip, H, W): the latest skip first
             x = resnet(x, time_emb)
             for transformer in self.attentions[i * self.per_resnet:(i + 1) * self.per_resnet]:
-                x = transformer(x, conditioning)
+                x = transformer(x, context)
         for upsampler in self.upsamplers:
             x = upsampler(x, output_size)
         return x
@@ -367,16 +375,55 @@ class UNet(nn.Module):
         ])
         self.conv_norm_out = nn.GroupNorm(c.norm_num_groups, channels[0], eps=c.norm_eps)
         self.conv_out = nn.Conv2d(channels[0], c.out_channels, 3, padding=1)
+        for name, module in self.named_modules():
+            if isinstance(module, Attention):
+                module.name = name  # its entry in cross_attention_context(...)
+
+    def cross_attention_context(
+        self,
+        encoder_hidden_states: torch.Tensor,  # (B, 8, 768) GPT-2's generated states
+        encoder_hidden_states_1: torch.Tensor,  # (B, S, 1024) T5's states
+        encoder_attention_mask_1: torch.Tensor | None = None,  # (B, S) 1 = token, 0 = padding
+    ) -> dict:
+        """What every cross-attention reads: {its module name: ((keys, values) (B, heads, S, d), score bias)}.
+
+        It depends on the conditioning only, not on the latent or the timestep, so a sampler computes it
+        once per generation and passes it to every step (`forward(..., context=...)`).
+        """
+        dtype = self.conv_in.weight.dtype
+        t5_bias = None
+        if encoder_attention_mask_1 is not None:
+            t5_bias = (1 - encoder_attention_mask_1.to(dtype)) * -10000.0  # padding -> -1e4, as diffusers
+            t5_bias = t5_bias[:, None, None, :]  # (B, 1 head, 1 query, S): broadcast over heads and queries
+        sequences = {"gpt2": (encoder_hidden_states.to(dtype), None), "t5": (encoder_hidden_states_1.to(dtype), t5_bias)}
+        context = {}
+        for transformer in self.modules():
+            if isinstance(transformer, SpatialTransformer) and transformer.reads != "self":
+                states, bias = sequences[transformer.reads]
+                for block in transformer.transformer_blocks:
+                    context[block.attn2.name] = (block.attn2.keys_values(states), bias)
+        return context
 
     def forward(
         self,
         sample: torch.Tensor,  # (B, C, T, F) noisy latent
         timestep: torch.Tensor,  # scalar or (B,)
-        encoder_hidden_states: torch.Tensor,  # (B, 8, 768) GPT-2's generated states
-        encoder_hidden_states_1: torch.Tensor,  # (B, S, 1024) T5's states
-        encoder_attention_mask_1: torch.Tensor | None = None,  # (B, S) 1 = token, 0 = padding
+        encoder_hidden_states: torch.Tensor | None = None,  # (R B, 8, 768) GPT-2's generated states
+        encoder_hidden_states_1: torch.Tensor | None = None,  # (R B, S, 1024) T5's states
+        encoder_attention_mask_1: torch.Tensor | None = None,  # (R B, S) 1 = token, 0 = padding
+        context: dict | None = None,  # cross_attention_context(...) of the three above, instead of them
+        batch_repeats: int = 1,  # R: the conditioning's batch is R copies of the sample's (guidance: R = 2)
     ) -> torch.Tensor:
+        """The predicted noise (R B, C, T, F).
+
+        With `batch_repeats` R > 1 the sample is one copy of a batch repeated R times: the layers before the
+        first attention (timestep MLP, conv_in, the DownBlock2D level) run once on it and their outputs are
+        repeated, the same numbers as running them on the repeated batch (what classifier-free guidance uses).
+        """
         dtype = self.conv_in.weight.dtype
+        if context is None:
+            context = self.cross_attention_context(encoder_hidden_states, encoder_hidden_states_1,
+                                                   encoder_attention_mask_1)
 
         # timestep embedding: sinusoids in float32, then the MLP in the model's dtype
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])  # (B,)
@@ -384,30 +431,24 @@ class UNet(nn.Module):
                                    self.config.freq_shift).to(dtype)
         time_emb = self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(t_emb)))  # (B, 4 C0)
 
-        # what each transformer's second attention reads: (sequence, additive score bias)
-        t5_bias = None
-        if encoder_attention_mask_1 is not None:
-            t5_bias = (1 - encoder_attention_mask_1.to(dtype)) * -10000.0  # padding -> -1e4, as diffusers
-            t5_bias = t5_bias[:, None, None, :]  # (B, 1 head, 1 query, S): broadcast over heads and queries
-        conditioning = {
-            "self": (None, None),
-            "gpt2": (encoder_hidden_states.to(dtype), None),
-            "t5": (encoder_hidden_states_1.to(dtype), t5_bias),
-        }
-
         # down: keep every intermediate state for the skip connections
         x = self.conv_in(sample.to(dtype))  # (B, C0, T, F)
         skips = [x]
-        for block in self.down_blocks:
-            x, block_skips = block(x, time_emb, conditioning)
+        repeat = lambda t: t.repeat(batch_repeats, *[1] * (t.dim() - 1))  # (B, ...) -> (R B, ...) = [t, t, ...]
+        for i, block in enumerate(self.down_blocks):
+            if batch_repeats > 1 and (len(block.attentions) > 0 or i == len(self.down_blocks) - 1):
+                # the first attention reads the conditioning: from here on, R B samples
+                x, time_emb, skips = repeat(x), repeat(time_emb), [repeat(skip) for skip in skips]
+                batch_repeats = 1
+            x, block_skips = block(x, time_emb, context)
             skips += block_skips
-        x = self.mid_block(x, time_emb, conditioning)  # (B, C3, T/8, F/8) (rounded up at each level)
+        x = self.mid_block(x, time_emb, context)  # (B, C3, T/8, F/8) (rounded up at each level)
 
         # up: each level consumes its skips latest first, then upsamples to the size of the next skip
         for block in self.up_blocks:
             block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
             output_size = skips[-1].shape[-2:] if skips else None
-            x = block(x, block_skips, time_emb, conditioning, output_size)
+            x = block(x, block_skips, time_emb, context, output_size)
 
         x = self.conv_out(F.silu(self.conv_norm_out(x)))  # (B, C_out, T, F)
         return x
