@@ -203,15 +203,16 @@ class AudioEdit:
                          scheduler="ddim", eta=0.0, generator=None, karras_sigmas=False):
         """`pipe.generate_latents` for the edit: yields (timestep, latent) after each step it runs."""
         pipe = self.pipe
-        generated, t5_states, t5_mask = conditioning
         config = dataclasses.replace(pipe.scheduler_config, use_karras_sigmas=karras_sigmas)
         sampler = make_sampler(scheduler, config, num_inference_steps, device=pipe.device, eta=eta)
         start = num_inference_steps - self.check_steps(num_inference_steps)
 
-        def predict_noise(latents, t):
-            return pipe.predict_noise(latents, t, generated, t5_states, t5_mask, guidance_scale)
-
         with pipe._running(pipe.unet):
+            context = pipe.unet.cross_attention_context(*conditioning)  # the same at every step
+
+            def predict_noise(latents, t):
+                return pipe.predict_noise(latents, t, context, guidance_scale)
+
             yield from denoise(sampler, predict_noise, noise, self.source, start, self.regenerate, generator,
                                start_from_noise=self.strength == 1.0)
 
