@@ -100,15 +100,24 @@ class TextConditioner(nn.Module):
         max_length = self.tokenizer_2.model_max_length if length is None else length
         return tokenize(self.tokenizer_2, texts, max_length, length is not None, "the T5 text encoder", device)
 
-    def encode_texts(self, texts: list[str], t5_ids, t5_mask, max_new_tokens: int | None = None) -> Conditioning:
-        """CLAP, T5, projection and GPT-2 on a batch of texts whose T5 tokens are given (they fix its length)."""
-        # CLAP: one unit vector per text, always attended to
+    def encode_texts(self, texts: list[str], t5_ids, t5_mask, max_new_tokens: int | None = None,
+                     encode_tokens=None) -> Conditioning:
+        """CLAP, T5, projection and GPT-2 on a batch of texts whose T5 tokens are given (they fix its length).
+
+        `encode_tokens` runs the stages on the tokens: `self.encode_tokens` unless the caller passes its
+        own version of it (the pipeline passes a CUDA-graphed one after `optimize()`).
+        """
         clap_ids, clap_mask = tokenize(
             self.tokenizer, texts, self.tokenizer.model_max_length, self.clap_pad_to_max_length,
             "the CLAP text encoder", t5_ids.device,
         )
+        return (encode_tokens or self.encode_tokens)(clap_ids, clap_mask, t5_ids, t5_mask, max_new_tokens)
+
+    def encode_tokens(self, clap_ids, clap_mask, t5_ids, t5_mask, max_new_tokens: int | None = None) -> Conditioning:
+        """The text stages on token ids and masks (B, L): tensors in, tensors out, no host synchronisation."""
+        # CLAP: one unit vector per text, always attended to
         clap_states = self.clap.get_text_features(clap_ids, clap_mask)[:, None]  # (B, 1, 512)
-        clap_mask = clap_mask.new_ones(len(texts), 1)
+        clap_mask = clap_mask.new_ones(clap_ids.shape[0], 1)
 
         # T5: one state per token
         t5_states = self.t5(t5_ids, t5_mask)  # (B, L, 1024)
@@ -136,12 +145,14 @@ class TextConditioner(nn.Module):
         negative_generated_prompt_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         negative_attention_mask: torch.Tensor | None = None,
+        encode_tokens=None,
     ) -> Conditioning:
         """Conditioning for `prompt`, [uncond, cond] along the batch with guidance, each prompt repeated
         `num_waveforms_per_prompt` times.
 
         As in diffusers, either half may be given precomputed instead of as text: `prompt_embeds` (T5
         states) with `generated_prompt_embeds` and optionally `attention_mask`; likewise `negative_*`.
+        `encode_tokens`: see `encode_texts`.
         """
         device = torch.device(device) if device is not None else self.device
         prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -169,6 +180,7 @@ class TextConditioner(nn.Module):
                 torch.cat([ids for _, ids, _ in to_encode]),
                 torch.cat([mask for _, _, mask in to_encode]),
                 max_new_tokens,
+                encode_tokens,
             )
             halves = zip(*(part.split(batch) for part in encoded))
             encoded_negative = Conditioning(*next(halves)) if encode_negative else None
