@@ -273,6 +273,6 @@ class AudioLDM2Pipeline:
         if num_waveforms_per_prompt < 1:
             raise ValueError(f"num_waveforms_per_prompt must be at least 1, got {num_waveforms_per_prompt}")
         if scheduler not in SAMPLERS:
-            raise ValueError(f"unknown scheduler '{scheduler}'; choose from {sorted(SAMPLERS)}")
+            raise ValueError(f"unknown scheduler '{scheduler}'; choose from {', '.join(SAMPLERS)}")
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
