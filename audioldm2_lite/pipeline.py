@@ -186,9 +186,9 @@ class AudioLDM2Pipeline:
             noise = uncond + guidance_scale * (cond - uncond)
         return noise
 
-    # Audio longer than this is decoded in overlapping chunks along time (the same result, see vae.py and
-    # vocoder.py), so the largest activations exist for one chunk at a time: 30.72 s per chunk. Chunking
-    # costs the VAE about 10x its one-pass time (its GroupNorms gather whole-input statistics in extra sweeps).
+    # Audio longer than this is decoded in overlapping chunks along time (the same result, see long_audio.py),
+    # so the largest activations exist for one chunk at a time: 30.72 s per chunk. Chunking costs the VAE
+    # decoder about 9x its one-pass time (measured on CPU; its GroupNorms gather whole-input statistics first).
     DECODE_CHUNK_LATENT_FRAMES = 768
 
     def decode(self, latents: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
