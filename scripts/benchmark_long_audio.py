@@ -39,7 +39,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     vae = load_component(resolve_checkpoint(args.model, ("vae",)), "vae")
-    latents = torch.randn(1, vae.config.latent_channels, args.latent_frames, 16, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, vae.config.latent_channels, args.latent_frames, 16, generator=generator)
     with torch.no_grad():
         one_pass, one_pass_s = timed(lambda: vae.decode(latents))
         chunked, chunked_s = timed(lambda: vae.decode(latents, chunk_frames=args.chunk))

@@ -37,7 +37,8 @@ def quiet_libraries() -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="cvssp/audioldm2", help="hub id or hub-layout folder (default: cvssp/audioldm2)")
+    parser.add_argument("--model", default="cvssp/audioldm2",
+                        help="hub id or hub-layout folder (default: cvssp/audioldm2)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--seconds", type=float, default=1.0, help="audio length for the decoders and the run")
     parser.add_argument("--steps", type=int, default=5, help="DPM-Solver++ steps of the end-to-end run")

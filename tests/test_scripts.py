@@ -34,6 +34,13 @@ def test_benchmark_reports_a_ratio(tiny_checkpoint):
     assert re.search(r"^speedup_vs_diffusers: \d+\.\d\d$", out, re.M)
 
 
+def test_benchmark_long_audio_reports_the_cost_and_agrees(tiny_checkpoint):
+    out = run("benchmark_long_audio.py", "--model", str(tiny_checkpoint), "--latent-frames", "64", "--chunk", "24")
+    match = re.search(r"ratio (\d+\.\d)x, max_rel_error (\S+)$", out.strip())
+    assert match, out
+    assert float(match[2]) <= 1e-5  # chunked decoding is one pass up to float32 rounding (tests/test_vae.py)
+
+
 # ---------------------------------------------------------------- check_against_diffusers.py
 
 README = SCRIPTS.parent / "README.md"
