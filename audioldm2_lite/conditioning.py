@@ -105,13 +105,14 @@ class TextConditioner(nn.Module):
     # ------------------------------------------------------------------------------------------
     # The text stages
 
+    def clap_tokens(self, texts: list[str], device=None):
+        """CLAP's token ids and mask (B, L), padded to the longest text (or to 512, as diffusers, if asked)."""
+        return tokenize(self.tokenizer, texts, self.tokenizer.model_max_length, self.clap_pad_to_max_length,
+                        device or self.device)
+
     def clap_text_features(self, texts: list[str], device=None) -> torch.Tensor:
         """CLAP's text embedding of each text: (B, 512) unit vectors (also what candidates are ranked against)."""
-        ids, mask = tokenize(
-            self.tokenizer, texts, self.tokenizer.model_max_length, self.clap_pad_to_max_length,
-            device or self.device,
-        )
-        return self.clap.get_text_features(ids, mask)
+        return self.clap.get_text_features(*self.clap_tokens(texts, device))
 
     def t5_length(self, prompts: list[str]) -> int:
         """T5 tokens per prompt in a batch: the longest prompt's, at most the tokenizer's maximum (128)."""
@@ -121,29 +122,38 @@ class TextConditioner(nn.Module):
         return min(longest, self.tokenizer_2.model_max_length)
 
     def encode_texts(self, texts: list[str], t5_length: int, max_new_tokens: int | None = None,
-                     device=None, transcriptions: list[str | None] | None = None) -> Conditioning:
+                     device=None, transcriptions: list[str | None] | None = None, encode_tokens=None) -> Conditioning:
         """CLAP, T5, projection and GPT-2 on a batch of texts, their T5 tokens padded or cut to `t5_length`.
 
         Text-to-speech: VITS reads `transcriptions` (one per text; None or missing = unconditional) instead.
+        `encode_tokens` runs the stages on the tokens: `self.encode_tokens` unless the caller passes its own
+        version of it (the pipeline passes a CUDA-graphed one after `optimize()`).
         """
         device = device or self.device
-        # CLAP: one unit vector per text, always attended to
-        clap_states = self.clap_text_features(texts, device)[:, None]  # (B, 1, 512)
-        clap_mask = torch.ones(len(texts), 1, dtype=torch.long, device=device)
         warn_if_truncated(texts, [("CLAP", self.tokenizer), ("T5", self.tokenizer_2)])
-
+        clap_ids, clap_mask = self.clap_tokens(texts, device)
         if self.speaks:  # VITS: one state per phoneme slot of the transcription (B, 310, 192); speech.py
-            transcriptions = transcriptions or [None] * len(texts)
-            t5_states, t5_mask = encode_transcriptions(self.t5, self.tokenizer_2, transcriptions, device)
+            states, mask = encode_transcriptions(self.t5, self.tokenizer_2, transcriptions or [None] * len(texts),
+                                                 device)
             max_new_tokens = max_new_tokens or speech_new_tokens(self.gpt2.config.max_new_tokens)
-        else:  # T5: one state per token
-            t5_ids, t5_mask = tokenize(self.tokenizer_2, texts, t5_length, True, device)
-            t5_states = self.t5(t5_ids, t5_mask)  # (B, L, 1024)
+            return self.generate_from(clap_ids, clap_mask, states, mask, max_new_tokens)
+        t5_ids, t5_mask = tokenize(self.tokenizer_2, texts, t5_length, True, device)
+        return (encode_tokens or self.encode_tokens)(clap_ids, clap_mask, t5_ids, t5_mask, max_new_tokens)
 
-        # the GPT-2 prompt [sos, clap, eos, sos_1, t5 ..., eos_1], continued by N generated states
-        prompt, prompt_mask = self.projection(clap_states, t5_states, clap_mask, t5_mask)  # (B, L + 5, 768), (B, L + 5)
+    def encode_tokens(self, clap_ids, clap_mask, t5_ids, t5_mask, max_new_tokens: int | None = None) -> Conditioning:
+        """The text stages on token ids and masks (B, L): tensors in, tensors out, no host synchronisation."""
+        t5_states = self.t5(t5_ids, t5_mask)  # (B, L, 1024): one state per token
+        return self.generate_from(clap_ids, clap_mask, t5_states, t5_mask, max_new_tokens)
+
+    def generate_from(self, clap_ids, clap_mask, states, mask, max_new_tokens: int | None = None) -> Conditioning:
+        """CLAP on its tokens, then the projection and GPT-2 on [CLAP vector, text encoder states (B, L, D)]."""
+        # CLAP: one unit vector per text, always attended to
+        clap_states = self.clap.get_text_features(clap_ids, clap_mask)[:, None]  # (B, 1, 512)
+        clap_mask = clap_mask.new_ones(clap_ids.shape[0], 1)
+        # the GPT-2 prompt [sos, clap, eos, sos_1, states ..., eos_1], continued by N generated states
+        prompt, prompt_mask = self.projection(clap_states, states, clap_mask, mask)  # (B, L + 5, 768), (B, L + 5)
         generated = self.gpt2.generate(prompt, prompt_mask, max_new_tokens)  # (B, N, 768)
-        return Conditioning(generated, t5_states, t5_mask)
+        return Conditioning(generated, states, mask)
 
     # ------------------------------------------------------------------------------------------
     # Prompts to conditioning, as diffusers' encode_prompt
@@ -164,6 +174,7 @@ class TextConditioner(nn.Module):
         attention_mask: torch.Tensor | None = None,
         negative_attention_mask: torch.Tensor | None = None,
         transcription: str | list[str] | None = None,
+        encode_tokens=None,
     ) -> Conditioning:
         """Conditioning for `prompt`, [uncond, cond] along the batch with guidance, each prompt repeated
         `num_waveforms_per_prompt` times.
@@ -171,7 +182,7 @@ class TextConditioner(nn.Module):
         As in diffusers, either half may be given precomputed instead of as text: `prompt_embeds` (T5
         states) with `generated_prompt_embeds` and optionally `attention_mask`; likewise `negative_*`.
         `transcription` (text-to-speech checkpoints only, and needed by them): what is said, one string
-        for every prompt or one per prompt.
+        for every prompt or one per prompt. `encode_tokens`: see `encode_texts`.
         """
         device = torch.device(device) if device is not None else self.device
         prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -188,18 +199,19 @@ class TextConditioner(nn.Module):
             texts = (self.negative_texts(negative_prompt, len(prompts)) if guided else []) + prompts
             if spoken is not None:  # text-to-speech: the unconditional rows say nothing
                 spoken = [None] * (len(texts) - len(prompts)) + spoken
-            encoded = self.encode_texts(texts, self.t5_length(prompts), max_new_tokens, device, spoken)
+            encoded = self.encode_texts(texts, self.t5_length(prompts), max_new_tokens, device, spoken, encode_tokens)
         else:
             # a half given as embeddings is used as given; a half given as text is encoded on its own
             if prompt_embeds is not None:
                 encoded = self.given(prompt_embeds, attention_mask, generated_prompt_embeds, device)
             else:
-                encoded = self.encode_texts(prompts, self.t5_length(prompts), max_new_tokens, device, spoken)
+                encoded = self.encode_texts(prompts, self.t5_length(prompts), max_new_tokens, device, spoken,
+                                            encode_tokens)
             if guided:
                 batch, t5_length = encoded.t5_states.shape[:2]
                 if negative_prompt_embeds is None:
                     negatives = self.negative_texts(negative_prompt, batch)
-                    uncond = self.encode_texts(negatives, t5_length, max_new_tokens, device)
+                    uncond = self.encode_texts(negatives, t5_length, max_new_tokens, device, encode_tokens=encode_tokens)
                 else:
                     uncond = self.given(negative_prompt_embeds, negative_attention_mask,
                                         negative_generated_prompt_embeds, device)

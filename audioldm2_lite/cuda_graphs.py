@@ -9,7 +9,11 @@ key and are baked into the capture). On the first call for a given signature of 
 Python values it warms `fn` up on a side stream, captures it into static input and output buffers, and
 on every call copies the inputs in, replays, and returns copies of the outputs. The function must not
 synchronise with the host (no `.item()`, no data-dependent shapes): every stage of this package is
-written that way. If a capture fails anyway, the wrapper warns once and runs `fn` eagerly.
+written that way. If a capture fails anyway, the wrapper warns once and runs `fn` eagerly from then on.
+Calls without CUDA tensors run `fn` directly, so a wrapped function still works on the CPU.
+
+The pipeline keeps its wrapped stages to itself (`AudioLDM2Pipeline.optimize`, `Runners`): the wrapped
+functions are the stages' own methods, left unchanged.
 """
 
 from __future__ import annotations
@@ -28,10 +32,17 @@ def _signature(value):
     return value if isinstance(value, (int, float, bool, str, type(None))) else ("object", id(value))
 
 
+def cache_key(args: tuple, kwargs: dict) -> tuple:
+    """What one capture is valid for: every tensor's shape, dtype and device, every Python value (which the
+    capture bakes in), any other object by identity, and the keyword names."""
+    leaves, _ = tree_flatten((args, kwargs))
+    return tuple(_signature(x) for x in leaves) + (tuple(kwargs),)
+
+
 class CUDAGraphed:
     def __init__(self, fn, pool=None):
         self.fn = fn
-        self.pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        self.pool = pool  # a memory pool shared with other graphs, or None for a fresh one at first capture
         self.captures = {}  # signature -> (static inputs, graph, static outputs)
         self.failed = False
 
@@ -39,7 +50,7 @@ class CUDAGraphed:
         leaves, _ = tree_flatten((args, kwargs))
         if self.failed or not any(isinstance(x, torch.Tensor) and x.is_cuda for x in leaves):
             return self.fn(*args, **kwargs)
-        key = tuple(_signature(x) for x in leaves) + (tuple(kwargs),)
+        key = cache_key(args, kwargs)
         if key not in self.captures:
             try:
                 self.captures[key] = self._capture(args, kwargs)
@@ -63,6 +74,8 @@ class CUDAGraphed:
             for _ in range(WARMUP_CALLS):
                 self.fn(*static_args, **static_kwargs)
         torch.cuda.current_stream().wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             static_outputs = self.fn(*static_args, **static_kwargs)

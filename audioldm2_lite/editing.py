@@ -211,7 +211,7 @@ class AudioEdit:
             context = pipe.unet.cross_attention_context(*conditioning)  # the same at every step
 
             def predict_noise(latents, t):
-                return pipe.predict_noise(latents, t, context, guidance_scale)
+                return pipe.runners.predict_noise(latents, t, context, guidance_scale)
 
             yield from denoise(sampler, predict_noise, noise, self.source, start, self.regenerate, generator,
                                start_from_noise=self.strength == 1.0)

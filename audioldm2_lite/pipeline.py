@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,18 @@ from .samplers import SAMPLERS, SchedulerConfig, make_sampler
 class AudioLDM2PipelineOutput:
     audios: np.ndarray | torch.Tensor  # (batch * num_waveforms_per_prompt, samples) float32, or latents
     scores: torch.Tensor | None = None  # (batch * n,) CLAP similarity of each audio to its prompt, when ranked
+
+
+@dataclass
+class Runners:
+    """The callables the pipeline runs its stages through: by default the stages' own methods; after
+    `optimize()` their torch.compile'd and CUDA-graphed versions. The stages themselves are never changed."""
+
+    encode_tokens: Callable  # CLAP text, T5, projection, GPT-2 on tokens: TextConditioner.encode_tokens
+    unet: Callable  # the UNet, called by predict_noise
+    predict_noise: Callable  # the guided UNet call: AudioLDM2Pipeline.predict_noise
+    decode_mel: Callable  # the VAE decoder: AutoencoderKL.decode
+    vocode: Callable  # the vocoder: HifiGan.forward
 
 
 def default_device() -> torch.device:
@@ -69,6 +82,7 @@ class AudioLDM2Pipeline:
         self.vae_scale_factor = vae.upsampling_factor  # 4: mel frames per latent frame
         self.sampling_rate = vocoder.config.sampling_rate  # 16 kHz
         self.hop_length = vocoder.hop_length  # 160 samples per mel frame
+        self.runners = self.plain_runners()
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False,
@@ -98,31 +112,34 @@ class AudioLDM2Pipeline:
             SchedulerConfig.from_hub(load_config(root, "scheduler")), root, device=device, dtype=dtype, offload=offload,
         )
 
+    def plain_runners(self) -> Runners:
+        return Runners(self.conditioner.encode_tokens, self.unet, self.predict_noise, self.vae.decode, self.vocoder)
+
     def optimize(self, compile: bool = False, cuda_graphs: bool = True) -> "AudioLDM2Pipeline":
         """Speed options for CUDA; results stay within float rounding of the eager pipeline.
 
-        - `cuda_graphs`: every stage (CLAP text, T5, GPT-2 generation, the guided UNet call, VAE decoder,
-          vocoder) is captured as a CUDA graph on first use for each shape and replayed afterwards
-          (cuda_graphs.py). Eager launches cost more CPU time than the GPU work they start.
+        - `cuda_graphs`: the text stages (CLAP text, T5, projection, GPT-2 generation), the guided UNet call,
+          the VAE decoder and the vocoder are each captured as a CUDA graph on first use for each shape and
+          replayed afterwards (cuda_graphs.py). Eager launches cost more CPU time than the GPU work they start.
+          Ignored off CUDA.
         - `compile`: torch.compile the UNet, the VAE decoder and the vocoder first (fused kernels); the
           first call per audio length compiles, for minutes.
         Not with `offload`: a graph keeps the addresses of the weights it was captured with.
+        The pipeline keeps these versions in `self.runners`; the stages stay plain modules.
+        `optimize(compile=False, cuda_graphs=False)` goes back to the plain stages.
         """
+        runners = self.plain_runners()
         if compile:
-            self.unet = torch.compile(self.unet, fullgraph=True, dynamic=False)
-            self.vae.decode = torch.compile(self.vae.decode, dynamic=False)
-            self.vocoder.vocode = torch.compile(self.vocoder.vocode, dynamic=False)
+            runners.unet = torch.compile(self.unet, fullgraph=True, dynamic=False)
+            runners.decode_mel = torch.compile(self.vae.decode, dynamic=False)
+            runners.vocode = torch.compile(self.vocoder, dynamic=False)
         if cuda_graphs and self.device.type == "cuda":
             if self.offload:
                 raise ValueError("cuda_graphs and offload do not combine: graphs pin the weights' addresses")
             pool = torch.cuda.graph_pool_handle()  # graphs replay one at a time and return copies: one pool
-            c = self.conditioner
-            c.clap.get_text_features = CUDAGraphed(c.clap.get_text_features, pool)
-            c.t5.forward = CUDAGraphed(c.t5.forward, pool)
-            c.gpt2.generate = CUDAGraphed(c.gpt2.generate, pool)
-            self.predict_noise = CUDAGraphed(self.predict_noise, pool)
-            self.vae.decode = CUDAGraphed(self.vae.decode, pool)
-            self.vocoder.forward = CUDAGraphed(self.vocoder.forward, pool)
+            for name in ("encode_tokens", "predict_noise", "decode_mel", "vocode"):
+                setattr(runners, name, CUDAGraphed(getattr(runners, name), pool))
+        self.runners = runners
         return self
 
     @contextlib.contextmanager
@@ -148,7 +165,7 @@ class AudioLDM2Pipeline:
             return self.conditioner.encode_prompt(
                 prompt, negative_prompt=negative_prompt, num_waveforms_per_prompt=num_waveforms_per_prompt,
                 do_classifier_free_guidance=do_classifier_free_guidance, max_new_tokens=max_new_tokens,
-                device=self.device, **embeds,
+                device=self.device, encode_tokens=self.runners.encode_tokens, **embeds,
             )
 
     def latent_frames(self, audio_length_in_s: float) -> tuple[int, int]:
@@ -182,7 +199,7 @@ class AudioLDM2Pipeline:
         with self._running(self.unet):
             context = self.unet.cross_attention_context(generated, t5_states, t5_mask)  # the same at every step
             for i, t in enumerate(sampler.timesteps):
-                noise = self.predict_noise(latents, t, context, guidance_scale)
+                noise = self.runners.predict_noise(latents, t, context, guidance_scale)
                 latents = sampler.step(noise, i, latents, generator=generator)
                 yield t, latents
 
@@ -194,15 +211,15 @@ class AudioLDM2Pipeline:
         guided = guidance_scale > 1.0
         # with guidance the UNet sees [latents, latents] (2B, 8, T/4, 16) against [uncond, cond]; it runs the
         # layers before the first attention once and repeats their output (batch_repeats)
-        noise = self.unet(latents, t, context=context, batch_repeats=2 if guided else 1)
+        noise = self.runners.unet(latents, t, context=context, batch_repeats=2 if guided else 1)
         if guided:  # one batched call, then extrapolate from the unconditional towards the conditional
             uncond, cond = noise.chunk(2)
             noise = uncond + guidance_scale * (cond - uncond)
         return noise
 
-    # Audio longer than this is decoded in overlapping chunks along time (the same result, see vae.py and
-    # vocoder.py), so the largest activations exist for one chunk at a time: 30.72 s per chunk. Chunking
-    # costs the VAE about 10x its one-pass time (its GroupNorms gather whole-input statistics in extra sweeps).
+    # Audio longer than this is decoded in overlapping chunks along time (the same result, see long_audio.py),
+    # so the largest activations exist for one chunk at a time: 30.72 s per chunk. Chunking costs the VAE
+    # decoder about 9x its one-pass time (measured on CPU; its GroupNorms gather whole-input statistics first).
     DECODE_CHUNK_LATENT_FRAMES = 768
 
     def decode(self, latents: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
@@ -210,10 +227,11 @@ class AudioLDM2Pipeline:
         chunk = self.DECODE_CHUNK_LATENT_FRAMES
         long_audio = latents.shape[2] > chunk
         with self._running(self.vae):
-            mel = self.vae.decode(latents / self.vae.config.scaling_factor,
-                                  chunk_frames=chunk if long_audio else None)  # (B, 1, T, 64)
+            mel = self.runners.decode_mel(latents / self.vae.config.scaling_factor,
+                                          chunk_frames=chunk if long_audio else None)  # (B, 1, T, 64)
         with self._running(self.vocoder):
-            audio = self.vocoder(mel.squeeze(1), chunk_frames=chunk * self.vae_scale_factor if long_audio else None)
+            audio = self.runners.vocode(mel.squeeze(1),
+                                        chunk_frames=chunk * self.vae_scale_factor if long_audio else None)
         return audio[:, :num_samples].float().cpu()
 
     # ------------------------------------------------------------------------------------------
@@ -320,6 +338,6 @@ class AudioLDM2Pipeline:
         if num_waveforms_per_prompt < 1:
             raise ValueError(f"num_waveforms_per_prompt must be at least 1, got {num_waveforms_per_prompt}")
         if scheduler not in SAMPLERS:
-            raise ValueError(f"unknown scheduler '{scheduler}'; choose from {sorted(SAMPLERS)}")
+            raise ValueError(f"unknown scheduler '{scheduler}'; choose from {', '.join(SAMPLERS)}")
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")

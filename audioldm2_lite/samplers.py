@@ -104,6 +104,13 @@ class Sampler:
         signal, noise_std = self.noise_levels(i)
         return (signal * x0.float() + noise_std * noise.float()).to(x0.dtype)
 
+    def x0_and_noise(self, x, model_output, alpha, sigma):
+        """The model's estimates of x0 and eps in x = alpha x0 + sigma eps, from its output: eps itself
+        ("epsilon"), or v = alpha eps - sigma x0 ("v_prediction")."""
+        if self.prediction_type == "epsilon":
+            return (x - sigma * model_output) / alpha, model_output
+        return alpha * x - sigma * model_output, alpha * model_output + sigma * x
+
 
 class DDIMSampler(Sampler):
     """DDIM, as diffusers' `DDIMScheduler` (clip_sample and thresholding off).
@@ -165,13 +172,8 @@ class DDIMSampler(Sampler):
         return self.sqrt_alpha_t[i], self.sqrt_beta_t[i]  # sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)
 
     def step(self, model_output, i: int, sample, generator=None):
-        x, out = sample.float(), model_output.float()
-        if self.prediction_type == "epsilon":
-            x0 = (x - self.sqrt_beta_t[i] * out) / self.sqrt_alpha_t[i]
-            eps = out
-        else:  # v_prediction
-            x0 = self.sqrt_alpha_t[i] * x - self.sqrt_beta_t[i] * out
-            eps = self.sqrt_alpha_t[i] * out + self.sqrt_beta_t[i] * x
+        x = sample.float()
+        x0, eps = self.x0_and_noise(x, model_output.float(), self.sqrt_alpha_t[i], self.sqrt_beta_t[i])
         x = self.sqrt_alpha_s[i] * x0 + self.direction[i] * eps
         if self.eta > 0:
             z = _randn(model_output.shape, generator, model_output.device, model_output.dtype)
@@ -256,11 +258,8 @@ class DPMSolverPlusPlus2M(Sampler):
         return self.alpha[i], self.sigma[i]
 
     def step(self, model_output, i: int, sample, generator=None):
-        x, out = sample.float(), model_output.float()
-        if self.prediction_type == "epsilon":
-            x0 = (x - self.sigma[i] * out) / self.alpha[i]
-        else:  # v_prediction
-            x0 = self.alpha[i] * x - self.sigma[i] * out
+        x = sample.float()
+        x0, _ = self.x0_and_noise(x, model_output.float(), self.alpha[i], self.sigma[i])
         x_next = self.sample_coef[i] * x + self.denoised_coef[i] * x0  # first order: D = x0
         # D = x0 + (x0 - x0_prev) / 2r, its correction added as a separate term; a run that starts mid-schedule
         # (audio editing) takes its first step at first order, as diffusers counts the steps taken
@@ -291,13 +290,13 @@ def karras_schedule(train_sigmas: torch.Tensor, n: int):
     return torch.from_numpy(sigmas.astype(np.float32)), timesteps
 
 
-SAMPLERS = {"ddim": DDIMSampler, "dpmsolver++": DPMSolverPlusPlus2M}
+SAMPLERS = ("ddim", "dpmsolver++")  # the names make_sampler takes
 
 
 def make_sampler(name: str, config: SchedulerConfig, num_inference_steps: int, device=None, eta: float = 0.0):
     """A fresh sampler (it keeps per-run state) by name: "ddim" or "dpmsolver++"."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler '{name}'; choose from {sorted(SAMPLERS)}")
+        raise ValueError(f"unknown sampler '{name}'; choose from {', '.join(SAMPLERS)}")
     if name == "ddim":
         return DDIMSampler(config, num_inference_steps, eta=eta, device=device)
     if eta != 0:

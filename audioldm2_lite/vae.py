@@ -23,12 +23,11 @@ Parity with diffusers' `AutoencoderKL` (same names, so its checkpoints load stri
 - log-variance is clamped to [-30, 20] before use.
 
 Long audio: `decode(latents, chunk_frames=...)` runs the up path in overlapping windows of the time
-axis and still matches one pass (see `AutoencoderKL.decode` for how, and what it costs).
+axis and still matches one pass (long_audio.py; `AutoencoderKL.decode` says what it costs).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ from torch import nn
 
 from .attention import attention
 from .loading import hub_field
+from .long_audio import decode_up_path_in_windows, receptive_field
 
 GROUP_NORM_EPS = 1e-6
 
@@ -98,68 +98,6 @@ def silu_(x: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# GroupNorm over a whole input seen in windows
-
-
-class StatisticsGathered(Exception):
-    """Raised inside a window's forward once it has added its share to the next GroupNorm's statistics."""
-
-
-class WholeInputStatistics:
-    """Exact GroupNorm statistics of the whole input, gathered one GroupNorm at a time, window by window.
-
-    A GroupNorm normalises each group of channels with its mean and variance over the whole time axis,
-    so a window cannot be normalised on its own. Each sweep over the windows normalises the GroupNorms
-    whose whole-input statistics are already known, and at the first one that is not, adds the window's
-    kept frames to its mean and variance (Chan et al.'s pairwise combination) and stops that window
-    (`StatisticsGathered`). With N GroupNorms, sweep N + 1 runs every window to the end.
-
-    Why not each window's own statistics, as tiled image decoders do: on random weights that was 3% to
-    11% off one pass for a steady latent and up to 75% for one whose loudness changes along time.
-    """
-
-    def __init__(self):
-        self.known: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, 1/std, each (B, G)
-        self.gathering: tuple[nn.GroupNorm, int, torch.Tensor, torch.Tensor] | None = None  # norm, count, mean, M2
-        self.window = (0, 0, 1)  # (first kept frame, end of kept frames, window length), in latent frames
-
-    def normalize(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-        batch, groups = x.shape[0], norm.num_groups
-        if norm in self.known:
-            mean, inv_std = (t[..., None].to(x.dtype) for t in self.known[norm])  # (B, G, 1)
-            normalized = ((x.reshape(batch, groups, -1) - mean) * inv_std).reshape(x.shape)  # (B, C, H, W)
-            return normalized * norm.weight[:, None, None] + norm.bias[:, None, None]
-        # add the kept frames' moments (B, G); x has `scale` rows per latent frame
-        start, stop, length = self.window
-        scale = x.shape[2] // length
-        kept = x[:, :, start * scale:stop * scale].reshape(batch, groups, -1)  # (B, G, N)
-        kept = kept.to(torch.promote_types(x.dtype, torch.float32))
-        count, mean = kept.shape[-1], kept.mean(dim=-1)
-        m2 = (kept - mean[..., None]).square().sum(dim=-1)
-        if self.gathering is not None:
-            _, total, old_mean, old_m2 = self.gathering
-            delta = mean - old_mean
-            mean = old_mean + delta * (count / (total + count))
-            m2 = old_m2 + m2 + delta.square() * (total * count / (total + count))
-            count += total
-        self.gathering = (norm, count, mean, m2)
-        raise StatisticsGathered
-
-    def finish_sweep(self) -> bool:
-        """Make the statistics gathered in this sweep known; False if the sweep gathered none (it was the last)."""
-        if self.gathering is None:
-            return False
-        norm, count, mean, m2 = self.gathering
-        self.known[norm] = (mean, torch.rsqrt(m2 / count + norm.eps))  # biased variance, as F.group_norm
-        self.gathering = None
-        return True
-
-
-def group_norm(norm: nn.GroupNorm, x: torch.Tensor, stats: WholeInputStatistics | None) -> torch.Tensor:
-    return norm(x) if stats is None else stats.normalize(norm, x)
-
-
-# ----------------------------------------------------------------------------------------------
 # Blocks
 
 
@@ -174,9 +112,9 @@ class ResnetBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x: torch.Tensor, stats: "WholeInputStatistics | None" = None) -> torch.Tensor:
-        h = self.conv1(silu_(group_norm(self.norm1, x, stats)))
-        h = self.conv2(silu_(group_norm(self.norm2, h, stats)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(silu_(self.norm1(x)))
+        h = self.conv2(silu_(self.norm2(h)))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         h += shortcut  # in place: h is a fresh conv output, and an addition's gradient needs neither input
         return h
@@ -260,9 +198,9 @@ class UpBlock(nn.Module):
         self.resnets = nn.ModuleList([ResnetBlock(widths[i], widths[i + 1], groups) for i in range(num_layers)])
         self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if upsample else None
 
-    def forward(self, x: torch.Tensor, stats: "WholeInputStatistics | None" = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for resnet in self.resnets:
-            x = resnet(x, stats)
+            x = resnet(x)
         return x if self.upsamplers is None else self.upsamplers[0](x)
 
 
@@ -312,11 +250,11 @@ class Decoder(nn.Module):
         """conv_in and the mid block: (B, latent, T/4, 16) -> (B, 512, T/4, 16); attention sees all of it."""
         return self.mid_block(self.conv_in(z))
 
-    def up_path(self, x: torch.Tensor, stats: "WholeInputStatistics | None" = None) -> torch.Tensor:
+    def up_path(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 512, T/4, 16) -> (B, 1, T, 64): convolutions and GroupNorms only."""
         for block in self.up_blocks:
-            x = block(x, stats)  # (B, 512, T/2, 32), (B, 256, T, 64), (B, 128, T, 64)
-        return self.conv_out(silu_(group_norm(self.conv_norm_out, x, stats)))
+            x = block(x)  # (B, 512, T/2, 32), (B, 256, T, 64), (B, 128, T, 64)
+        return self.conv_out(silu_(self.conv_norm_out(x)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.up_path(self.lowest_resolution(z))
@@ -332,14 +270,14 @@ def up_path_receptive_field(config: VAEConfig) -> int:
     Every conv is 3x3 (one row each side): per up block, two per resnet at the block's resolution,
     then the upsampling conv at twice that resolution; conv_out at the final resolution.
     """
-    rows, rows_per_latent_frame = 0.0, 1
+    layers, rows_per_latent_frame = [], 1  # (rows a conv reaches, rows per latent frame there)
     for level in range(len(config.block_out_channels)):
-        rows += 2 * (config.layers_per_block + 1) / rows_per_latent_frame  # the block's resnets
+        layers += [(1, rows_per_latent_frame)] * 2 * (config.layers_per_block + 1)  # the block's resnets
         if level < len(config.block_out_channels) - 1:
             rows_per_latent_frame *= 2
-            rows += 1 / rows_per_latent_frame  # the upsampling conv
-    rows += 1 / rows_per_latent_frame  # conv_out
-    return math.ceil(rows)
+            layers.append((1, rows_per_latent_frame))  # the upsampling conv
+    layers.append((1, rows_per_latent_frame))  # conv_out
+    return receptive_field(layers)
 
 
 class AutoencoderKL(nn.Module):
@@ -376,37 +314,25 @@ class AutoencoderKL(nn.Module):
 
         With `chunk_frames` (latent frames; 4 mel frames each), the up path runs on windows of
         `chunk_frames + 2 * overlap` latent frames and keeps each window's middle `chunk_frames`, so
-        the full-resolution activations exist for one window at a time. It matches one pass:
+        the full-resolution activations exist for one window at a time (long_audio.py). It matches
+        one pass:
         - the mid block, whose attention spans the whole T/4 x 16 map, runs once on the whole latent
           (cheap at that resolution);
         - the up path's convolutions reach `up_path_receptive_field(config)` latent frames to either
           side (12 for the official config), the default `overlap`, which makes them exact;
-        - its GroupNorms need their statistics over the whole input, which `WholeInputStatistics`
-          gathers one GroupNorm per sweep over the windows, each sweep stopping at that GroupNorm.
-        The price is compute: about 10 runs of the up path for the official model (19 GroupNorms,
-        most of the cost at full resolution; measured 9.5x the one-pass time for 200 latent frames in
-        2 windows on CPU), so use it when memory, not time, is what runs out.
-        Eager mode only (Python control flow per window).
+        - its GroupNorms need their statistics over the whole input: an explicit statistics pass
+          gathers them first, one sweep over the windows per GroupNorm.
+        The price is compute: the up path runs about 10 times for the official model (19 GroupNorms).
+        Measured on a 2-core CPU, float32, chunked / one-pass time (scripts/benchmark_long_audio.py):
+        full-size decoder, 8 s (200 latent frames) in windows of 100: 9.1x (234 s vs 25.7 s); tiny
+        decoder, 40.96 s (1024 latent frames) in windows of 768 (the pipeline's setting): 6.6x.
+        Use it when memory, not time, is what runs out.
         """
         x = self.decoder.lowest_resolution(self.post_quant_conv(latents))  # (B, 512, T/4, 16)
         if chunk_frames is None:
             return self.decoder.up_path(x)
-        frames, factor = x.shape[2], self.upsampling_factor
         overlap = up_path_receptive_field(self.config) if overlap is None else overlap
-        stats = WholeInputStatistics()
-        while True:
-            pieces = []
-            for start in range(0, frames, chunk_frames):
-                stop = min(start + chunk_frames, frames)
-                window_start, window_stop = max(start - overlap, 0), min(stop + overlap, frames)
-                stats.window = (start - window_start, stop - window_start, window_stop - window_start)
-                try:
-                    mel = self.decoder.up_path(x[:, :, window_start:window_stop], stats)  # (B, 1, 4 * window, 64)
-                except StatisticsGathered:
-                    continue
-                pieces.append(mel[:, :, (start - window_start) * factor:(stop - window_start) * factor])
-            if not stats.finish_sweep():
-                return torch.cat(pieces, dim=2)  # (B, 1, T, 64)
+        return decode_up_path_in_windows(self.decoder, x, chunk_frames, overlap, self.upsampling_factor)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decode(latents)

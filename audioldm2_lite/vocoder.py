@@ -18,7 +18,8 @@ Parity with transformers' `SpeechT5HifiGan` (same names, so its checkpoints load
   4 (x4) or 2 (x2) longer than stride x input: 160 T + 32 samples in all, which the pipeline cuts.
 
 Long audio: every layer is a convolution, so `forward(mel, chunk_frames=..., overlap=...)` on
-overlapping windows matches one pass to float rounding once `overlap` covers `receptive_field_frames`.
+overlapping windows (long_audio.py) matches one pass to float rounding once `overlap` covers
+`receptive_field_frames`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .loading import hub_field
+from .long_audio import receptive_field, run_in_windows
 
 FINAL_LEAKY_RELU_SLOPE = 0.01  # F.leaky_relu's default, used by the reference before conv_post
 
@@ -125,18 +128,17 @@ def receptive_field_frames(config: HifiGanConfig) -> int:
     alignment of its windows), each stage's widest MRF block (a dilated conv then a plain conv per
     dilation), conv_post (kernel 7). For the official config this is 27 frames.
     """
-    frames = 3.0  # conv_pre, at 1 sample per frame
-    samples_per_frame = 1
+    widest = max(  # in samples of its stage
+        sum((k - 1) * d // 2 + (k - 1) // 2 for d in dilations)
+        for k, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes)
+    )
+    layers, samples_per_frame = [(3, 1)], 1  # (reach, samples per frame there), conv_pre first
     for rate, kernel in zip(config.upsample_rates, config.upsample_kernel_sizes):
-        frames += (kernel / rate + 1) / samples_per_frame  # transposed conv, in input samples
+        layers.append((Fraction(kernel, rate) + 1, samples_per_frame))  # transposed conv, in input samples
         samples_per_frame *= rate
-        widest = max(
-            sum((k - 1) * d // 2 + (k - 1) // 2 for d in dilations)
-            for k, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes)
-        )
-        frames += widest / samples_per_frame
-    frames += 3 / samples_per_frame  # conv_post
-    return math.ceil(frames)
+        layers.append((widest, samples_per_frame))  # MRF
+    layers.append((3, samples_per_frame))  # conv_post
+    return receptive_field(layers)
 
 
 class HifiGan(nn.Module):
@@ -191,12 +193,5 @@ class HifiGan(nn.Module):
         if chunk_frames is None:
             return self.vocode(mel)
         overlap = receptive_field_frames(self.config) if overlap is None else overlap
-        frames, hop = mel.shape[1], self.hop_length
-        pieces = []
-        for start in range(0, frames, chunk_frames):
-            stop = min(start + chunk_frames, frames)
-            window_start, window_stop = max(start - overlap, 0), min(stop + overlap, frames)
-            audio = self.vocode(mel[:, window_start:window_stop])  # (B, 160 window + 32)
-            end = (stop - window_start) * hop if stop < frames else audio.shape[1]
-            pieces.append(audio[:, (start - window_start) * hop:end])
-        return torch.cat(pieces, dim=1)
+        return run_in_windows(self.vocode, mel, dim=1, chunk_frames=chunk_frames, overlap=overlap,
+                              per_frame=self.hop_length, keep_tail=True)  # (B, 160 T + 32)

@@ -43,7 +43,7 @@ def stage_callables(side: str, pipe) -> dict:
     c = pipe.conditioner
     return {
         "clap_text": (c.clap, "get_text_features"), "t5": (c.t5, "forward"), "projection": (c.projection, "forward"),
-        "gpt2": (c.gpt2, "generate"), "unet": (pipe.unet, "forward"), "vae": (pipe.vae, "decode"),
+        "gpt2": (c.gpt2, "generate"), "unet": (pipe.unet, "forward"), "vae": (pipe.runners, "decode_mel"),
         "vocoder": (pipe.vocoder, "forward"), "ranking": (pipe, "rank_candidates"),
     }
 
@@ -71,12 +71,15 @@ def time_stages(stages: dict, device: str, totals: dict):
             totals[_name]["calls"] += 1
             return result
 
+        originals.append((owner, method, original, method in vars(owner)))
         setattr(owner, method, timed)
-        originals.append((owner, method))
 
     def undo():
-        for owner, method in originals:
-            delattr(owner, method)  # the instance attribute goes; the class's method shows through again
+        for owner, method, original, own_attribute in originals:
+            if own_attribute:  # an attribute of the object itself (the pipeline's runners): put it back
+                setattr(owner, method, original)
+            else:  # the instance attribute goes; the class's method shows through again
+                delattr(owner, method)
 
     return undo
 

@@ -35,3 +35,90 @@ def diffusers_pipeline(checkpoint, dtype=torch.float32):
 
     language_model = GPT2LMHeadModel.from_pretrained(f"{checkpoint}/language_model", torch_dtype=dtype)
     return AudioLDM2Pipeline.from_pretrained(str(checkpoint), language_model=language_model, torch_dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every stage against its twin, on one checkpoint: scripts/check_against_diffusers.py prints this, and
+# tests/test_scripts.py runs that on the tiny checkpoint. The tolerances are the README's ("Parity with
+# diffusers"), with the same reasons as the per-stage tests: float32, the same math in another order.
+
+TOLERANCES = {
+    "CLAP text features": 1e-5,
+    "Flan-T5 states": 1e-5,
+    "encode_prompt: GPT-2 states": 1e-5,
+    "encode_prompt: T5 states": 1e-5,
+    "UNet": 1e-5,
+    "VAE decode": 1e-5,
+    "HiFi-GAN vocoder": 1e-5,
+    "CLAP audio features": 1e-5,
+    "waveform, end to end (DPM-Solver++)": 1e-4,  # rounding grows through the steps, the VAE and the vocoder
+}
+
+
+@torch.no_grad()
+def stage_errors(ours, reference, seconds: float = 1.0, steps: int = 5):
+    """Yield (stage, max_rel_error) for every stage of `ours` (our AudioLDM2Pipeline) against `reference`
+    (`diffusers_pipeline` of the same checkpoint), both float32 on the same device, on seeded inputs."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from audioldm2_lite.audio_features import clap_input_features
+
+    device, generator = ours.device, torch.Generator().manual_seed(0)
+    c = ours.conditioner
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(device)
+
+    def pooled(output):  # transformers 5 returns the features as pooler_output of a model output
+        return getattr(output, "pooler_output", output)
+
+    # CLAP text: the prompts padded and cut to 512 tokens, as diffusers does
+    tokens = reference.tokenizer(PROMPTS, padding="max_length", max_length=reference.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").to(device)
+    yield "CLAP text features", max_rel_error(
+        c.clap.get_text_features(tokens.input_ids, tokens.attention_mask),
+        pooled(reference.text_encoder.get_text_features(tokens.input_ids, attention_mask=tokens.attention_mask)))
+
+    # Flan-T5: padded to the longest prompt, cut at 128 tokens
+    tokens = reference.tokenizer_2(PROMPTS, padding=True, max_length=reference.tokenizer_2.model_max_length,
+                                   truncation=True, return_tensors="pt").to(device)
+    yield "Flan-T5 states", max_rel_error(
+        c.t5(tokens.input_ids, tokens.attention_mask),
+        reference.text_encoder_2(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state)
+
+    # the whole text path with guidance: CLAP, T5, projection, GPT-2 for [negative, prompt]
+    prompts, negatives = [PROMPTS[0], PROMPTS[3]], ["", "low quality"]
+    generated, t5_states, t5_mask = ours.encode_prompt(prompts, negatives)
+    reference_t5, _, reference_generated = reference.encode_prompt(
+        prompts, device, 1, True, negative_prompt=negatives)
+    yield "encode_prompt: GPT-2 states", max_rel_error(generated, reference_generated)
+    yield "encode_prompt: T5 states", max_rel_error(t5_states, reference_t5)
+
+    # UNet: random latents at 10.24 s, one step each, both on our conditioning
+    latents = randn(4, ours.unet.config.in_channels, ours.unet.config.sample_size, 16)
+    timesteps = torch.tensor([981, 501, 261, 21], device=device)
+    yield "UNet", max_rel_error(
+        ours.unet(latents, timesteps, generated, t5_states, t5_mask),
+        reference.unet(latents, timesteps, encoder_hidden_states=generated, encoder_hidden_states_1=t5_states,
+                       encoder_attention_mask_1=t5_mask).sample)
+
+    # VAE decoder and vocoder on random inputs of `seconds`
+    frames, num_samples = ours.latent_frames(seconds)
+    z = randn(1, ours.vae.config.latent_channels, frames // ours.vae_scale_factor, 16)
+    yield "VAE decode", max_rel_error(ours.vae.decode(z), reference.vae.decode(z).sample)
+    mel = randn(1, frames, ours.vocoder.config.model_in_dim)
+    yield "HiFi-GAN vocoder", max_rel_error(ours.vocoder(mel), reference.vocoder(mel))
+
+    # CLAP audio tower on the log-mel of random audio, as ranking computes it
+    tower, feature_config = ours.clap_audio_tower()
+    features, _ = clap_input_features(0.1 * randn(2, num_samples), ours.sampling_rate, feature_config)
+    yield "CLAP audio features", max_rel_error(
+        tower(features), pooled(reference.text_encoder.get_audio_features(input_features=features)))
+
+    # end to end from the same initial latents, a short DPM-Solver++ run
+    reference.scheduler = DPMSolverMultistepScheduler.from_config(reference.scheduler.config)
+    latents = ours.prepare_latents(len(prompts), frames, torch.Generator(device).manual_seed(1))
+    kwargs = dict(negative_prompt=negatives, audio_length_in_s=seconds, num_inference_steps=steps)
+    yield "waveform, end to end (DPM-Solver++)", max_rel_error(
+        torch.as_tensor(ours(prompts, latents=latents.clone(), scheduler="dpmsolver++", **kwargs).audios),
+        torch.as_tensor(reference(prompts, latents=latents.clone(), **kwargs).audios))

@@ -1,4 +1,4 @@
-"""The scripts a reader runs: the walkthrough and the benchmark, at CI size (no timing assertions)."""
+"""The scripts a reader runs: the walkthrough, the benchmark and the parity check, at CI size (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,66 @@ def test_benchmark_reports_a_ratio(tiny_checkpoint):
         assert re.search(rf"^{stage}\s+\d+\.\d+\s+\d+\.\d+", out, re.M), stage
     assert "NaN or inf" not in out
     assert re.search(r"^speedup_vs_diffusers: \d+\.\d\d$", out, re.M)
+
+
+def test_benchmark_long_audio_reports_the_cost_and_agrees(tiny_checkpoint):
+    out = run("benchmark_long_audio.py", "--model", str(tiny_checkpoint), "--latent-frames", "64", "--chunk", "24")
+    match = re.search(r"ratio (\d+\.\d)x, max_rel_error (\S+)$", out.strip())
+    assert match, out
+    assert float(match[2]) <= 1e-5  # chunked decoding is one pass up to float32 rounding (tests/test_vae.py)
+
+
+# ---------------------------------------------------------------- check_against_diffusers.py
+
+README = SCRIPTS.parent / "README.md"
+README_ROWS = {  # the script's stage -> the start of its row in the README's "Parity with diffusers" table
+    "CLAP text features": "CLAP text features",
+    "Flan-T5 states": "Flan-T5 states",
+    "encode_prompt: GPT-2 states": "`encode_prompt`",
+    "encode_prompt: T5 states": "`encode_prompt`",
+    "UNet": "UNet",
+    "VAE decode": "VAE decode",
+    "HiFi-GAN vocoder": "HiFi-GAN vocoder",
+    "CLAP audio features": "CLAP audio features",
+    "waveform, end to end (DPM-Solver++)": "waveform, end to end",
+}
+
+
+def test_check_against_diffusers_uses_the_readme_tolerances():
+    from reference import TOLERANCES
+
+    table = README.read_text().split("## Parity with diffusers")[1].split("\n## ")[0]
+    assert set(README_ROWS) == set(TOLERANCES)
+    for stage, row_start in README_ROWS.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| {row_start}"))
+        assert float(row.split("|")[3]) == TOLERANCES[stage], (stage, row)
+
+
+def test_check_against_diffusers_passes_on_the_tiny_checkpoint(tiny_checkpoint):
+    from reference import TOLERANCES
+
+    out = run("check_against_diffusers.py", "--model", str(tiny_checkpoint), "--seconds", "0.5", "--steps", "2")
+    for stage in TOLERANCES:
+        assert re.search(rf"^{re.escape(stage)}\s+\d\.\de[+-]\d\d\s+tolerance \S+\s+ok$", out, re.M), stage
+    assert out.rstrip().endswith("every stage within tolerance")
+
+
+def test_check_against_diffusers_fails_past_a_tolerance(tiny_checkpoint, monkeypatch, capsys):
+    import check_against_diffusers
+    import reference
+
+    measured = [("CLAP text features", 1e-7), ("UNet", 3e-4), ("VAE decode", 0.0)]
+    monkeypatch.setattr(reference, "stage_errors", lambda *args, **kwargs: iter(measured))
+    monkeypatch.setattr(check_against_diffusers, "quiet_libraries", lambda: None)  # keep the session's logging
+    assert check_against_diffusers.main(["--model", str(tiny_checkpoint)]) == 1
+    out, err = capsys.readouterr()
+    assert re.search(r"^UNet\s+3\.0e-04\s+tolerance 1e-05\s+PAST TOLERANCE$", out, re.M)
+    assert err.strip().endswith("\ncheck_against_diffusers: 1 stage(s) past tolerance: UNet")  # after load progress
+
+
+def test_check_against_diffusers_offline_says_so_in_one_line():
+    result = subprocess.run([sys.executable, str(SCRIPTS / "check_against_diffusers.py"), "--model", "nobody/absent"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("check_against_diffusers: error: could not download 'nobody/absent'")
+    assert len(result.stderr.strip().splitlines()) == 1
