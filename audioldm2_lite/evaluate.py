@@ -265,7 +265,7 @@ class ClapScorer:
         out = []
         for start in range(0, len(texts), batch_size):
             ids, mask = tokenize(self.tokenizer, texts[start:start + batch_size], self.tokenizer.model_max_length,
-                                 False, "the CLAP text encoder", self.device)
+                                 False, self.device)
             out.append(self.clap.get_text_features(ids, mask).double().cpu())
         return torch.cat(out).numpy()
 

@@ -39,8 +39,8 @@ NO_MPS = "MPS is available here, so --device mps is not a mistake"
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "the following arguments are required: prompt (see audioldm2-lite --help)"),  # argparse's own errors
-    (["rain", "--steps", "many"], "argument --steps: invalid int value: 'many'"),
+    ([], "give a PROMPT, or --prompts-file FILE for many"),
+    (["rain", "--steps", "many"], "argument --steps: invalid int value: 'many' (see audioldm2-lite --help)"),  # argparse's
     (["rain", "--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
     (["rain", "--no-such-option"], "unrecognized arguments: --no-such-option"),
     (["   "], "the prompt is empty"),
