@@ -22,7 +22,7 @@ import torch
 pytest.importorskip("gradio", reason="the web app is an optional extra: pip install -e '.[app]'")
 
 from audioldm2_lite import AudioLDM2Pipeline  # noqa: E402
-from audioldm2_lite.app import MAX_CANDIDATES, generate  # noqa: E402
+from audioldm2_lite.app import MAX_CANDIDATES, edit_arguments, generate  # noqa: E402
 
 SECONDS = 1.0  # short audio and few steps: the page, not the model, is under test
 
@@ -49,6 +49,21 @@ def test_generate_is_the_pipeline_call(pipe):
     direct = pipe("techno music", audio_length_in_s=SECONDS, num_inference_steps=2, guidance_scale=2.0,
                   scheduler="dpmsolver++", generator=torch.Generator().manual_seed(7)).audios[0]
     np.testing.assert_array_equal(audios[0][1], direct)  # no generation logic of the app's own
+
+
+def test_generate_edits_audio_as_the_pipeline_does(pipe, tmp_path):
+    source = tmp_path / "in.wav"
+    soundfile.write(source, 0.3 * np.sin(2 * np.pi * 440 * np.arange(22050 * 1.5) / 22050), 22050)  # 1.5 s, 22 kHz
+    edit = edit_arguments(str(source), 0.5, 0.5, 1.0, 0)
+    assert edit == dict(audio=str(source), strength=0.5, regenerate_seconds=(0.5, 1.0), regenerate_above_hz=None)
+    steps = []
+    audios, seed = generate(pipe, "rain", "", 0.0, 4, "ddim", 3.5, 3, 1, lambda i, total: steps.append((i, total)),
+                            **edit)
+    direct = pipe("rain", num_inference_steps=4, scheduler="ddim", seed=3, **edit).audios[0]
+    np.testing.assert_array_equal(audios[0][1], direct)  # the pipeline's edit, nothing of the app's own
+    assert audios[0][1].shape == (24000,) and steps == [(1, 2), (2, 2)]  # input's length; strength 0.5: 2 steps
+    with pytest.raises(ValueError, match="upload the audio"):
+        edit_arguments(None, 0.5, 0, 0, 0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -144,5 +159,39 @@ def test_page_in_a_real_browser(server, tmp_path):
             screenshot = Path(os.environ.get("AUDIOLDM2_LITE_SCREENSHOT", tmp_path / "app.png"))
             page.screenshot(path=str(screenshot), full_page=True)
             assert screenshot.stat().st_size > 0
+        finally:
+            browser.close()
+
+
+def test_edit_tab_in_a_real_browser(server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright (the test extra) is not installed")
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium found (Debian: apt-get install chromium); .ci/run installs it")
+    source = tmp_path / "in.wav"
+    soundfile.write(source, 0.3 * np.sin(2 * np.pi * 440 * np.arange(44100) / 44100), 44100)  # 1 s at 44.1 kHz
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync",
+        ])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server)
+            page.locator("#prompt textarea").fill("rain on a tin roof")
+            page.locator("#steps input[type=number]").fill("4")
+            page.locator("#steps input[type=number]").blur()
+            page.get_by_role("tab", name="Edit audio").click()
+            page.locator("#source input[type=file]").set_input_files(str(source))
+            page.locator("#source audio[src]").first.wait_for(state="attached", timeout=60_000)  # uploaded
+            page.locator("#edit").click()
+            player = page.locator("#edited audio[src]").first
+            player.wait_for(state="attached", timeout=120_000)
+            encoded = page.evaluate("""async (src) => {
+                const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
+                let text = ''; for (const b of bytes) text += String.fromCharCode(b); return btoa(text); }""",
+                                    player.get_attribute("src"))
+            audio, rate = soundfile.read(io.BytesIO(base64.b64decode(encoded)))
+            assert rate == 16000 and audio.shape == (16000,)  # the upload's 1 s, at the model's rate
         finally:
             browser.close()
