@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     parser.add_argument("--model", default="cvssp/audioldm2",
                         help="hub id or local folder in hub layout (default: cvssp/audioldm2)")
+    parser.add_argument("--lora", default=None, help="LoRA adapter file from audioldm2-lite-train (lora.safetensors)")
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="strength of the --lora adapter (default: 1)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,
                         help="weights and activations (default: float16 on GPU, float32 on CPU)")
@@ -62,6 +64,8 @@ def check_arguments(args, parser) -> None:
         parser.error("--karras applies to --scheduler dpmsolver++ only")
     if args.candidates < 1:
         parser.error(f"--candidates must be at least 1, got {args.candidates}")
+    if args.lora is not None and not Path(args.lora).is_file():
+        parser.error(f"--lora: no adapter file '{args.lora}'")
     suffix = Path(args.output).suffix.lower()
     if suffix not in FORMATS:
         parser.error(f"output must end in {' or '.join(FORMATS)}, got '{args.output}'")
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
     try:
         pipe = AudioLDM2Pipeline.from_pretrained(
             args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None,
-            offload=args.offload,
+            offload=args.offload, lora=args.lora, lora_scale=args.lora_scale,
         )
         if pipe.device.type == "cuda" and not args.offload:  # CUDA graphs: same audio, about 10x faster
             pipe.optimize(compile=args.compile, cuda_graphs=True)

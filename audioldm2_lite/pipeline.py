@@ -25,6 +25,7 @@ from .clap_audio import rank_waveforms
 from .conditioning import TextConditioner, tokenize
 from .cuda_graphs import CUDAGraphed
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
+from .lora import load_lora
 from .samplers import SAMPLERS, SchedulerConfig, make_sampler
 
 
@@ -48,11 +49,13 @@ class AudioLDM2Pipeline:
         self.hop_length = vocoder.hop_length  # 160 samples per mel frame
 
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False):
+    def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False,
+                        lora=None, lora_scale: float = 1.0):
         """Load every stage of a hub id or local hub-layout folder.
 
         dtype defaults to float16 on CUDA and float32 elsewhere. With `offload=True` the weights stay
         in CPU memory and each stage visits `device` only while it runs (model CPU offload).
+        `lora`: a LoRA adapter file from audioldm2-lite-train, applied to the UNet with `lora_scale`.
         """
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
@@ -65,8 +68,9 @@ class AudioLDM2Pipeline:
         # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
         # masked, so the features agree to float rounding, at a fraction of the cost
         conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, clap_pad_to_max_length=False)
+        unet = load("unet") if lora is None else load_lora(load("unet"), lora, lora_scale)
         return cls(
-            conditioner, load("unet"), load("vae"), load("vocoder"),
+            conditioner, unet, load("vae"), load("vocoder"),
             SchedulerConfig.from_hub(load_config(root, "scheduler")),
             ClapFeatureConfig.from_hub(load_config(root, "feature_extractor")),
             device=device, dtype=dtype, offload=offload,
