@@ -35,11 +35,12 @@ Kaiser-window low-pass design.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .mel import compute_dtype, mel_filterbank
 
 # The x3 upsampler's low-pass filter (see the module docstring for how they were chosen).
 RESAMPLE_CUTOFF = 0.956875  # -6 dB point, as a fraction of the input's Nyquist frequency (7655 Hz at 16 kHz)
@@ -85,10 +86,6 @@ class ClapFeatureConfig:
     @property
     def max_length(self) -> int:  # samples in the model's window (480000)
         return self.max_length_s * self.sampling_rate
-
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,23 +145,8 @@ def fit_to_length(waveform: torch.Tensor, max_length: int) -> tuple[torch.Tensor
 
 def slaney_mel_filters(config: ClapFeatureConfig, dtype=torch.float64, device=None) -> torch.Tensor:
     """(n_fft/2 + 1, n_mels) triangular filters on the Slaney mel scale, area-normalised (librosa's default)."""
-
-    def hz_to_mel(f: float) -> float:  # linear below 1 kHz, logarithmic above
-        return 3 * f / 200 if f < 1000 else 15 + math.log(f / 1000) * 27 / math.log(6.4)
-
-    def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-        return torch.where(m < 15, 200 * m / 3, 1000 * torch.exp((m - 15) * math.log(6.4) / 27))
-
-    n_freqs = config.fft_window_size // 2 + 1
-    mels = torch.linspace(hz_to_mel(config.frequency_min), hz_to_mel(config.frequency_max), config.feature_size + 2,
-                          dtype=torch.float64, device=device)
-    hz = mel_to_hz(mels)  # (n_mels + 2,) filter edges
-    fft_hz = torch.linspace(0, config.sampling_rate // 2, n_freqs, dtype=torch.float64, device=device)
-    # filter i rises from hz[i] to hz[i+1] and falls to hz[i+2]
-    rise = (fft_hz[:, None] - hz[None, :-2]) / (hz[1:-1] - hz[:-2])  # (n_freqs, n_mels)
-    fall = (hz[None, 2:] - fft_hz[:, None]) / (hz[2:] - hz[1:-1])
-    filters = torch.clamp(torch.minimum(rise, fall), min=0)
-    return (filters * (2 / (hz[2:] - hz[:-2]))).to(dtype)  # equal area per filter
+    return mel_filterbank(config.sampling_rate, config.fft_window_size, config.feature_size, config.frequency_min,
+                          config.frequency_max, dtype, device).T
 
 
 def log_mel_spectrogram(waveform: torch.Tensor, config: ClapFeatureConfig) -> torch.Tensor:
