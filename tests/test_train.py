@@ -91,7 +91,7 @@ def test_loss_and_gradients_match_diffusers(tiny_checkpoint, tones, cache_dir, p
     from diffusers.pipelines.audioldm2 import AudioLDM2UNet2DConditionModel
 
     data, (latents, conditioning, noise, timesteps) = encoded_batch(tiny_checkpoint, tones, cache_dir)
-    assert conditioning[2].shape[1] > conditioning[2][0].sum() or conditioning[2][1:].sum() < conditioning[2].numel()
+    assert (conditioning[2] == 0).any()  # a dropped caption ("") is padded: the T5 mask is exercised
     alpha_bar = alphas_cumprod(SchedulerConfig.from_hub(load_config(tiny_checkpoint, "scheduler")))
 
     ours = load_component(tiny_checkpoint, "unet").requires_grad_(True)
@@ -160,11 +160,12 @@ def test_resume_continues_exactly(tiny_checkpoint, tones, cache_dir, tmp_path):
 
 def test_overfits_two_clips(tiny_checkpoint, cache_dir, tmp_path):
     data = write_tones(tmp_path / "two", [300, 1200])
-    out = train(config(tiny_checkpoint, data, tmp_path / "out", cache_dir, max_steps=120, caption_dropout=0.0,
-                       learning_rate=3e-3, checkpoint_every=1000))
+    out = train(config(tiny_checkpoint, data, tmp_path / "out", cache_dir, max_steps=60, caption_dropout=0.0,
+                       learning_rate=1e-2, checkpoint_every=1000))
     losses = [float(r["loss"]) for r in csv.DictReader((out / "training" / "loss.csv").open())]
-    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
-    # 120 steps of batch 2 on two clips: the tiny UNet learns them (measured: ... -> ...)
+    # each step's loss is noisy (random timesteps and noise): compare means over windows.
+    # Measured on this seed: 0.71 over steps 1-10, 0.28 over steps 41-60 (0.40x).
+    first, last = np.mean(losses[:10]), np.mean(losses[-20:])
     assert last <= 0.5 * first, (first, last)
 
 
