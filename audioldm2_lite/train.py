@@ -51,11 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .audio_io import read_audio
 from .conditioning import TextConditioner
 from .loading import DEFAULT_CHECKPOINT, CheckpointError, load_component, load_config, resolve_checkpoint
-from .lora import apply_lora, lora_state_dict, merged_state_dict, save_lora
+from .lora import apply_lora, merged_state_dict, save_lora
 from .mel import MelConfig, waveform_to_mel
-from .audio_io import read_audio
 from .samplers import SchedulerConfig, alphas_cumprod
 from .train_data import DataError, read_dataset
 
@@ -172,7 +172,8 @@ def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
 
 def batch_indices(first_sample: int, batch_size: int, count: int, seed: int) -> list[int]:
     """The clips of samples first_sample .. first_sample + batch_size - 1, counted over all epochs."""
-    return [int(epoch_order(count, seed, k // count)[k % count]) for k in range(first_sample, first_sample + batch_size)]
+    samples = range(first_sample, first_sample + batch_size)
+    return [int(epoch_order(count, seed, k // count)[k % count]) for k in samples]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def train(config: TrainConfig) -> Path:
         scaler.load_state_dict(state["scaler"])
         generator.set_state(state["rng"].cpu())
         step = state["step"]
-        rows = list(csv.reader(log_file.open()))
+        rows = list(csv.reader(log_file.read_text().splitlines()))
         log_rows = [r for r in rows[1:] if int(r[0]) <= step]  # drop what was logged after the checkpoint
     else:
         log_rows = []
