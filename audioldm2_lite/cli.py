@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on CUDA, torch.compile the UNet, VAE and vocoder first (minutes of compiling)")
     parser.add_argument("--offload", action="store_true",
                         help="keep weights in CPU memory, each stage on the GPU only while it runs")
+    add_editing_arguments(parser)
     return parser
 
 
@@ -74,6 +75,58 @@ def check_arguments(args, parser) -> None:
         parser.error(f"cannot write to '{folder}' (missing or not writable)")
 
 
+# ----------------------------------------------------------------------------------------------
+# Editing audio (editing.py): --audio with --strength, --regenerate-seconds, --regenerate-above-hz
+
+
+def add_editing_arguments(parser) -> None:
+    group = parser.add_argument_group("editing audio", "edit an existing recording; the output keeps its length")
+    group.add_argument("--audio", default=None, help="the audio file to edit (WAV, FLAC, OGG, ...; any rate, channels)")
+    group.add_argument("--strength", type=float, default=None,
+                       help="style transfer: how much of the noise schedule to redo, in (0, 1] (default: 1, all)")
+    group.add_argument("--regenerate-seconds", default=None, metavar="START:END",
+                       help="inpainting: regenerate this time range (e.g. 2.0:4.5) and keep the rest")
+    group.add_argument("--regenerate-above-hz", type=float, default=None, metavar="HZ",
+                       help="bandwidth extension: regenerate above this frequency and keep below (0 - 8000)")
+    parser.set_defaults(seconds=None)  # 10 s for text to audio; an edit takes the input's length
+
+
+def check_editing_arguments(args, parser) -> None:
+    """Checks that need no model; sets args.seconds (10, or the input's length) and args.edit (pipeline options)."""
+    given = [flag for flag, value in (("--strength", args.strength), ("--regenerate-seconds", args.regenerate_seconds),
+                                      ("--regenerate-above-hz", args.regenerate_above_hz)) if value is not None]
+    args.edit = {}
+    if args.audio is None:
+        if given:
+            parser.error(f"{given[0]} edits audio: give the file to edit with --audio")
+        args.seconds = 10.0 if args.seconds is None else args.seconds
+        return
+    from .audio_io import AudioInputError, read_audio
+    from .editing import check_time_range
+
+    try:
+        seconds = len(read_audio(args.audio, target_rate=16000)) / 16000
+    except AudioInputError as error:
+        parser.error(str(error))
+    if args.seconds is not None and abs(args.seconds - seconds) > 1e-3:
+        parser.error(f"--seconds {args.seconds:g} disagrees with the length of --audio ({seconds:g} s); leave "
+                     f"--seconds out: an edit keeps the input's length")
+    strength = 1.0 if args.strength is None else args.strength
+    if not 0 < strength <= 1:
+        parser.error(f"--strength must be in (0, 1], got {args.strength:g}")
+    time_range = None
+    if args.regenerate_seconds is not None:
+        try:
+            time_range = check_time_range(args.regenerate_seconds.split(":"), seconds)
+        except ValueError as error:
+            parser.error(f"--regenerate-seconds: {error} (expected START:END in seconds, e.g. 2.0:4.5)")
+    if args.regenerate_above_hz is not None and not args.regenerate_above_hz > 0:
+        parser.error(f"--regenerate-above-hz must be positive, got {args.regenerate_above_hz:g}")
+    args.seconds = seconds  # the input's length (the pipeline checks it against the audio it reads)
+    args.edit = dict(audio=args.audio, strength=strength, regenerate_seconds=time_range,
+                     regenerate_above_hz=args.regenerate_above_hz)
+
+
 def output_paths(output: str, count: int) -> list[Path]:
     path = Path(output)
     if count == 1:
@@ -98,6 +151,7 @@ def write_audio(path: Path, audio, sampling_rate: int) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_editing_arguments(args, parser)
     check_arguments(args, parser)
 
     import torch
@@ -116,7 +170,7 @@ def main(argv=None) -> int:
         result = pipe(
             args.prompt, negative_prompt=args.negative_prompt, audio_length_in_s=args.seconds,
             num_inference_steps=steps, guidance_scale=args.guidance, num_waveforms_per_prompt=args.candidates,
-            scheduler=args.scheduler, karras_sigmas=args.karras, generator=generator, progress=True,
+            scheduler=args.scheduler, karras_sigmas=args.karras, generator=generator, progress=True, **args.edit,
         )
         audios = result.audios if args.all else result.audios[:1]  # ranked best first
         for path, audio in zip(output_paths(args.output, len(audios)), audios):

@@ -87,19 +87,21 @@ def normalize_waveform(waveform: torch.Tensor, num_samples: int | None = None, p
     return peak * x / (x.abs().amax(dim=-1, keepdim=True) + 1e-8)
 
 
-def mel_filterbank(sampling_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
-                   dtype=torch.float64, device=None) -> torch.Tensor:
-    """(n_mels, n_fft / 2 + 1) triangular filters on the Slaney mel scale with Slaney area normalisation:
-    `librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...)` with its defaults."""
+def mel_frequencies(n: int, fmin: float, fmax: float, device=None) -> torch.Tensor:
+    """(n,) float64 Hz, equally spaced on the Slaney mel scale (`librosa.mel_frequencies(n, fmin=, fmax=)`)."""
 
     def hz_to_mel(f: float) -> float:  # linear below 1 kHz (3 mel per 200 Hz), logarithmic above
         return 3 * f / 200 if f < 1000 else 15 + math.log(f / 1000) * 27 / math.log(6.4)
 
-    def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-        return torch.where(m < 15, 200 * m / 3, 1000 * torch.exp((m - 15) * math.log(6.4) / 27))
+    mels = torch.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n, dtype=torch.float64, device=device)
+    return torch.where(mels < 15, 200 * mels / 3, 1000 * torch.exp((mels - 15) * math.log(6.4) / 27))
 
-    edges = mel_to_hz(torch.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2, dtype=torch.float64,
-                                     device=device))  # (n_mels + 2,) Hz
+
+def mel_filterbank(sampling_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
+                   dtype=torch.float64, device=None) -> torch.Tensor:
+    """(n_mels, n_fft / 2 + 1) triangular filters on the Slaney mel scale with Slaney area normalisation:
+    `librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...)` with its defaults."""
+    edges = mel_frequencies(n_mels + 2, fmin, fmax, device)  # (n_mels + 2,) band i spans edges[i] .. edges[i + 2]
     fft_hz = torch.linspace(0, sampling_rate / 2, n_fft // 2 + 1, dtype=torch.float64, device=device)
     # filter i rises from edges[i] to edges[i + 1] and falls to edges[i + 2]
     rise = (fft_hz[None, :] - edges[:-2, None]) / (edges[1:-1] - edges[:-2])[:, None]  # (n_mels, n_freqs)

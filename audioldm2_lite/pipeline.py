@@ -24,6 +24,7 @@ from .audio_features import ClapFeatureConfig, clap_input_features
 from .clap_audio import rank_waveforms
 from .conditioning import TextConditioner, tokenize
 from .cuda_graphs import CUDAGraphed
+from .editing import AudioEdit
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .lora import load_lora
 from .samplers import SAMPLERS, SchedulerConfig, make_sampler
@@ -199,11 +200,22 @@ class AudioLDM2Pipeline:
                  negative_generated_prompt_embeds=None, attention_mask=None, negative_attention_mask=None,
                  max_new_tokens: int | None = None, output_type: str = "np", callback=None,
                  callback_steps: int = 1, scheduler: str = "ddim", karras_sigmas: bool = False,
-                 progress: bool = False) -> AudioLDM2PipelineOutput:
+                 progress: bool = False, audio=None, audio_sampling_rate: float | None = None,
+                 strength: float = 1.0, regenerate_seconds: tuple[float, float] | None = None,
+                 regenerate_above_hz: float | None = None) -> AudioLDM2PipelineOutput:
+        """Text to audio; with `audio` (a path, or an array/tensor with `audio_sampling_rate`), an edit of it:
+        style transfer to `strength`, inpainting of `regenerate_seconds` (start, end), bandwidth extension
+        above `regenerate_above_hz` (see editing.py). An edit's output has the input's length."""
+        edit = None
+        if audio is not None or strength != 1.0 or regenerate_seconds is not None or regenerate_above_hz is not None:
+            edit = AudioEdit.prepare(self, audio, audio_sampling_rate, audio_length_in_s, strength,
+                                     regenerate_seconds, regenerate_above_hz)
+            audio_length_in_s = edit.num_samples / self.sampling_rate
         if audio_length_in_s is None:  # the UNet's training size: 10.24 s
             audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate
         self.check_inputs(prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
                           scheduler, output_type)
+        steps_run = edit.check_steps(num_inference_steps) if edit else num_inference_steps
         conditioning = self.encode_prompt(
             prompt, negative_prompt, num_waveforms_per_prompt, guidance_scale > 1.0, max_new_tokens,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
@@ -212,22 +224,23 @@ class AudioLDM2Pipeline:
             attention_mask=attention_mask, negative_attention_mask=negative_attention_mask,
         )
         batch = conditioning[0].shape[0] // (2 if guidance_scale > 1.0 else 1)
-        frames, num_samples = self.latent_frames(audio_length_in_s)
+        frames, num_samples = (edit.num_frames, edit.num_samples) if edit else self.latent_frames(audio_length_in_s)
         latents = self.prepare_latents(batch, frames, generator, latents)
 
-        steps = self.generate_latents(latents, conditioning, num_inference_steps, guidance_scale, scheduler, eta,
-                                      generator, karras_sigmas)
+        denoiser = edit.generate_latents if edit else self.generate_latents
+        steps = denoiser(latents, conditioning, num_inference_steps, guidance_scale, scheduler, eta, generator,
+                         karras_sigmas)
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, total=num_inference_steps, desc="denoising", unit="step")
+            steps = tqdm(steps, total=steps_run, desc="denoising", unit="step")
         for i, (t, latents) in enumerate(steps):
             if callback is not None and i % callback_steps == 0:
                 callback(i, t, latents)
         if output_type == "latent":
             return AudioLDM2PipelineOutput(audios=latents)
 
-        audio = self.decode(latents, num_samples)
+        audio = edit.decode(latents) if edit else self.decode(latents, num_samples)
         if num_waveforms_per_prompt > 1 and prompt is not None:
             audio = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
         return AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio)

@@ -105,6 +105,12 @@ class Sampler:
     def __len__(self):
         return len(self.timesteps)
 
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
+        """x0 noised to the level of step i's input, `signal x0 + noise_std noise`: diffusers' `add_noise`
+        at `timesteps[i]`. Audio editing starts from it (SDEdit) and re-noises the kept region with it."""
+        signal, noise_std = self.noise_levels(i)
+        return (signal * x0.float() + noise_std * noise.float()).to(x0.dtype)
+
 
 class DDIMSampler(Sampler):
     """DDIM, as diffusers' `DDIMScheduler` (clip_sample and thresholding off).
@@ -159,6 +165,9 @@ class DDIMSampler(Sampler):
         self.direction = (1 - alpha_s - sigma**2) ** 0.5  # weight of eps in x_s
         self.noise_std = sigma
         self.to(device if device is not None else "cpu")
+
+    def noise_levels(self, i: int):
+        return self.sqrt_alpha_t[i], self.sqrt_beta_t[i]  # sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)
 
     def step(self, model_output, i: int, sample, generator=None):
         x, out = sample.float(), model_output.float()
@@ -245,6 +254,9 @@ class DPMSolverPlusPlus2M(Sampler):
         self.previous_x0 = None
         self.to(device if device is not None else "cpu")
 
+    def noise_levels(self, i: int):
+        return self.alpha[i], self.sigma[i]
+
     def step(self, model_output, i: int, sample, generator=None):
         x, out = sample.float(), model_output.float()
         if self.prediction_type == "epsilon":
@@ -252,7 +264,9 @@ class DPMSolverPlusPlus2M(Sampler):
         else:  # v_prediction
             x0 = self.alpha[i] * x - self.sigma[i] * out
         x_next = self.sample_coef[i] * x + self.denoised_coef[i] * x0  # first order: D = x0
-        if self.order[i] == 2:  # D = x0 + (x0 - x0_prev) / 2r, its correction added as a separate term
+        # D = x0 + (x0 - x0_prev) / 2r, its correction added as a separate term; a run that starts mid-schedule
+        # (audio editing) takes its first step at first order, as diffusers counts the steps taken
+        if self.order[i] == 2 and self.previous_x0 is not None:
             x_next = x_next + (0.5 * self.denoised_coef[i]) * (self.inverse_r[i] * (x0 - self.previous_x0))
         self.previous_x0 = x0
         return x_next.to(sample.dtype)
