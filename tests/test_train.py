@@ -323,3 +323,12 @@ def test_cli_reports_bad_data_in_one_error(tiny_checkpoint, tmp_path):
     assert "line 3: clips/gone.wav: file not found" in result.stderr and "--skip-bad-rows" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_lora_files_are_one_clear_error(tiny_checkpoint, tmp_path):
+    not_an_adapter = tiny_checkpoint / "unet" / "diffusion_pytorch_model.safetensors"
+    with pytest.raises(ValueError, match="is not an audioldm2_lite LoRA adapter"):
+        load_lora(load_component(tiny_checkpoint, "unet"), not_an_adapter)
+    result = subprocess.run([sys.executable, "-m", "audioldm2_lite.cli", "rain", "--lora", str(tmp_path / "none")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--lora: no adapter file" in result.stderr and "Traceback" not in result.stderr
