@@ -273,6 +273,8 @@ def train(config: TrainConfig) -> Path:
 
     # 1. data
     root = resolve_checkpoint(c.model)
+    if out.resolve() == root.resolve():
+        raise ValueError(f"--output {out} is the checkpoint being fine-tuned: choose another folder")
     mel_config = MelConfig.from_hub(load_config(root, "vocoder"), load_config(root, "vae"))
     num_samples = round(c.seconds * mel_config.sampling_rate)
     cache = Path(c.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "audioldm2-lite" / "train")
