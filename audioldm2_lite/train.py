@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         "resume": "continue the run saved in OUTPUT/training/state.pt",
         "device": "cpu, cuda, cuda:1 (default: cuda if available)",
         "dtype": "autocast dtype; weights stay float32 (default: bfloat16 on GPU, float32 on CPU)",
-        "gradient_checkpointing": "recompute UNet blocks in the backward pass: less memory, ~30%% slower",
+        "gradient_checkpointing": "recompute UNet blocks in the backward pass: less memory, slower steps",
         "skip_bad_rows": "leave out bad rows of the metadata (with a warning) instead of stopping",
         "cache_dir": "where encoded clips and captions are kept (default: ~/.cache/audioldm2-lite/train)",
         "quiet": "no progress bars",
