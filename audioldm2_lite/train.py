@@ -422,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
         kind = {"int": int, "float": float}.get(field.type.split(" ")[0], str)
         kwargs = {"required": True} if field.name in ("data", "output") else {"default": field.default}
         if field.name == "dtype":
-            kwargs["choices"] = ("float32", "bfloat16", "float16")
+            kwargs.update(choices=("float32", "bfloat16", "float16"), metavar="{float32,bfloat16,float16}")
+        names = {"data": "DIR", "output": "OUT", "model": "MODEL", "device": "DEVICE", "cache_dir": "DIR"}
+        kwargs.setdefault("metavar", names.get(field.name, "N"))
         parser.add_argument(flag, type=kind, help=help_text[field.name], **kwargs)
     return parser
 
