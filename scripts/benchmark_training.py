@@ -71,10 +71,10 @@ def measure(model: str, batch: int, lora: bool, checkpointing: bool, seconds: fl
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     if device.type == "cuda":
-        peak_gb = torch.cuda.max_memory_allocated() / 2**30
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30
     else:
-        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
-    return {"steps_per_s": steps / elapsed, "peak_gb": peak_gb}
+        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+    return {"steps_per_s": steps / elapsed, "peak_gib": peak_gib}
 
 
 def main():
@@ -108,7 +108,7 @@ def main():
             args.seconds = load_config(model, "unet")["sample_size"] * 4 * 160 / vocoder["sampling_rate"]
         print(f"model {model}, {args.seconds:.2f} s clips, device {args.device}, autocast {dtype}, "
               f"{args.steps} timed steps")
-        print(f"{'batch':>5} {'mode':>5} {'ckpt':>5} {'steps/s':>9} {'clips/s':>9} {'peak GB':>8}")
+        print(f"{'batch':>5} {'mode':>5} {'ckpt':>5} {'steps/s':>9} {'clips/s':>9} {'peak GiB':>8}")
         for batch in args.batch_sizes:
             for lora in (False, True):
                 for checkpointing in (False, True):
@@ -122,7 +122,7 @@ def main():
                         continue
                     r = json.loads(result.stdout.strip().splitlines()[-1])
                     print(f"{batch:>5} {'lora' if lora else 'full':>5} {'on' if checkpointing else 'off':>5} "
-                          f"{r['steps_per_s']:>9.3f} {r['steps_per_s'] * batch:>9.2f} {r['peak_gb']:>8.2f}",
+                          f"{r['steps_per_s']:>9.3f} {r['steps_per_s'] * batch:>9.2f} {r['peak_gib']:>8.2f}",
                           flush=True)
 
 
