@@ -88,18 +88,17 @@ def add_editing_arguments(parser) -> None:
                        help="inpainting: regenerate this time range (e.g. 2.0:4.5) and keep the rest")
     group.add_argument("--regenerate-above-hz", type=float, default=None, metavar="HZ",
                        help="bandwidth extension: regenerate above this frequency and keep below (0 - 8000)")
-    parser.set_defaults(seconds=None)  # 10 s for text to audio; an edit takes the input's length
 
 
 def check_editing_arguments(args, parser) -> None:
-    """Checks that need no model; sets args.seconds (10, or the input's length) and args.edit (pipeline options)."""
+    """Checks that need no model; with --audio sets args.seconds to the input's length and args.edit to the
+    pipeline's editing options (empty without --audio)."""
     given = [flag for flag, value in (("--strength", args.strength), ("--regenerate-seconds", args.regenerate_seconds),
                                       ("--regenerate-above-hz", args.regenerate_above_hz)) if value is not None]
     args.edit = {}
     if args.audio is None:
         if given:
             parser.error(f"{given[0]} edits audio: give the file to edit with --audio")
-        args.seconds = 10.0 if args.seconds is None else args.seconds
         return
     from .audio_io import AudioInputError, read_audio
     from .editing import check_time_range
@@ -108,7 +107,9 @@ def check_editing_arguments(args, parser) -> None:
         seconds = len(read_audio(args.audio, target_rate=16000)) / 16000
     except AudioInputError as error:
         parser.error(str(error))
-    if args.seconds is not None and abs(args.seconds - seconds) > 1e-3:
+    # the output takes the input's length: a --seconds that disagrees is refused (the default cannot be told
+    # from an explicit 10, so that value is taken as not given)
+    if args.seconds != parser.get_default("seconds") and abs(args.seconds - seconds) > 1e-3:
         parser.error(f"--seconds {args.seconds:g} disagrees with the length of --audio ({seconds:g} s); leave "
                      f"--seconds out: an edit keeps the input's length")
     strength = 1.0 if args.strength is None else args.strength

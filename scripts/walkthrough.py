@@ -4,7 +4,8 @@
 
 Without --model it builds the tiny random checkpoint (seconds, offline), so the shapes are tiny too; with
 a real checkpoint (`--model cvssp/audioldm2` or `weights/audioldm2`) they are the ones in the README.
-Each line: stage, the file that implements it, output shape and dtype, wall time.
+Each line: stage, the file that implements it, output shape and dtype, wall time. The last lines take the
+generated audio back in (front end, VAE encoder) and inpaint a quarter of it (editing.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from audioldm2_lite import AudioLDM2Pipeline  # noqa: E402
 from audioldm2_lite.audio_features import clap_input_features  # noqa: E402
+from audioldm2_lite.audio_io import read_audio  # noqa: E402
 from audioldm2_lite.conditioning import tokenize  # noqa: E402
+from audioldm2_lite.editing import mel_config  # noqa: E402
+from audioldm2_lite.mel import waveform_to_mel  # noqa: E402
 
 
 class Clock:
@@ -107,6 +111,23 @@ def main():
     with Clock(device) as clock:
         score = c.clap.get_audio_features(features) @ clap[1, 0]
     show("CLAP audio-text similarity", "clap_audio.py", score, clock, f"{score.item():+.4f} (ranks candidates)")
+
+    # audio in: the waveform back to a latent (what the editing modes start from), then one edit of it
+    with Clock(device) as clock:
+        waveform = read_audio(audio[0], sampling_rate=pipe.sampling_rate)  # a file path works the same
+    show("audio in (mono, 16 kHz)", "audio_io.py", waveform, clock, "any file, rate or channels; soxr")
+    with Clock(device) as clock:
+        log_mel = waveform_to_mel(waveform.to(device), mel_config(pipe))
+    show("log-mel front end", "mel.py", log_mel, clock, "normalised, |STFT|, Slaney mel, log")
+    with Clock(device) as clock:
+        source = pipe.vae.encode(log_mel[:, None]) * pipe.vae.config.scaling_factor
+    show("input latent (VAE mean)", "vae.py", source, clock)
+    quarter = samples / pipe.sampling_rate / 4
+    with Clock(device) as clock:
+        edited = pipe(args.prompt, audio=waveform, audio_sampling_rate=pipe.sampling_rate, strength=0.8,
+                      regenerate_seconds=(quarter, 2 * quarter), num_inference_steps=args.steps,
+                      scheduler="dpmsolver++", output_type="pt").audios
+    show("edited waveform", "editing.py", edited, clock, f"{quarter:.2f}-{2 * quarter:.2f} s regenerated, rest kept")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def run(script, *args):
 
 def test_walkthrough_prints_every_stage(tiny_checkpoint):
     out = run("walkthrough.py", "--model", str(tiny_checkpoint), "--seconds", "0.5", "--steps", "2", "--device", "cpu")
-    for file in ("clap.py", "t5.py", "projection.py", "gpt2.py", "unet.py", "vae.py", "vocoder.py", "clap_audio.py"):
+    for file in ("clap.py", "t5.py", "projection.py", "gpt2.py", "unet.py", "vae.py", "vocoder.py", "clap_audio.py",
+                 "audio_io.py", "mel.py", "editing.py"):
         assert file in out
     assert "(1, 8000)" in out  # 0.5 s at 16 kHz
 
