@@ -377,6 +377,7 @@ def run(args) -> int:
     try:
         pipe = AudioLDM2Pipeline.from_pretrained(
             args.model, device=device, dtype=getattr(torch, args.dtype) if args.dtype else None, offload=args.offload,
+            lora=args.lora, lora_scale=args.lora_scale,
         ) if todo else None  # nothing left to make here: no need to load the model
         if todo and pipe.device.type == "cuda" and not args.offload:
             pipe.optimize(compile=args.compile, cuda_graphs=True)

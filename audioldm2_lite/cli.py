@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random, and printed)")
     parser.add_argument("--model", default="cvssp/audioldm2",
                         help="hub id or local folder in hub layout (default: cvssp/audioldm2)")
+    parser.add_argument("--lora", default=None, help="LoRA adapter file from audioldm2-lite-train (lora.safetensors)")
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="strength of the --lora adapter (default: 1)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,
                         help="weights and activations (default: float16 on CUDA, float32 elsewhere)")
@@ -103,6 +105,8 @@ def check_values(args) -> None:
         raise UsageError(f"--guidance must be 0 or more (1 or below means no guidance), got {args.guidance}")
     if args.candidates < 1:
         raise UsageError(f"--candidates must be at least 1, got {args.candidates}")
+    if args.lora is not None and not Path(args.lora).is_file():
+        raise UsageError(f"--lora: no adapter file '{args.lora}'")
     if args.all and args.candidates < 2:
         raise UsageError("--all writes every candidate: give --candidates 2 or more with it")
 
@@ -336,7 +340,7 @@ def generate(args) -> int:
     steps = args.steps or (200 if args.scheduler == "ddim" else 20)
     pipe = AudioLDM2Pipeline.from_pretrained(
         args.model, device=resolve_device(args.device), dtype=getattr(torch, args.dtype) if args.dtype else None,
-        offload=args.offload, progress=not args.quiet,
+        offload=args.offload, progress=not args.quiet, lora=args.lora, lora_scale=args.lora_scale,
     )
     seed = args.seed
     if seed is None:

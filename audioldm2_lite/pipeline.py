@@ -27,6 +27,7 @@ from .conditioning import TextConditioner
 from .cuda_graphs import CUDAGraphed
 from .editing import AudioEdit
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
+from .lora import load_lora
 from .samplers import SAMPLERS, SchedulerConfig, make_sampler
 
 
@@ -86,13 +87,14 @@ class AudioLDM2Pipeline:
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False,
-                        progress: bool = False):
+                        progress: bool = False, lora=None, lora_scale: float = 1.0):
         """Load every stage of a hub id or local hub-layout folder.
 
         device defaults to `default_device()` (CUDA, then MPS, then CPU); dtype to float16 on CUDA and
         float32 elsewhere. With `offload=True` the weights stay in CPU memory and each stage visits `device`
         only while it runs (model CPU offload). `progress` names each component as it loads (a hub
-        download shows huggingface_hub's own bars).
+        download shows huggingface_hub's own bars). `lora`: a LoRA adapter file from audioldm2-lite-train,
+        applied to the UNet with `lora_scale`.
         """
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
@@ -107,8 +109,9 @@ class AudioLDM2Pipeline:
         # masked, so the features agree to float rounding, at a fraction of the cost
         with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
             conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, clap_pad_to_max_length=False)
+        unet = load("unet") if lora is None else load_lora(load("unet"), lora, lora_scale)
         return cls(
-            conditioner, load("unet"), load("vae"), load("vocoder"),
+            conditioner, unet, load("vae"), load("vocoder"),
             SchedulerConfig.from_hub(load_config(root, "scheduler")), root, device=device, dtype=dtype, offload=offload,
         )
 
