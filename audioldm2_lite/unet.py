@@ -165,12 +165,14 @@ class Attention(nn.Module):
         """(B, S, context_dim) -> keys and values (B, heads, S, d)."""
         return self.split_heads(self.to_k(context)), self.split_heads(self.to_v(context))
 
-    def forward(self, x: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
-                bias: torch.Tensor | None = None):
-        """Attention of x's positions over themselves, or over a sequence given by its `keys_values`."""
+    def forward(self, x: torch.Tensor, context=None, bias: torch.Tensor | None = None):
+        """Attention of x's positions over themselves (`context` None), over a sequence (B, S, context_dim),
+        or over a sequence's (keys, values) computed beforehand (`UNet.cross_attention_context`)."""
         B, L, C = x.shape
-        keys, values = self.keys_values(x) if keys_values is None else keys_values
-        out = attention(self.split_heads(self.to_q(x)), keys, values, bias)  # (B, heads, L, d)
+        context = x if context is None else context
+        queries = self.split_heads(self.to_q(x))  # q before k and v, as the reference: the same gradient sums
+        keys, values = context if isinstance(context, tuple) else self.keys_values(context)
+        out = attention(queries, keys, values, bias)  # (B, heads, L, d)
         out = out.transpose(1, 2).reshape(B, L, C)  # (B, L, heads * d)
         return self.to_out[0](out)
 
@@ -384,11 +386,14 @@ class UNet(nn.Module):
         encoder_hidden_states: torch.Tensor,  # (B, 8, 768) GPT-2's generated states
         encoder_hidden_states_1: torch.Tensor,  # (B, S, 1024) T5's states
         encoder_attention_mask_1: torch.Tensor | None = None,  # (B, S) 1 = token, 0 = padding
+        precompute: bool = True,
     ) -> dict:
         """What every cross-attention reads: {its module name: ((keys, values) (B, heads, S, d), score bias)}.
 
         It depends on the conditioning only, not on the latent or the timestep, so a sampler computes it
-        once per generation and passes it to every step (`forward(..., context=...)`).
+        once per generation and passes it to every step (`forward(..., context=...)`). `precompute=False`
+        gives each attention its sequence (B, S, D) instead, to project where it reads it: the plain forward
+        pass does so, in the reference's order of operations (training's gradients match it exactly).
         """
         dtype = self.conv_in.weight.dtype
         t5_bias = None
@@ -401,7 +406,7 @@ class UNet(nn.Module):
             if isinstance(transformer, SpatialTransformer) and transformer.reads != "self":
                 states, bias = sequences[transformer.reads]
                 for block in transformer.transformer_blocks:
-                    context[block.attn2.name] = (block.attn2.keys_values(states), bias)
+                    context[block.attn2.name] = (block.attn2.keys_values(states) if precompute else states, bias)
         return context
 
     def forward(
@@ -423,7 +428,7 @@ class UNet(nn.Module):
         dtype = self.conv_in.weight.dtype
         if context is None:
             context = self.cross_attention_context(encoder_hidden_states, encoder_hidden_states_1,
-                                                   encoder_attention_mask_1)
+                                                   encoder_attention_mask_1, precompute=False)
 
         # timestep embedding: sinusoids in float32, then the MLP in the model's dtype
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])  # (B,)
