@@ -370,16 +370,33 @@ def one_line_warning(message, category, filename, lineno, file=None, line=None):
     tqdm.write(f"{PROG}: warning: {message}", file=file or sys.stderr)  # on its own line, above any bar
 
 
-def fail(message: str, status: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return status
+def report_errors(prog: str, work, interrupted: str = "interrupted") -> int:
+    """`work()`'s exit status, with every error a person can cause turned into one line `PROG: error: ...` on
+    stderr instead of a traceback: 2 for the command line, 1 for what happened after, 130 for Ctrl-C. The
+    console scripts (`audioldm2-lite`, `-eval`, `-train`) all end through it."""
+    from .loading import CheckpointError
+
+    def fail(message: str, status: int) -> int:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return status
+
+    try:
+        return work()
+    except UsageError as error:
+        return fail(str(error), 2)
+    except (CheckpointError, ValueError) as error:  # ours, worded for a person
+        return fail(str(error), 1)
+    except (RuntimeError, OSError) as error:  # torch's out-of-memory is a RuntimeError
+        return fail(f"{type(error).__name__}: {error}", 1)
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
 
 
 def main(argv=None) -> int:
     """Parse, check, generate; the one place where a person's mistakes become one line."""
-    from .loading import CheckpointError
 
-    try:
+    def work() -> int:
         args = build_parser().parse_args(argv)
         if args.prompts_file is not None:  # many prompts from a file: batch.py checks its own options first
             from . import batch
@@ -392,15 +409,8 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
             return batch.run(args) if args.prompts_file is not None else generate(args)
-    except UsageError as error:
-        return fail(str(error), 2)
-    except (CheckpointError, ValueError) as error:  # ours, worded for a person
-        return fail(str(error), 1)
-    except (RuntimeError, OSError) as error:  # torch's out-of-memory is a RuntimeError
-        return fail(f"{type(error).__name__}: {error}", 1)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+
+    return report_errors(PROG, work)
 
 
 if __name__ == "__main__":

@@ -405,27 +405,20 @@ def main(argv=None) -> int:
         if folder is not None and (not folder.is_dir() or not os.access(folder, os.W_OK)):
             parser.error(f"cannot write to '{folder}' (missing or not writable)")
 
-    from .loading import CheckpointError
+    from .cli import report_errors
 
-    try:
+    def work() -> int:
         report = evaluate(args.generated, args.reference, args.reference_stats, args.prompts, args.model,
                           args.batch_size, args.device, args.save_stats, progress=not args.quiet)
         if args.output:
             text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
             write_atomically(args.output, lambda out: out.write(text.encode()))
-    except (EvaluationError, CheckpointError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    except (ValueError, RuntimeError, OSError) as error:
-        print(f"{PROG}: error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    for note in report["notes"]:
-        print(f"{PROG}: note: {note}", file=sys.stderr)
-    print(format_table(report))
-    return 0
+        for note in report["notes"]:
+            print(f"{PROG}: note: {note}", file=sys.stderr)
+        print(format_table(report))
+        return 0
+
+    return report_errors(PROG, work)
 
 
 if __name__ == "__main__":

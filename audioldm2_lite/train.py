@@ -53,11 +53,11 @@ from torch.utils.checkpoint import checkpoint
 
 from .audio_io import read_audio
 from .conditioning import TextConditioner
-from .loading import DEFAULT_CHECKPOINT, CheckpointError, load_component, load_config, resolve_checkpoint
+from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .lora import apply_lora, merged_state_dict, save_lora
 from .mel import MelConfig, waveform_to_mel
 from .samplers import SchedulerConfig, alphas_cumprod
-from .train_data import DataError, read_dataset
+from .train_data import read_dataset
 
 FROZEN_COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model",
                      "language_model", "vae", "vocoder")  # what the cached latents and conditioning depend on
@@ -430,21 +430,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .cli import report_errors
+
     args = build_parser().parse_args(argv)
-    try:
-        out = train(TrainConfig(**vars(args)))
-    except (CheckpointError, DataError) as error:
-        print(f"audioldm2-lite-train: error: {error}", file=sys.stderr)
-        return 1
-    except (ValueError, RuntimeError, OSError) as error:
-        print(f"audioldm2-lite-train: error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("audioldm2-lite-train: interrupted (the last checkpoint is kept; --resume continues it)",
-              file=sys.stderr)
-        return 130
-    print(out)
-    return 0
+
+    def work() -> int:
+        print(train(TrainConfig(**vars(args))))
+        return 0
+
+    return report_errors("audioldm2-lite-train", work,
+                         interrupted="interrupted (the last checkpoint is kept; --resume continues it)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ real headless Chromium (Debian's package, driven by Playwright) typing a prompt 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import shutil
@@ -127,7 +128,9 @@ def chromium() -> str | None:
                  if path and os.path.exists(path)), None)
 
 
-def test_page_in_a_real_browser(server, tmp_path):
+@contextlib.contextmanager
+def browser_page(url):
+    """The page at `url` in headless Chromium (Debian's package) driven by Playwright; skipped without them."""
     playwright = pytest.importorskip("playwright.sync_api", reason="Playwright (the test extra) is not installed")
     browser_path = chromium()
     if browser_path is None:
@@ -139,59 +142,50 @@ def test_page_in_a_real_browser(server, tmp_path):
         ])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(server)
-            page.locator("#prompt textarea").fill("rain on a tin roof")
-            page.locator("#seconds input[type=number]").fill(str(SECONDS))
-            page.locator("#seconds input[type=number]").blur()
-            page.locator("#steps input[type=number]").fill("3")
-            page.locator("#steps input[type=number]").blur()
-            page.locator("#generate").click()
-            player = page.locator("#result-0 audio[src]").first
-            player.wait_for(state="attached", timeout=120_000)
-            # the audio element plays a blob of the served file: read it back from inside the page
-            encoded = page.evaluate("""async (src) => {
-                const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
-                let text = ''; for (const b of bytes) text += String.fromCharCode(b); return btoa(text); }""",
-                                    player.get_attribute("src"))
-            audio, rate = soundfile.read(io.BytesIO(base64.b64decode(encoded)))
-            assert rate == 16000 and audio.shape == (int(SECONDS * 16000),)
-            assert int(page.locator("#seed-used input").input_value()) >= 0  # the seed is shown
-            screenshot = Path(os.environ.get("AUDIOLDM2_LITE_SCREENSHOT", tmp_path / "app.png"))
-            page.screenshot(path=str(screenshot), full_page=True)
-            assert screenshot.stat().st_size > 0
+            page.goto(url)
+            yield page
         finally:
             browser.close()
+
+
+def played_audio(page, player_id: str):
+    """(waveform, rate) of the WAV the audio element in `player_id` holds, once it holds one."""
+    player = page.locator(f"{player_id} audio[src]").first
+    player.wait_for(state="attached", timeout=120_000)
+    # the audio element plays a blob of the served file: read it back from inside the page
+    encoded = page.evaluate("""async (src) => {
+        const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
+        let text = ''; for (const b of bytes) text += String.fromCharCode(b); return btoa(text); }""",
+                            player.get_attribute("src"))
+    return soundfile.read(io.BytesIO(base64.b64decode(encoded)))
+
+
+def test_page_in_a_real_browser(server, tmp_path):
+    with browser_page(server) as page:
+        page.locator("#prompt textarea").fill("rain on a tin roof")
+        page.locator("#seconds input[type=number]").fill(str(SECONDS))
+        page.locator("#seconds input[type=number]").blur()
+        page.locator("#steps input[type=number]").fill("3")
+        page.locator("#steps input[type=number]").blur()
+        page.locator("#generate").click()
+        audio, rate = played_audio(page, "#result-0")
+        assert rate == 16000 and audio.shape == (int(SECONDS * 16000),)
+        assert int(page.locator("#seed-used input").input_value()) >= 0  # the seed is shown
+        screenshot = Path(os.environ.get("AUDIOLDM2_LITE_SCREENSHOT", tmp_path / "app.png"))
+        page.screenshot(path=str(screenshot), full_page=True)
+        assert screenshot.stat().st_size > 0
 
 
 def test_edit_tab_in_a_real_browser(server, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright (the test extra) is not installed")
-    browser_path = chromium()
-    if browser_path is None:
-        pytest.skip("no Chromium found (Debian: apt-get install chromium); .ci/run installs it")
     source = tmp_path / "in.wav"
     soundfile.write(source, 0.3 * np.sin(2 * np.pi * 440 * np.arange(44100) / 44100), 44100)  # 1 s at 44.1 kHz
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync",
-        ])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(server)
-            page.locator("#prompt textarea").fill("rain on a tin roof")
-            page.locator("#steps input[type=number]").fill("4")
-            page.locator("#steps input[type=number]").blur()
-            page.get_by_role("tab", name="Edit audio").click()
-            page.locator("#source input[type=file]").set_input_files(str(source))
-            page.locator("#source audio[src]").first.wait_for(state="attached", timeout=60_000)  # uploaded
-            page.locator("#edit").click()
-            player = page.locator("#edited audio[src]").first
-            player.wait_for(state="attached", timeout=120_000)
-            encoded = page.evaluate("""async (src) => {
-                const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
-                let text = ''; for (const b of bytes) text += String.fromCharCode(b); return btoa(text); }""",
-                                    player.get_attribute("src"))
-            audio, rate = soundfile.read(io.BytesIO(base64.b64decode(encoded)))
-            assert rate == 16000 and audio.shape == (16000,)  # the upload's 1 s, at the model's rate
-        finally:
-            browser.close()
+    with browser_page(server) as page:
+        page.locator("#prompt textarea").fill("rain on a tin roof")
+        page.locator("#steps input[type=number]").fill("4")
+        page.locator("#steps input[type=number]").blur()
+        page.get_by_role("tab", name="Edit audio").click()
+        page.locator("#source input[type=file]").set_input_files(str(source))
+        page.locator("#source audio[src]").first.wait_for(state="attached", timeout=60_000)  # uploaded
+        page.locator("#edit").click()
+        audio, rate = played_audio(page, "#edited")
+        assert rate == 16000 and audio.shape == (16000,)  # the upload's 1 s, at the model's rate
