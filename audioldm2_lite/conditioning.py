@@ -130,7 +130,7 @@ class TextConditioner(nn.Module):
         version of it (the pipeline passes a CUDA-graphed one after `optimize()`).
         """
         device = device or self.device
-        warn_if_truncated(texts, [("CLAP", self.tokenizer), ("T5", self.tokenizer_2)])
+        warn_if_truncated(texts, [("CLAP", self.tokenizer)] + ([] if self.speaks else [("T5", self.tokenizer_2)]))
         clap_ids, clap_mask = self.clap_tokens(texts, device)
         if self.speaks:  # VITS: one state per phoneme slot of the transcription (B, 310, 192); speech.py
             states, mask = encode_transcriptions(self.t5, self.tokenizer_2, transcriptions or [None] * len(texts),
