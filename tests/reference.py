@@ -122,3 +122,18 @@ def stage_errors(ours, reference, seconds: float = 1.0, steps: int = 5):
     yield "waveform, end to end (DPM-Solver++)", max_rel_error(
         torch.as_tensor(ours(prompts, latents=latents.clone(), scheduler="dpmsolver++", **kwargs).audios),
         torch.as_tensor(reference(prompts, latents=latents.clone(), **kwargs).audios))
+
+
+def randomize_untrained_audio_tensors(clap_model, seed: int = 1) -> None:
+    """Give the CLAP audio tower's tensors that a fresh init leaves trivial (relative position bias tables:
+    zeros; BatchNorm statistics: 0 and 1) random values, in place, so that a wrong bias lookup or a skipped
+    normalisation cannot pass a parity test unnoticed."""
+    generator = torch.Generator().manual_seed(seed)
+    encoder = clap_model.audio_model.audio_encoder
+    with torch.no_grad():
+        for name, tensor in encoder.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
+        bn = encoder.batch_norm
+        bn.running_mean.copy_(-40 + 10 * torch.randn(bn.running_mean.shape, generator=generator))
+        bn.running_var.copy_(400 * (0.5 + torch.rand(bn.running_var.shape, generator=generator)))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reference import max_rel_error
+from reference import max_rel_error, randomize_untrained_audio_tensors
 
 import audioldm2_lite.attention as attention_module
 from audioldm2_lite import clap_audio
@@ -43,15 +43,7 @@ def perturb_untrained_tensors(reference_model, ours) -> None:
     Without this a wrong bias lookup or a skipped normalisation would pass unnoticed. Our strict load
     from the checkpoint folder has already proved the names and shapes.
     """
-    generator = torch.Generator().manual_seed(1)
-    encoder = reference_model.audio_model.audio_encoder
-    with torch.no_grad():
-        for name, tensor in encoder.named_parameters():
-            if name.endswith("relative_position_bias_table"):
-                tensor.copy_(torch.randn(tensor.shape, generator=generator))
-        bn = encoder.batch_norm
-        bn.running_mean.copy_(-40 + 10 * torch.randn(bn.running_mean.shape, generator=generator))
-        bn.running_var.copy_(400 * (0.5 + torch.rand(bn.running_var.shape, generator=generator)))
+    randomize_untrained_audio_tensors(reference_model)
     audio_state = {
         k: v for k, v in reference_model.state_dict().items()
         if k.startswith(("audio_model.", "audio_projection.")) and not k.endswith("relative_position_index")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from reference import PROMPTS, max_rel_error
+from reference import PROMPTS, max_rel_error, randomize_untrained_audio_tensors
 
 from audioldm2_lite.audio_io import read_audio
 from audioldm2_lite.evaluate import (
@@ -50,16 +50,7 @@ def clap_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
     for name in ("tokenizer", "feature_extractor"):
         shutil.copytree(tiny_checkpoint / name, out / name)
     model = ClapModel.from_pretrained(str(tiny_checkpoint / "text_encoder"))
-    generator = torch.Generator().manual_seed(1)
-    encoder = model.audio_model.audio_encoder
-    with torch.no_grad():
-        for name, tensor in encoder.named_parameters():
-            if name.endswith("relative_position_bias_table"):
-                tensor.copy_(torch.randn(tensor.shape, generator=generator))
-        encoder.batch_norm.running_mean.copy_(-40 + 10 * torch.randn(encoder.batch_norm.running_mean.shape,
-                                                                     generator=generator))
-        encoder.batch_norm.running_var.copy_(400 * (0.5 + torch.rand(encoder.batch_norm.running_var.shape,
-                                                                      generator=generator)))
+    randomize_untrained_audio_tensors(model)
     model.save_pretrained(str(out / "text_encoder"))
     return out
 
