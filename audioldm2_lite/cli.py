@@ -149,7 +149,8 @@ def check_editing(args) -> None:
     from .editing import check_time_range
 
     try:
-        seconds = len(read_audio(args.audio, target_rate=16000)) / 16000
+        waveform = read_audio(args.audio, target_rate=16000)  # read once: the pipeline gets the samples
+        seconds = len(waveform) / 16000
     except AudioInputError as error:
         raise UsageError(str(error))
     # the output takes the input's length: a --seconds that disagrees is refused (the default cannot be told
@@ -169,7 +170,7 @@ def check_editing(args) -> None:
     if args.regenerate_above_hz is not None and not args.regenerate_above_hz > 0:
         raise UsageError(f"--regenerate-above-hz must be positive, got {args.regenerate_above_hz:g}")
     args.seconds = seconds  # the input's length (the pipeline checks it against the audio it reads)
-    args.edit = dict(audio=args.audio, strength=strength, regenerate_seconds=time_range,
+    args.edit = dict(audio=waveform, audio_sampling_rate=16000, strength=strength, regenerate_seconds=time_range,
                      regenerate_above_hz=args.regenerate_above_hz)
 
 

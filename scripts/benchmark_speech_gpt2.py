@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import types
 
 import torch
+from timing import seconds_per_call
 
 
 def main():
@@ -57,14 +57,8 @@ def main():
     with torch.no_grad():
         outputs = {"ours": run_ours(), "diffusers": run_diffusers()}  # warm-up, and the outputs to compare
         for _ in range(args.repeats):
-            for name, run in (("ours", run_ours), ("diffusers", run_diffusers)):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                run()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - start)
+            for name, run in (("ours", run_ours), ("diffusers", run_diffusers)):  # alternating
+                times[name].append(seconds_per_call(run, device, repeats=1))
     error = ((outputs["ours"] - outputs["diffusers"]).abs().max() / outputs["diffusers"].abs().max()).item()
     ours_s, diffusers_s = statistics.median(times["ours"]), statistics.median(times["diffusers"])
     print(f"{args.states} states, batch [uncond, cond], {device}, {torch.get_num_threads()} threads: ours {ours_s:.2f} s, "

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from audioldm2_lite.unet import UNet, UNetConfig
+from timing import seconds_per_call
 
 ROOT = Path(__file__).resolve().parents[1]
 # operators that only make a new view or an empty tensor: no arithmetic, not counted as kernels on the CPU
@@ -45,19 +44,6 @@ def count_kernels(step, device: torch.device) -> int:
         return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
     top_level = lambda e: e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")
     return sum(1 for e in events if e.name.startswith("aten::") and top_level(e) and e.name not in METADATA_OPS)
-
-
-def seconds_per_call(step, device: torch.device, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

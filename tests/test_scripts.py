@@ -96,3 +96,16 @@ def test_check_against_diffusers_offline_says_so_in_one_line():
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("check_against_diffusers: error: could not download 'nobody/absent'")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_profile_unet_counts_fewer_kernels_with_the_work_removed(tiny_checkpoint):
+    out = run("profile_unet.py", "--config", str(tiny_checkpoint / "unet" / "config.json"), "--seconds", "0.32",
+              "--device", "cpu")
+    before, now = (int(n) for n in re.findall(r"(\d+) kernels per step", out))
+    assert now < before  # the cross-attention projections leave the step
+
+
+def test_speech_gpt2_benchmark_reports_a_ratio(tiny_speech_checkpoint):
+    out = run("benchmark_speech_gpt2.py", str(tiny_speech_checkpoint), "--repeats", "1", "--states", "8")
+    error = float(re.search(r"max_rel_error ([0-9.e+-]+)", out).group(1))
+    assert "speedup" in out and error <= 1e-5  # the same 8 states as diffusers' loop, float32 rounding only
