@@ -2,14 +2,9 @@
 
 __version__ = "0.1.0"  # the one place; pyproject.toml reads it
 
-from .loading import (
-    CheckpointError,
-    load_component,
-    load_config,
-    load_tokenizer,
-    resolve_checkpoint,
-)
-from .pipeline import AudioLDM2Pipeline, AudioLDM2PipelineOutput
+from .generation.loading import load_component, load_config, load_tokenizer, resolve_checkpoint
+from .generation.pipeline import AudioLDM2Pipeline, AudioLDM2PipelineOutput
+from .models.hub_config import CheckpointError
 
 __all__ = [
     "AudioLDM2Pipeline", "AudioLDM2PipelineOutput", "CheckpointError", "load_component", "load_config",

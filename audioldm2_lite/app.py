@@ -47,7 +47,7 @@ def generate(pipe, prompt: str, negative_prompt: str = "", seconds: float = 10.0
     `edit`: the pipeline's audio-editing arguments (`audio`, `strength`, `regenerate_seconds`,
     `regenerate_above_hz`); the output then has the input's length and `seconds` is not used.
     """
-    from .editing import steps_to_run
+    from .generation.editing import steps_to_run
 
     seed = random.randint(0, MAX_SEED) if seed is None else int(seed)
     steps, candidates = int(steps), int(candidates)

@@ -286,7 +286,7 @@ def start_distributed(device_name: str | None):
     """(rank, world size, device) from torchrun's environment, with the process group started when world > 1."""
     import torch
 
-    from .pipeline import default_device
+    from .generation.pipeline import default_device
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = torch.device(device_name) if device_name else default_device()
@@ -353,7 +353,7 @@ def run(args) -> int:
     """Generate every row of `args.prompts_file` into `args.output_dir` not there yet; 1 if a row failed."""
     import torch
 
-    from .pipeline import AudioLDM2Pipeline
+    from .generation.pipeline import AudioLDM2Pipeline
 
     out_dir = Path(args.output_dir)
     defaults = dict(negative_prompt=args.negative_prompt, seconds=args.seconds, guidance=args.guidance,

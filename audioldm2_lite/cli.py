@@ -112,7 +112,7 @@ def check_values(args) -> None:
 
 
 def check_scheduler(args) -> None:
-    from .samplers import SAMPLERS
+    from .generation.samplers import SAMPLERS
 
     if args.scheduler not in SAMPLERS:
         raise UsageError(f"unknown --scheduler '{args.scheduler}'; choose from {', '.join(SAMPLERS)}")
@@ -145,8 +145,8 @@ def check_editing(args) -> None:
         if given:
             raise UsageError(f"{given[0]} edits audio: give the file to edit with --audio")
         return
-    from .audio_io import AudioInputError, read_audio
-    from .editing import check_time_range
+    from .generation.audio_io import AudioInputError, read_audio
+    from .generation.editing import check_time_range
 
     try:
         waveform = read_audio(args.audio, target_rate=16000)  # read once: the pipeline gets the samples
@@ -203,7 +203,7 @@ def resolve_device(name: str | None):
     """The torch device for --device, or one line saying why it cannot be used here."""
     import torch
 
-    from .pipeline import default_device
+    from .generation.pipeline import default_device
 
     if name is None:
         return default_device()
@@ -375,7 +375,7 @@ def report_errors(prog: str, work, interrupted: str = "interrupted") -> int:
     """`work()`'s exit status, with every error a person can cause turned into one line `PROG: error: ...` on
     stderr instead of a traceback: 2 for the command line, 1 for what happened after, 130 for Ctrl-C. The
     console scripts (`audioldm2-lite`, `-eval`, `-train`) all end through it."""
-    from .loading import CheckpointError
+    from .generation.loading import CheckpointError
 
     def fail(message: str, status: int) -> int:
         print(f"{prog}: error: {message}", file=sys.stderr)

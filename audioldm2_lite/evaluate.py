@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio_io import AudioInputError, read_audio
+from .generation.audio_io import AudioInputError, read_audio
 
 PROG = "audioldm2-lite-eval"
 # Suffixes listed as audio (other files, e.g. a manifest.jsonl next to the audio, are ignored).
@@ -225,9 +225,9 @@ class ClapScorer:
     """The checkpoint's CLAP (both towers), its tokenizer and its audio front end; no other stage."""
 
     def __init__(self, model=None, device=None):
-        from .clap_audio import load_audio_tower
-        from .loading import DEFAULT_CHECKPOINT, load_component, load_tokenizer, resolve_checkpoint
-        from .pipeline import default_device
+        from .generation.ranking import load_audio_tower
+        from .generation.loading import DEFAULT_CHECKPOINT, load_component, load_tokenizer, resolve_checkpoint
+        from .generation.pipeline import default_device
 
         self.device = torch.device(device) if device is not None else default_device()
         root = resolve_checkpoint(model or DEFAULT_CHECKPOINT, ["text_encoder", "tokenizer", "feature_extractor"])
@@ -242,7 +242,7 @@ class ClapScorer:
         """(N, D) float64 unit vectors, one per file."""
         from tqdm.auto import tqdm
 
-        from .audio_features import clap_input_features
+        from .generation.audio_features import clap_input_features
 
         rate = self.feature_config.sampling_rate
         out = []
@@ -260,7 +260,7 @@ class ClapScorer:
     @torch.inference_mode()
     def embed_text(self, texts: list[str], batch_size: int = 8) -> np.ndarray:
         """(N, D) float64 unit vectors, one per text (padded to the batch's longest; the padding is masked)."""
-        from .conditioning import tokenize
+        from .generation.conditioning import tokenize
 
         out = []
         for start in range(0, len(texts), batch_size):

@@ -51,12 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .audio_io import read_audio
-from .conditioning import TextConditioner
-from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
-from .lora import apply_lora, merged_state_dict, save_lora
-from .mel import MelConfig, waveform_to_mel
-from .samplers import SchedulerConfig, alphas_cumprod
+from .generation.audio_io import read_audio
+from .generation.conditioning import TextConditioner
+from .generation.loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
+from .generation.lora import apply_lora, merged_state_dict, save_lora
+from .generation.mel import MelConfig, waveform_to_mel
+from .generation.samplers import SchedulerConfig, alphas_cumprod
 from .train_data import read_dataset
 
 FROZEN_COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model",

@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .audio_io import AudioInputError, read_audio
+from .generation.audio_io import AudioInputError, read_audio
 
 CAPTION_COLUMNS = ("caption", "text")
 

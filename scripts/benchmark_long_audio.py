@@ -34,7 +34,7 @@ def main(argv=None) -> None:
 
     from reference import max_rel_error
 
-    from audioldm2_lite.loading import load_component, resolve_checkpoint
+    from audioldm2_lite.generation.loading import load_component, resolve_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)

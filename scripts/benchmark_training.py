@@ -29,10 +29,10 @@ def measure(model: str, batch: int, lora: bool, checkpointing: bool, seconds: fl
             dtype: str) -> dict:
     import torch
 
-    from audioldm2_lite.loading import load_component, load_config
-    from audioldm2_lite.lora import apply_lora
-    from audioldm2_lite.mel import MelConfig
-    from audioldm2_lite.samplers import SchedulerConfig, alphas_cumprod
+    from audioldm2_lite.generation.loading import load_component, load_config
+    from audioldm2_lite.generation.lora import apply_lora
+    from audioldm2_lite.generation.mel import MelConfig
+    from audioldm2_lite.generation.samplers import SchedulerConfig, alphas_cumprod
     from audioldm2_lite.train import checkpoint_unet_blocks, diffusion_loss
 
     device = torch.device(device)
@@ -102,7 +102,7 @@ def main():
 
             model = str(make_tiny_checkpoint(Path(tmp) / "tiny"))
         if args.seconds is None:  # the UNet's training size: sample_size latent frames of 4 hops
-            from audioldm2_lite.loading import load_config
+            from audioldm2_lite.generation.loading import load_config
 
             vocoder = load_config(model, "vocoder")
             args.seconds = load_config(model, "unet")["sample_size"] * 4 * 160 / vocoder["sampling_rate"]

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from audioldm2_lite.loading import CheckpointError, _hub_reachable, download_from_hub
+from audioldm2_lite.generation.loading import CheckpointError, _hub_reachable, download_from_hub
 
 
 def main():

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from audioldm2_lite.unet import UNet, UNetConfig
+from audioldm2_lite.models.unet import UNet, UNetConfig
 from timing import seconds_per_call
 
 ROOT = Path(__file__).resolve().parents[1]

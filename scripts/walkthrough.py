@@ -22,10 +22,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from audioldm2_lite import AudioLDM2Pipeline  # noqa: E402
-from audioldm2_lite.audio_features import clap_input_features  # noqa: E402
-from audioldm2_lite.audio_io import read_audio  # noqa: E402
-from audioldm2_lite.editing import mel_config  # noqa: E402
-from audioldm2_lite.mel import waveform_to_mel  # noqa: E402
+from audioldm2_lite.generation.audio_features import clap_input_features  # noqa: E402
+from audioldm2_lite.generation.audio_io import read_audio  # noqa: E402
+from audioldm2_lite.generation.editing import mel_config  # noqa: E402
+from audioldm2_lite.generation.mel import waveform_to_mel  # noqa: E402
 
 
 class Clock:

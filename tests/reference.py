@@ -61,7 +61,7 @@ def stage_errors(ours, reference, seconds: float = 1.0, steps: int = 5):
     (`diffusers_pipeline` of the same checkpoint), both float32 on the same device, on seeded inputs."""
     from diffusers import DPMSolverMultistepScheduler
 
-    from audioldm2_lite.audio_features import clap_input_features
+    from audioldm2_lite.generation.audio_features import clap_input_features
 
     device, generator = ours.device, torch.Generator().manual_seed(0)
     c = ours.conditioner

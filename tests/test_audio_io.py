@@ -8,7 +8,7 @@ import soundfile
 import soxr
 import torch
 
-from audioldm2_lite.audio_io import AudioInputError, read_audio
+from audioldm2_lite.generation.audio_io import AudioInputError, read_audio
 
 
 def tone(rate: float, seconds: float = 0.5, channels: int = 1, frequency: float = 1000.0) -> np.ndarray:

@@ -17,15 +17,15 @@ import pytest
 import torch
 from reference import max_rel_error, randomize_untrained_audio_tensors
 
-import audioldm2_lite.attention as attention_module
-from audioldm2_lite import clap_audio
-from audioldm2_lite.audio_features import (
+import audioldm2_lite.models.attention as attention_module
+from audioldm2_lite.models import clap_audio
+from audioldm2_lite.generation.audio_features import (
     ClapFeatureConfig,
     clap_input_features,
     resample,
 )
-from audioldm2_lite.clap_audio import load_audio_tower, rank_waveforms
-from audioldm2_lite.loading import load_component
+from audioldm2_lite.generation.ranking import load_audio_tower, rank_waveforms
+from audioldm2_lite.generation.loading import load_component
 
 OFFICIAL_FEATURES = Path(__file__).resolve().parents[1] / "scripts/checkpoint_configs/audioldm2/feature_extractor"
 
@@ -57,7 +57,7 @@ def random_log_mel(batch: int, frames: int, mels: int, channels: int = 1) -> tor
 
 def test_relative_position_index_matches_stored_tables(tiny_checkpoint):
     """The tables we recompute in forward (and skip when loading) equal the ones the hub stores."""
-    from audioldm2_lite.loading import read_weights
+    from audioldm2_lite.generation.loading import read_weights
 
     state_dict, _ = read_weights(tiny_checkpoint / "text_encoder")
     stored = {k: v for k, v in state_dict.items() if k.endswith("relative_position_index")}

@@ -1,4 +1,4 @@
-"""CLAP text branch (audioldm2_lite/clap.py) against transformers' ClapModel.get_text_features."""
+"""CLAP text branch (audioldm2_lite/models/clap.py) against transformers' ClapModel.get_text_features."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from reference import PROMPTS, max_rel_error
 
-import audioldm2_lite.attention as attention_module
-from audioldm2_lite.loading import load_component, load_tokenizer
+import audioldm2_lite.models.attention as attention_module
+from audioldm2_lite.generation.loading import load_component, load_tokenizer
 
 
 def tokenize_like_diffusers(tokenizer, prompts):

@@ -10,7 +10,7 @@ import torch
 from make_tiny_checkpoint import CORPUS, TINY_CLAP_MAX_LENGTH, TINY_T5_MAX_LENGTH
 from reference import max_rel_error
 
-from audioldm2_lite.conditioning import TextConditioner
+from audioldm2_lite.generation.conditioning import TextConditioner
 
 PROMPTS = ["A dog barks", "Techno music with a strong bass line and a fast hi-hat pattern, then birds at dawn"]
 LONG_PROMPT = " ".join(CORPUS.splitlines()[:6])  # more tokens than either tokenizer keeps

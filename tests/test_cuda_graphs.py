@@ -14,8 +14,8 @@ import torch
 from torch.utils._pytree import tree_map
 
 from audioldm2_lite import AudioLDM2Pipeline
-from audioldm2_lite.cuda_graphs import CUDAGraphed, cache_key
-from audioldm2_lite.unet import UNet
+from audioldm2_lite.generation.cuda_graphs import CUDAGraphed, cache_key
+from audioldm2_lite.models.unet import UNet
 
 
 class ClaimsCuda(torch.Tensor):

@@ -14,10 +14,10 @@ import torch
 from reference import max_rel_error
 
 from audioldm2_lite import AudioLDM2Pipeline, load_config
-from audioldm2_lite.editing import AudioEdit, denoise, encode_audio, frequency_mask, mel_config, time_mask
-from audioldm2_lite.mel import waveform_to_mel
-from audioldm2_lite.samplers import make_sampler
-from audioldm2_lite.vocoder import receptive_field_frames
+from audioldm2_lite.generation.editing import AudioEdit, denoise, encode_audio, frequency_mask, mel_config, time_mask
+from audioldm2_lite.generation.mel import waveform_to_mel
+from audioldm2_lite.generation.samplers import make_sampler
+from audioldm2_lite.models.vocoder import receptive_field_frames
 
 RATE = 16000
 

@@ -22,7 +22,7 @@ import soundfile
 import torch
 from reference import PROMPTS, max_rel_error, randomize_untrained_audio_tensors
 
-from audioldm2_lite.audio_io import read_audio
+from audioldm2_lite.generation.audio_io import read_audio
 from audioldm2_lite.evaluate import (
     ClapScorer,
     EvaluationError,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from reference import diffusers_pipeline, max_rel_error
 
-import audioldm2_lite.attention as attention_module
+import audioldm2_lite.models.attention as attention_module
 from audioldm2_lite import load_component
 
 

@@ -16,14 +16,13 @@ from audioldm2_lite import (
     load_config,
     resolve_checkpoint,
 )
-from audioldm2_lite.loading import (
+from audioldm2_lite.generation.loading import (
     STAGES,
     UnsupportedConfigError,
     _choose_hub_files,
     build_config,
     read_json,
     read_weights,
-    stage_module,
 )
 
 
@@ -44,7 +43,7 @@ def copy_of(tiny_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_every_tensor_round_trips(tiny_checkpoint, name):
-    module = stage_module(name)
+    module = STAGES[name].module
     model = load_component(tiny_checkpoint, name)
     hub, _ = read_weights(tiny_checkpoint / name)
     convert = getattr(module, "convert_hub_state_dict", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from audioldm2_lite.long_audio import RunningMoments, receptive_field, run_in_windows, windows
+from audioldm2_lite.models.long_audio import RunningMoments, receptive_field, run_in_windows, windows
 
 
 def test_windows_cover_every_frame_once_with_clamped_overlap():

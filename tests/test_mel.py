@@ -10,7 +10,7 @@ import torch
 from reference import max_rel_error
 
 from audioldm2_lite import load_component, load_config
-from audioldm2_lite.mel import MelConfig, log_mel, mel_filterbank, normalize_waveform, waveform_to_mel
+from audioldm2_lite.generation.mel import MelConfig, log_mel, mel_filterbank, normalize_waveform, waveform_to_mel
 
 RATE = 16000
 

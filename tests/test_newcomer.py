@@ -18,8 +18,8 @@ import soundfile
 import torch
 
 from audioldm2_lite import AudioLDM2Pipeline
-from audioldm2_lite.pipeline import default_device
-from audioldm2_lite.samplers import SchedulerConfig, make_sampler
+from audioldm2_lite.generation.pipeline import default_device
+from audioldm2_lite.generation.samplers import SchedulerConfig, make_sampler
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")  # diffusers'
 

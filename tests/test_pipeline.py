@@ -12,7 +12,7 @@ import torch
 from reference import diffusers_pipeline, max_rel_error
 
 from audioldm2_lite import AudioLDM2Pipeline
-from audioldm2_lite.loading import UnsupportedConfigError
+from audioldm2_lite.generation.loading import UnsupportedConfigError
 
 # Waveform tolerance: every stage matches its twin to ~1e-6 relative in fp32; through T UNet steps,
 # the VAE and the vocoder those rounding differences grow (the sampler amplifies them by up to ~1/sqrt(alpha)

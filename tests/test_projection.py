@@ -7,7 +7,7 @@ import torch
 from reference import max_rel_error
 
 from audioldm2_lite import load_component
-from audioldm2_lite.projection import ProjectionConfig
+from audioldm2_lite.models.projection import ProjectionConfig
 
 
 def reference_projection(checkpoint):

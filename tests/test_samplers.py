@@ -13,7 +13,7 @@ import pytest
 import torch
 from reference import max_rel_error
 
-from audioldm2_lite.samplers import (
+from audioldm2_lite.generation.samplers import (
     SAMPLERS,
     DDIMSampler,
     DPMSolverPlusPlus2M,

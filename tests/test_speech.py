@@ -12,9 +12,9 @@ from reference import max_rel_error
 from test_conditioning import reference_encode, reference_pipeline
 from test_pipeline import WAVEFORM_TOLERANCE, both, report
 
-from audioldm2_lite import speech
-from audioldm2_lite.conditioning import TextConditioner
-from audioldm2_lite.speech import END_TOKEN_ID, SpeechDependencyError, tokenize_transcriptions
+from audioldm2_lite.generation import speech
+from audioldm2_lite.generation.conditioning import TextConditioner
+from audioldm2_lite.generation.speech import END_TOKEN_ID, SpeechDependencyError, tokenize_transcriptions
 
 PROMPTS = ["A female reporter is speaking", "A man shouts angrily"]
 TRANSCRIPTIONS = ["wish you a good day", "Get out, now!"]

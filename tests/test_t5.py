@@ -1,4 +1,4 @@
-"""Flan-T5 encoder (audioldm2_lite/t5.py) against transformers' T5EncoderModel."""
+"""Flan-T5 encoder (audioldm2_lite/models/t5.py) against transformers' T5EncoderModel."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from reference import PROMPTS, max_rel_error
 
-import audioldm2_lite.attention as attention_module
-from audioldm2_lite import t5
-from audioldm2_lite.loading import load_component, load_tokenizer
+import audioldm2_lite.models.attention as attention_module
+from audioldm2_lite.models import t5
+from audioldm2_lite.generation.loading import load_component, load_tokenizer
 
 
 def tokenize_like_diffusers(tokenizer, prompts):

@@ -15,9 +15,9 @@ from reference import diffusers_pipeline, max_rel_error
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from audioldm2_lite.loading import load_component, load_config
-from audioldm2_lite.lora import LoRALinear, apply_lora, load_lora, merge_lora
-from audioldm2_lite.samplers import SchedulerConfig, alphas_cumprod
+from audioldm2_lite.generation.loading import load_component, load_config
+from audioldm2_lite.generation.lora import LoRALinear, apply_lora, load_lora, merge_lora
+from audioldm2_lite.generation.samplers import SchedulerConfig, alphas_cumprod
 from audioldm2_lite.train import (
     EncodedDataset, TrainConfig, batch_indices, checkpoint_unet_blocks, diffusion_loss, draw_batch, train,
 )
@@ -72,7 +72,7 @@ def unet_inputs(tiny_checkpoint, batch=2, frames=16):
 
 def encoded_batch(tiny_checkpoint, tones, cache_dir):
     """One training batch as the loop draws it: posterior latents, conditioning (one caption dropped), noise."""
-    from audioldm2_lite.mel import MelConfig
+    from audioldm2_lite.generation.mel import MelConfig
     from audioldm2_lite.train import checkpoint_key
 
     mel_config = MelConfig.from_hub(load_config(tiny_checkpoint, "vocoder"), load_config(tiny_checkpoint, "vae"))

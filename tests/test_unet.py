@@ -1,4 +1,4 @@
-"""The dual cross-attention UNet (audioldm2_lite/unet.py) against diffusers' AudioLDM2UNet2DConditionModel."""
+"""The dual cross-attention UNet (audioldm2_lite/models/unet.py) against diffusers' AudioLDM2UNet2DConditionModel."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from make_tiny_checkpoint import perturb_vectors
 from reference import max_rel_error
 
-import audioldm2_lite.attention as attention_module
-from audioldm2_lite import unet
-from audioldm2_lite.loading import load_component
+import audioldm2_lite.models.attention as attention_module
+from audioldm2_lite.models import unet
+from audioldm2_lite.generation.loading import load_component
 
 
 def diffusers_twin(checkpoint):

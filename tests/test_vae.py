@@ -1,4 +1,4 @@
-"""Parity of audioldm2_lite.vae with diffusers' AutoencoderKL, and its chunked decoding."""
+"""Parity of audioldm2_lite.models.vae with diffusers' AutoencoderKL, and its chunked decoding."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from reference import max_rel_error
 
-import audioldm2_lite.attention as attention_module
+import audioldm2_lite.models.attention as attention_module
 from audioldm2_lite import load_component
-from audioldm2_lite.vae import VAEConfig, up_path_receptive_field
+from audioldm2_lite.models.vae import VAEConfig, up_path_receptive_field
 
 
 def reference_vae(checkpoint):

@@ -1,4 +1,4 @@
-"""VITS phoneme encoder (audioldm2_lite/vits.py) against transformers' VitsModel text encoder."""
+"""VITS phoneme encoder (audioldm2_lite/models/vits.py) against transformers' VitsModel text encoder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from reference import max_rel_error
 
-from audioldm2_lite.loading import CheckpointError, load_component, load_tokenizer
+from audioldm2_lite.generation.loading import CheckpointError, load_component, load_tokenizer
 
 TRANSCRIPTIONS = ["wish you a good day", "Hello, World!", "a"]
 

@@ -1,4 +1,4 @@
-"""Parity of audioldm2_lite.vocoder (HiFi-GAN) with transformers' SpeechT5HifiGan, and its chunked path."""
+"""Parity of audioldm2_lite.models.vocoder (HiFi-GAN) with transformers' SpeechT5HifiGan, and its chunked path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from reference import max_rel_error
 
 from audioldm2_lite import load_component
-from audioldm2_lite.vocoder import HifiGanConfig, receptive_field_frames
+from audioldm2_lite.models.vocoder import HifiGanConfig, receptive_field_frames
 
 
 def reference_vocoder(checkpoint):

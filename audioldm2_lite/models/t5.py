@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
-from .loading import hub_field
+from .hub_config import hub_field
 
 # Hub tensors this module deliberately does not load.
 UNUSED_KEYS = (

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .loading import hub_field
+from ..models.hub_config import hub_field
 
 
 @dataclass

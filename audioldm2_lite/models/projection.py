@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .loading import hub_field
+from .hub_config import hub_field
 
 
 @dataclass

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .loading import hub_field
+from ..models.hub_config import hub_field
 from .mel import compute_dtype, mel_filterbank
 
 # The x3 upsampler's low-pass filter (see the module docstring for how they were chosen).

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
-from .loading import hub_field
+from .hub_config import hub_field
 
 
 @dataclass

@@ -33,14 +33,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .loading import (
-    DEFAULT_CHECKPOINT,
-    load_component,
-    load_tokenizer,
-    resolve_checkpoint,
-)
+from ..models.vits import VitsTextEncoder
+from .loading import DEFAULT_CHECKPOINT, load_component, load_tokenizer, resolve_checkpoint
 from .speech import encode_transcriptions, speech_new_tokens, transcriptions_for
-from .vits import VitsTextEncoder
 
 COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model", "language_model")
 

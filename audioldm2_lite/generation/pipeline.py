@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .audio_features import clap_input_features
-from .clap_audio import load_audio_tower, rank_waveforms
+from .ranking import load_audio_tower, rank_waveforms
 from .conditioning import TextConditioner
 from .cuda_graphs import CUDAGraphed
 from .editing import AudioEdit

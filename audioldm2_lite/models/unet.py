@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
-from .loading import hub_field, unsupported_config
+from .hub_config import hub_field, unsupported_config
 
 # The values of hub config fields this implementation does not vary: any other value is an error.
 FIXED_HUB_FIELDS = {

@@ -13,7 +13,7 @@ An AudioLDM 2 checkpoint in hub layout (cvssp/audioldm2, -large, -music) is a fo
   missing, unexpected or misshapen tensor is an error naming the component, the file, the key and
   both shapes.
 
-The contract with a stage module (`audioldm2_lite/<stage>.py`) is small:
+The contract with a stage module (`audioldm2_lite/models/<stage>.py`, named in `STAGES`) is small:
   - `<Config>.from_hub(config: dict)` builds the stage's dataclass config from the hub `config.json`,
     reading every field with `hub_field` (which refuses values the stage does not implement);
   - `<Model>(config)` is the `nn.Module`; it registers no non-persistent buffers (derived tables are
@@ -32,55 +32,52 @@ what to do about it. A config value a stage does not implement raises its subcla
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlparse
 
 import torch
 
+from ..models import clap, clap_audio, gpt2, projection, t5, unet, vae, vits, vocoder
+from ..models.hub_config import CheckpointError, HubConfig, UnsupportedConfigError, hub_field, unsupported_config
+
 DEFAULT_CHECKPOINT = "cvssp/audioldm2"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be found, read or loaded; the message says why and what to do."""
-
-
-class UnsupportedConfigError(CheckpointError, NotImplementedError):
-    """A checkpoint's config asks for a variant audioldm2_lite does not implement (see `hub_field`)."""
 
 
 @dataclass(frozen=True)
 class Stage:
-    module: str  # audioldm2_lite.<module>
-    config_class: str
-    model_class: str
+    module: ModuleType  # the network's file: its optional convert_hub_state_dict, UNUSED_KEYS, KEEP_FP32_KEYS
+    config: type  # its dataclass config, built by `config.from_hub(hub config dict)`
+    model: type  # its nn.Module, built from that config
     hub_classes: tuple[str, ...]  # accepted `_class_name` / `architectures[0]` of config.json
 
 
 # Components of the hub layout that are neural networks, and the stage that implements each.
 STAGES: dict[str, Stage] = {
-    "text_encoder": Stage("clap", "ClapConfig", "ClapModel", ("ClapModel",)),
-    "text_encoder_2": Stage("t5", "T5Config", "T5Encoder", ("T5EncoderModel",)),
-    "projection_model": Stage("projection", "ProjectionConfig", "ProjectionModel", ("AudioLDM2ProjectionModel",)),
-    "language_model": Stage("gpt2", "GPT2Config", "GPT2Generator", ("GPT2Model", "GPT2LMHeadModel")),
-    "unet": Stage("unet", "UNetConfig", "UNet", ("AudioLDM2UNet2DConditionModel",)),
-    "vae": Stage("vae", "VAEConfig", "AutoencoderKL", ("AutoencoderKL",)),
-    "vocoder": Stage("vocoder", "HifiGanConfig", "HifiGan", ("SpeechT5HifiGan",)),
+    "text_encoder": Stage(clap, clap.ClapConfig, clap.ClapModel, ("ClapModel",)),
+    "text_encoder_2": Stage(t5, t5.T5Config, t5.T5Encoder, ("T5EncoderModel",)),
+    "projection_model": Stage(projection, projection.ProjectionConfig, projection.ProjectionModel,
+                              ("AudioLDM2ProjectionModel",)),
+    "language_model": Stage(gpt2, gpt2.GPT2Config, gpt2.GPT2Generator, ("GPT2Model", "GPT2LMHeadModel")),
+    "unet": Stage(unet, unet.UNetConfig, unet.UNet, ("AudioLDM2UNet2DConditionModel",)),
+    "vae": Stage(vae, vae.VAEConfig, vae.AutoencoderKL, ("AutoencoderKL",)),
+    "vocoder": Stage(vocoder, vocoder.HifiGanConfig, vocoder.HifiGan, ("SpeechT5HifiGan",)),
 }
 # Stages stored inside another component's folder and loaded on their own: CLAP's audio tower, which
 # only candidate ranking needs (the pipeline loads it when it first ranks).
 PART_STAGES: dict[str, tuple[str, Stage]] = {
-    "clap_audio": ("text_encoder", Stage("clap_audio", "ClapAudioConfig", "ClapAudioTower", ("ClapModel",))),
+    "clap_audio": ("text_encoder", Stage(clap_audio, clap_audio.ClapAudioConfig, clap_audio.ClapAudioTower,
+                                         ("ClapModel",))),
 }
 # Stages that replace a component's usual one when its config names their hub class: the text-to-speech
 # checkpoints store a VITS model as `text_encoder_2` where the others store Flan-T5.
 ALTERNATIVE_STAGES: dict[str, tuple[Stage, ...]] = {
-    "text_encoder_2": (Stage("vits", "VitsConfig", "VitsTextEncoder", ("VitsModel",)),),
+    "text_encoder_2": (Stage(vits, vits.VitsConfig, vits.VitsTextEncoder, ("VitsModel",)),),
 }
 # Components that are configuration or tokenizer files only.
 FILE_COMPONENTS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
@@ -220,56 +217,6 @@ def _fetch_from_hub(repo_id: str, components) -> Path:
 # Reading config fields: what every stage's `from_hub` uses
 
 
-class HubConfig(dict):
-    """A hub config's fields, remembering the file (and sub-config) they came from, for error messages.
-
-    Plain dicts work wherever a HubConfig does; their errors just name "the config" as the source.
-    """
-
-    def __init__(self, fields: dict, source: str = "the config", prefix: str = ""):
-        super().__init__(fields)
-        self.source, self.prefix = source, prefix
-
-
-REQUIRED = object()  # marker: `hub_field` without a default
-
-
-def hub_field(config: dict, name: str, default=REQUIRED, supported=None):
-    """`config[name]`, or `default` where the file leaves the field out (or writes null for it).
-
-    `supported` lists the values this implementation handles; any other is an `UnsupportedConfigError`
-    naming the file, the field, the value and the supported values. A sub-config (a dict, such as
-    CLAP's `audio_config`) comes back as a HubConfig whose errors name it as `audio_config.<field>`.
-    """
-    value = config.get(name)
-    if value is None:
-        if default is REQUIRED:
-            raise CheckpointError(f"{config_source(config)} has no field '{config_prefix(config)}{name}'; is it the "
-                                  f"config of this component?")
-        value = default
-    if supported is not None and value not in supported:
-        raise unsupported_config(config, name, value, " or ".join(repr(v) for v in supported))
-    if isinstance(value, dict):
-        return HubConfig(value, config_source(config), f"{config_prefix(config)}{name}.")
-    return value
-
-
-def unsupported_config(config: dict, name: str, value, supported: str) -> UnsupportedConfigError:
-    """The one error for a config value audioldm2_lite does not implement; `supported` says what it does."""
-    return UnsupportedConfigError(
-        f"{config_source(config)}: {config_prefix(config)}{name} = {value!r} is not supported by audioldm2_lite "
-        f"(supported: {supported})."
-    )
-
-
-def config_source(config: dict) -> str:
-    return getattr(config, "source", "the config")
-
-
-def config_prefix(config: dict) -> str:
-    return getattr(config, "prefix", "")
-
-
 # ----------------------------------------------------------------------------------------------
 # Reading configs and weights
 
@@ -372,16 +319,6 @@ def find_stage(name: str, hub_config: dict | None = None) -> tuple[str, Stage]:
     return name, next((s for s in ALTERNATIVE_STAGES.get(name, ()) if found in s.hub_classes), STAGES[name])
 
 
-def stage_module(name: str, hub_config: dict | None = None):
-    module = find_stage(name, hub_config)[1].module
-    try:
-        return importlib.import_module(f"audioldm2_lite.{module}")
-    except ModuleNotFoundError as error:
-        if error.name != f"audioldm2_lite.{module}":
-            raise
-        raise NotImplementedError(f"component '{name}' has no audioldm2_lite stage yet") from None
-
-
 def build_config(name: str, hub_config: dict, source: Path | str = "config.json"):
     """Our dataclass config for component `name` from its hub config dict (checks the class)."""
     stage = find_stage(name, hub_config)[1]
@@ -392,7 +329,7 @@ def build_config(name: str, hub_config: dict, source: Path | str = "config.json"
             f"{source} describes a '{found}', but component '{name}' must be one of {accepted}. "
             f"Is the folder layout mixed up?"
         )
-    return getattr(stage_module(name, hub_config), stage.config_class).from_hub(hub_config)
+    return stage.config.from_hub(hub_config)
 
 
 def load_component(
@@ -405,7 +342,8 @@ def load_component(
     in eval mode."""
     folder = component_folder(checkpoint, find_stage(name)[0])
     hub_config = read_json(folder / "config.json")
-    module, stage = stage_module(name, hub_config), find_stage(name, hub_config)[1]
+    stage = find_stage(name, hub_config)[1]
+    module = stage.module
     config = build_config(name, hub_config, folder / "config.json")
     state_dict, origin = read_weights(folder)
     convert = getattr(module, "convert_hub_state_dict", None)
@@ -415,7 +353,7 @@ def load_component(
         origin = {k: origin.get(k, next(iter(origin.values()))) for k in renamed}
         state_dict = renamed
     with torch.device("meta"):
-        model = getattr(module, stage.model_class)(config)
+        model = stage.model(config)
     assign_strict(
         model, state_dict, origin, name, getattr(module, "UNUSED_KEYS", ()), dtype, device,
         getattr(module, "KEEP_FP32_KEYS", ()),

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loading import hub_field
+from .hub_config import hub_field
 from .long_audio import receptive_field, run_in_windows
 
 FINAL_LEAKY_RELU_SLOPE = 0.01  # F.leaky_relu's default, used by the reference before conv_post

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
-from .loading import hub_field
+from .hub_config import hub_field
 from .long_audio import decode_up_path_in_windows, receptive_field
 
 GROUP_NORM_EPS = 1e-6
