@@ -35,16 +35,15 @@ covariances give no NaN. The tests compare it with the scipy computation.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .console import OneLineParser, UsageError, read_table, report_errors, write_atomically
 
 from .generation.audio_io import AudioInputError, read_audio
 
@@ -135,17 +134,11 @@ def read_prompt_rows(file) -> list[tuple[str | None, str]]:
     file = Path(file)
     if not file.is_file():
         raise EvaluationError(f"prompts file '{file}' does not exist")
-    suffix = file.suffix.lower()
+    if file.suffix.lower() not in (".csv", ".jsonl", ".json"):
+        raise EvaluationError(f"prompts file '{file}' must be .csv or .jsonl")
     try:
-        if suffix == ".csv":
-            with open(file, newline="", encoding="utf-8") as handle:
-                records = [(i + 2, row) for i, row in enumerate(csv.DictReader(handle))]  # line 1 is the header
-        elif suffix in (".jsonl", ".json"):
-            lines = file.read_text(encoding="utf-8").splitlines()
-            records = [(i + 1, json.loads(line)) for i, line in enumerate(lines) if line.strip()]
-        else:
-            raise EvaluationError(f"prompts file '{file}' must be .csv or .jsonl")
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as error:
+        records = read_table(file)
+    except (ValueError, UnicodeDecodeError) as error:
         raise EvaluationError(f"cannot read prompts file '{file}': {error}") from None
     rows = []
     for line, record in records:
@@ -200,19 +193,6 @@ def read_stats(file) -> tuple[np.ndarray, np.ndarray, int]:
     return mean.astype(np.float64), cov.astype(np.float64), count
 
 
-def write_atomically(path, write) -> None:
-    """Call write(file object) on a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(suffix=path.suffix, dir=path.resolve().parent, prefix=".partial-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            write(out)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def write_stats(path, mean: np.ndarray, cov: np.ndarray, num_files: int) -> None:
     write_atomically(path, lambda out: np.savez(out, mean=mean, cov=cov, num_files=num_files))
 
@@ -227,7 +207,7 @@ class ClapScorer:
     def __init__(self, model=None, device=None):
         from .generation.ranking import load_audio_tower
         from .generation.loading import DEFAULT_CHECKPOINT, load_component, load_tokenizer, resolve_checkpoint
-        from .generation.pipeline import default_device
+        from .generation.devices import default_device
 
         self.device = torch.device(device) if device is not None else default_device()
         root = resolve_checkpoint(model or DEFAULT_CHECKPOINT, ["text_encoder", "tokenizer", "feature_extractor"])
@@ -370,15 +350,15 @@ def format_table(report: dict) -> str:
     for key in ("clap_score", "fd_clap", "lsd", "clap_audio_similarity"):
         if key in report:
             lines.append(f"{key:<24}{report[key]:.4f}")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 1 else ""  # no metric asked for (--save-stats alone): no table
 
 
 # ----------------------------------------------------------------------------------------------
 # Command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog=PROG, description="Score a folder of audio with the checkpoint's own CLAP: CLAP score against "
         "prompts, Fréchet distance (fd_clap) against a reference folder or stats file, and LSD for paired files.")
     parser.add_argument("generated", help="folder of audio files (WAV, FLAC, ... at any rate; searched recursively)")
@@ -398,16 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for path in (args.output, args.save_stats):
-        folder = Path(path).expanduser().resolve().parent if path else None
-        if folder is not None and (not folder.is_dir() or not os.access(folder, os.W_OK)):
-            parser.error(f"cannot write to '{folder}' (missing or not writable)")
-
-    from .cli import report_errors
-
     def work() -> int:
+        args = build_parser().parse_args(argv)
+        for path in (args.output, args.save_stats):
+            folder = Path(path).expanduser().resolve().parent if path else None
+            if folder is not None and (not folder.is_dir() or not os.access(folder, os.W_OK)):
+                raise UsageError(f"cannot write to '{folder}' (missing or not writable)")
         report = evaluate(args.generated, args.reference, args.reference_stats, args.prompts, args.model,
                           args.batch_size, args.device, args.save_stats, progress=not args.quiet)
         if args.output:
@@ -415,7 +391,13 @@ def main(argv=None) -> int:
             write_atomically(args.output, lambda out: out.write(text.encode()))
         for note in report["notes"]:
             print(f"{PROG}: note: {note}", file=sys.stderr)
-        print(format_table(report))
+        table = format_table(report)
+        if table.strip():
+            print(table)
+        if args.save_stats:
+            print(f"saved the embedding statistics of {report['num_files']} files to {args.save_stats}")
+        if args.output:
+            print(f"saved the report to {args.output}")
         return 0
 
     return report_errors(PROG, work)

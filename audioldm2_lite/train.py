@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .cli import report_errors
+    from .console import report_errors
 
     args = build_parser().parse_args(argv)
 

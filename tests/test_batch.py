@@ -18,11 +18,18 @@ import torch
 from reference import max_rel_error
 
 from audioldm2_lite import AudioLDM2Pipeline
-from audioldm2_lite.batch import Row, batches, generate, make_rows, manifest_line, merge_manifests, row_seed
-from audioldm2_lite.cli import main
+from audioldm2_lite import batch
+from audioldm2_lite.batch import Row, batches, generate, manifest_line, merge_manifests, row_seed
+from audioldm2_lite.cli import build_parser, main
+from audioldm2_lite.generation.request import ModelLimits, Request
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = dict(negative_prompt="", seconds=10.0, guidance=3.5, candidates=1)
+
+
+def make_rows(path: Path, seed: int = 0, suffix: str = ".wav", *options: str):
+    """The rows of a prompt file with the command line's defaults (and `options`)."""
+    args = build_parser().parse_args(["--prompts-file", str(path), "--output-dir", "out", *options])
+    return batch.make_rows(path, args, seed, suffix, ModelLimits())
 
 # Batched vs one row at a time: the UNet, VAE and vocoder reduce over the batch's rows in another order, and
 # the UNet's cross-attention sees each row's T5 states padded (masked) to the batch's longest. Measured
@@ -54,22 +61,25 @@ def write_lines(path: Path, lines) -> Path:
 
 def test_txt_csv_and_jsonl_rows(tmp_path):
     txt = write_lines(tmp_path / "p.txt", ["# sounds", "", "A dog barks!", "  rain on a roof  ", "# end"])
-    rows = make_rows(txt, DEFAULTS, 7, ".wav")
-    assert [(r.index, r.line, r.prompt, r.file_name) for r in rows] == [
+    rows = make_rows(txt, 7, ".wav")
+    assert [(r.index, r.line, r.request.prompt, r.file_name) for r in rows] == [
         (0, 3, "A dog barks!", "00000_a_dog_barks.wav"), (1, 4, "rain on a roof", "00001_rain_on_a_roof.wav")]
-    assert [r.seed for r in rows] == [row_seed(7, 0), row_seed(7, 1)] and row_seed(7, 0) != row_seed(8, 0)
+    assert [r.request.seed for r in rows] == [row_seed(7, 0), row_seed(7, 1)] and row_seed(7, 0) != row_seed(8, 0)
 
     csv = write_lines(tmp_path / "p.csv", ["prompt,seconds,seed,file_name,candidates,guidance,negative_prompt",
                                            'rain,2.5,11,wet.flac,3,1.0,"low quality, noise"', "wind,,,,,,"])
-    wet, wind = make_rows(csv, DEFAULTS, 0, ".wav")
-    assert (wet.seconds, wet.seed, wet.file_name, wet.candidates, wet.guidance, wet.negative_prompt) == (
+    wet, wind = make_rows(csv, 0, ".wav")
+    r = wet.request
+    assert (r.seconds, r.seed, wet.file_name, r.candidates, r.guidance, r.negative_prompt) == (
         2.5, 11, "wet.flac", 3, 1.0, "low quality, noise")
-    assert (wind.seconds, wind.seed, wind.file_name, wind.line) == (10.0, row_seed(0, 1), "00001_wind.wav", 3)
+    assert (wind.request.seconds, wind.request.seed, wind.file_name, wind.line) == (
+        10.24, row_seed(0, 1), "00001_wind.wav", 3)  # the model's length: the one default (request.py)
 
     jsonl = write_lines(tmp_path / "p.jsonl", ['{"prompt": "thunder", "file_name": "storm"}', "",
                                                '{"prompt": "birds", "seconds": 4, "seed": null}'])
-    storm, birds = make_rows(jsonl, DEFAULTS, 0, ".flac")
-    assert (storm.file_name, birds.file_name, birds.seconds, birds.line) == ("storm.flac", "00001_birds.flac", 4.0, 3)
+    storm, birds = make_rows(jsonl, 0, ".flac")
+    assert (storm.file_name, birds.file_name, birds.request.seconds, birds.line) == (
+        "storm.flac", "00001_birds.flac", 4.0, 3)
 
 
 @pytest.mark.parametrize("name, lines, message", [
@@ -97,10 +107,10 @@ def test_txt_csv_and_jsonl_rows(tmp_path):
 def test_bad_rows_are_named_by_line(tmp_path, name, lines, message):
     path = write_lines(tmp_path / name, lines)
     if message is None:
-        assert [r.prompt for r in make_rows(path, DEFAULTS, 0, ".wav")] == ["rain"]
+        assert [r.request.prompt for r in make_rows(path)] == ["rain"]
         return
     with pytest.raises(ValueError) as error:
-        make_rows(path, DEFAULTS, 0, ".wav")
+        make_rows(path)
     assert message in str(error.value)
 
 
@@ -108,13 +118,14 @@ def test_cli_reports_a_bad_row_in_one_line_before_loading(tmp_path, capsys):
     path = write_lines(tmp_path / "p.txt", ["rain"] * 3)
     bad = write_lines(tmp_path / "bad.jsonl", ['{"prompt": "rain"}', '{"prompt": "wind", "guidance": "x"}'])
     # no model at this path: the row is reported first, so the model is never reached
-    assert main(["--prompts-file", str(bad), "--output-dir", str(tmp_path / "out"), "--model", "nowhere"]) == 1
+    assert main(["--prompts-file", str(bad), "--output-dir", str(tmp_path / "out"), "--model", "nowhere"]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl line 2: guidance must be a number" in err and len(err.strip().splitlines()) == 1
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # a refused file leaves no empty --output-dir behind
     for args, message in [([str(path)], "not both"), (["--all"], "--all writes one file per candidate"),
                           (["--batch-size", "0"], "--batch-size must be at least 1"),
-                          (["--seconds", "0"], "--seconds must be positive")]:
+                          (["--seconds", "0"], "seconds must be positive"),
+                          (["-o", "x.wav"], "-o names one file"), (["--lora-scale", "2"], "--lora-scale needs --lora")]:
         extra = ["rain"] if args == [str(path)] else args
         assert main([*extra, "--prompts-file", str(path), "--output-dir", str(tmp_path / "out")]) == 2  # usage
         assert message in capsys.readouterr().err
@@ -123,8 +134,8 @@ def test_cli_reports_a_bad_row_in_one_line_before_loading(tmp_path, capsys):
 
 
 def test_manifest_parts_merge_into_one_line_per_file(tmp_path):
-    rows = make_rows(write_lines(tmp_path / "p.txt", ["rain", "wind", "fire", "snow"]), DEFAULTS, 0, ".wav")
-    settings = dict(steps=2, scheduler="ddim", karras=False, model="tiny")
+    rows = make_rows(write_lines(tmp_path / "p.txt", ["rain", "wind", "fire", "snow"]))
+    settings = "tiny"  # the model
     for row in rows[:3]:
         (tmp_path / row.file_name).write_bytes(b"audio")  # rows 0-2 have files; row 3 was never made
     (tmp_path / "manifest.jsonl").write_text(json.dumps(manifest_line(rows[1], settings, 0.5)) + "\n")
@@ -147,12 +158,12 @@ def test_rows_give_the_same_audio_in_any_batch(tiny_checkpoint):
     prompts = ["a dog barks", "techno music with a strong bass line and a fast hi-hat", "rain",
                "birds chirping in a forest at dawn", "thunder", "a cat meows twice"]
     negatives = ["", "low quality", "noise and hum in a big hall with people talking", "", "muffled", ""]
-    rows = [Row(i, i + 1, p, n, 0.32, 3.5, 2, row_seed(0, i), f"{i}.wav")
+    rows = [Row(i, i + 1, f"{i}.wav", Request(p, n, seconds=0.32, steps=2, candidates=2, seed=row_seed(0, i)).check())
             for i, (p, n) in enumerate(zip(prompts, negatives))]
 
     def audio(batch_size):
-        return {row: result for batch in batches(rows, batch_size)
-                for row, result in zip(batch, generate(pipe, batch, 2, "ddim", False))}
+        return {row: result for rows_together in batches(rows, batch_size)
+                for row, result in zip(rows_together, generate(pipe, rows_together))}
 
     alone, in_threes, all_six = audio(1), audio(3), audio(6)
     errors = [max_rel_error(torch.as_tensor(other[row][0]), torch.as_tensor(alone[row][0]))
@@ -166,17 +177,15 @@ def test_rows_give_the_same_audio_in_any_batch(tiny_checkpoint):
 
     # a row with its own seed S sounds like `audioldm2-lite PROMPT --seed S` on the CPU
     single = pipe(prompts[2], negative_prompt=negatives[2], audio_length_in_s=0.32, num_inference_steps=2,
-                  num_waveforms_per_prompt=2, generator=torch.Generator().manual_seed(rows[2].seed)).audios[0]
+                  num_waveforms_per_prompt=2, generator=torch.Generator().manual_seed(rows[2].request.seed)).audios[0]
     error = max_rel_error(torch.as_tensor(all_six[rows[2]][0]), torch.as_tensor(single))
     print(f"batched vs the pipeline on one prompt: max_rel_error {error:.2e}")  # measured 7.8e-8
     assert error < BATCHING_TOLERANCE
 
 
 def test_a_failing_row_is_reported_and_the_others_written(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    from audioldm2_lite import batch
-
     def generate_unless_boom(pipe, rows, *args):
-        if any(row.prompt == "boom" for row in rows):
+        if any(row.request.prompt == "boom" for row in rows):
             raise RuntimeError("CUDA out of memory")
         return generate(pipe, rows, *args)
 
@@ -308,7 +317,7 @@ def test_interrupted_runs_resume_to_the_same_audio(reference_run, tiny_checkpoin
     assert unscored == [{k: v for k, v in line.items() if k != "clap_score"} for line in manifest(reference)]
     assert_same_audio(files, audio_files(reference))
     # all done: a rerun skips every row without loading the model
-    assert main(command(prompts, out_dir, tmp_path / "no-model-here", 6)) == 0 and manifest(out_dir) == lines
+    assert main(command(prompts, out_dir, "nobody/no-model-here", 6)) == 0 and manifest(out_dir) == lines
 
 
 def test_torchrun_two_processes_match_one(reference_run, tiny_checkpoint, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,14 +48,14 @@ NO_MPS = "MPS is available here, so --device mps is not a mistake"
     (["rain", "--seconds", "0"], "--seconds must be positive"),
     (["rain", "--seconds", "-2"], "--seconds must be positive"),
     (["rain", "--seconds", "nan"], "--seconds must be positive"),
-    (["rain", "--seconds", "0.001"], "--seconds must be at least 0.01 (one mel frame)"),
+    (["rain", "--seconds", "0.001"], "--seconds must be positive, at least 0.01 (one mel frame)"),
     (["rain", "--seed", "-1"], "--seed must be in 0 .. 2**64 - 1"),
     (["rain", "--seconds", "1e6"], "the longest that fits is about"),  # before loading, from free memory
-    (["rain", "--steps", "0"], "--steps must be at least 1"),
-    (["rain", "--scheduler", "euler"], "unknown --scheduler 'euler'"),
-    (["rain", "--karras"], "--karras applies to --scheduler dpmsolver++ only"),
-    (["rain", "--guidance", "-1"], "--guidance must be 0 or more (1 or below means no guidance), got -1.0"),
-    (["rain", "--candidates", "0"], "--candidates must be at least 1"),
+    (["rain", "--steps", "0"], "--steps: DDIM takes at least 1 and at most 1000 steps"),
+    (["rain", "--scheduler", "euler"], "unknown scheduler 'euler'; choose from ddim, dpmsolver++"),
+    (["rain", "--karras"], "--karras noise levels apply to the dpmsolver++ scheduler only"),
+    (["rain", "--guidance", "-1"], "--guidance must be a finite number at least 0, got -1.0"),
+    (["rain", "--candidates", "0"], "--candidates must be a whole number, at least 1"),
     (["rain", "--all"], "--all writes every candidate: give --candidates 2 or more"),
     (["rain", "--device", "tpu"], "unknown --device 'tpu'; use cpu, cuda, cuda:N or mps"),
     (["rain", "--device", "cuda:x"], "unknown --device 'cuda:x'"),
@@ -88,7 +89,7 @@ def test_output_checks_come_before_loading(tmp_path):
     result = run_cli("rain", "-o", str(tmp_path / "rain.wav"), "--candidates", "3", "--all", "--model", missing)
     assert_one_line_error(result, "rain_3.wav' (one of the --all outputs) is a directory")
     result = run_cli("rain", "-o", str(tmp_path / "rain.wav"), "--candidates", "3", "--model", missing)
-    assert_one_line_error(result, "does not exist", status=1)  # without --all only rain.wav is written
+    assert_one_line_error(result, "does not exist")  # without --all only rain.wav is written; a usage mistake
 
 
 def test_version_is_the_package_version():
@@ -110,7 +111,7 @@ def test_unreachable_model_is_one_line_and_leaves_no_file(tmp_path):
 
 def test_missing_local_folder(tmp_path):
     result = run_cli("rain", "-o", str(tmp_path / "out.wav"), "--model", str(tmp_path / "nowhere"))
-    assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_generates_wav_flac_and_all_candidates(tiny_checkpoint, tmp_path, capsys):
@@ -156,9 +157,10 @@ def test_what_happened_is_said_and_kept(tiny_checkpoint, tmp_path, umask_027):
     with soundfile.SoundFile(tmp_path / "first.flac") as file:
         assert file.title == LONG_PROMPT
         assert file.software.startswith(f"audioldm2-lite {audioldm2_lite.__version__}")
-        for setting in (f"seed: {seed}", "negative prompt: 'hum'", "steps: 2", "scheduler: ddim", "guidance: 3.5",
-                        "seconds: 0.5", f"model: {tiny_checkpoint}"):
-            assert setting in file.comment
+        record = json.loads(file.comment)  # the request, complete
+        assert record == dict(prompt=LONG_PROMPT, negative_prompt="hum", seconds=0.5, steps=2, scheduler="ddim",
+                              karras=False, guidance=3.5, candidates=1, seed=seed, strength=1.0, lora_scale=1.0,
+                              model=str(tiny_checkpoint))
         first_audio = file.read()
 
     again = run_cli(LONG_PROMPT, "-o", str(tmp_path / "again.wav"), "--seed", str(seed), "--quiet", *common)
@@ -169,11 +171,12 @@ def test_what_happened_is_said_and_kept(tiny_checkpoint, tmp_path, umask_027):
     # turn into one step (2^-15 = 3.1e-5) on a few samples: the same audio within 2 steps
     assert np.abs(again_audio - first_audio).max() <= 2 / 2**15
     with soundfile.SoundFile(tmp_path / "again.wav") as file:  # WAV carries the same text fields
-        assert file.title == LONG_PROMPT and f"seed: {seed}" in file.comment
+        assert file.title == LONG_PROMPT and json.loads(file.comment)["seed"] == seed
 
 
 def test_steps_past_the_training_steps_is_one_line(tiny_checkpoint, tmp_path):
     result = run_cli("rain", "-o", str(tmp_path / "out.wav"), "--model", str(tiny_checkpoint), "--seconds", "0.1",
                      "--steps", "1001", "--quiet")
-    assert_one_line_error(result, "DDIM takes 1 to 1000 steps (the checkpoint's training steps), got 1001", status=1)
+    assert_one_line_error(result, "--steps: DDIM takes at least 1 and at most 1000 steps with this checkpoint's 1000 "
+                                  "training steps, got 1001")  # before loading: a usage mistake
     assert list(tmp_path.iterdir()) == []

@@ -72,6 +72,37 @@ def read_audio(source, sampling_rate: float | None = None, target_rate: int = 16
     return torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
 
 
+def audio_samples(source, sampling_rate: float | None = None, target_rate: int = 16000) -> int:
+    """How many samples `read_audio(source, sampling_rate, target_rate)` gives, from a file's header alone
+    (nothing decoded: a request's checks and an upload limit cost no memory, whatever the length)."""
+    if isinstance(source, (str, Path)):
+        import soundfile
+
+        path = Path(source)
+        if not path.exists():
+            raise AudioInputError(f"audio file '{path}' does not exist")
+        if path.is_dir():
+            raise AudioInputError(f"'{path}' is a directory, not an audio file")
+        try:
+            info = soundfile.info(str(path))
+        except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise AudioInputError(f"cannot read '{path}' as audio ({detail})") from None
+        samples, sampling_rate = info.frames, info.samplerate
+        if samples == 0:
+            raise AudioInputError(f"'{path}' is empty (no samples)")
+    elif isinstance(source, (np.ndarray, torch.Tensor)):
+        if sampling_rate is None:
+            raise AudioInputError("an audio array or tensor needs its sampling_rate (samples per second)")
+        samples = source.shape[-1] if source.ndim else 0
+        if samples == 0:
+            raise AudioInputError(f"the audio {type(source).__name__} is empty (no samples)")
+    else:
+        raise AudioInputError(f"audio must be a file path, a NumPy array or a torch tensor, "
+                              f"not {type(source).__name__}")
+    return round(samples * target_rate / sampling_rate)
+
+
 def _read_file(path: Path) -> tuple[np.ndarray, int]:
     """(samples,) float64 mono, and the file's rate."""
     import soundfile

@@ -46,7 +46,8 @@ import torch
 
 from .audio_io import read_audio
 from .mel import MelConfig, mel_frequencies, waveform_to_mel
-from .samplers import Sampler, make_sampler
+from .request import RequestError, check_time_range
+from .samplers import denoise, draw_noise  # noqa: F401  (denoise: the loop every mode runs, re-exported)
 
 
 def mel_config(pipe) -> MelConfig:
@@ -75,10 +76,8 @@ def encode_audio(pipe, audio, sampling_rate=None, generator=None, sample_posteri
     with pipe._running(pipe.vae):
         mean, logvar = pipe.vae.encode_distribution(mel[:, None].to(pipe.dtype))  # (1, C, T/4, F/4) each
     latent = mean
-    if sample_posterior:  # drawn where the generator lives, as diffusers' randn_tensor
-        noise_device = generator.device if generator is not None else pipe.device
-        noise = torch.randn(mean.shape, generator=generator, device=noise_device, dtype=mean.dtype)
-        latent = mean + torch.exp(0.5 * logvar) * noise.to(mean.device)
+    if sample_posterior:
+        latent = mean + torch.exp(0.5 * logvar) * draw_noise(mean.shape, generator, mean.device, mean.dtype)
     return latent * pipe.vae.config.scaling_factor, len(waveform)
 
 
@@ -112,33 +111,6 @@ def steps_to_run(strength: float, num_inference_steps: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# The masked denoising loop
-
-
-def denoise(sampler: Sampler, predict_noise, noise: torch.Tensor, source: torch.Tensor, start: int,
-            regenerate: torch.Tensor | None = None, generator=None, start_from_noise: bool = False):
-    """Run the sampler's steps start .. N-1, yielding (timestep, latent) after each.
-
-    predict_noise(latents, t) -> the (guided) model output. The run starts from `noise` (times the
-    sampler's init_noise_sigma) if `start_from_noise`, else from `source` noised to step `start`.
-    Where `regenerate` (broadcastable bool) is False, each step's result is replaced by `source` noised
-    to the next step's level, and by `source` itself after the last step.
-    """
-    if start_from_noise:
-        latents = noise * sampler.init_noise_sigma
-    else:
-        latents = sampler.add_noise(source, noise, start)
-    last = len(sampler) - 1
-    for i in range(start, last + 1):
-        t = sampler.timesteps[i]
-        latents = sampler.step(predict_noise(latents, t), i, latents, generator=generator)
-        if regenerate is not None:
-            known = sampler.add_noise(source, noise, i + 1) if i < last else source.to(latents.dtype)
-            latents = torch.where(regenerate, latents, known)
-        yield t, latents
-
-
-# ----------------------------------------------------------------------------------------------
 # One edit, as the pipeline runs it
 
 
@@ -159,19 +131,13 @@ class AudioEdit:
     def prepare(cls, pipe, audio, sampling_rate=None, audio_length_in_s=None, strength: float = 1.0,
                 regenerate_seconds=None, regenerate_above_hz=None, generator=None,
                 sample_posterior: bool = False) -> "AudioEdit":
-        """Check the edit's arguments, read and encode the audio. Every mistake is one ValueError."""
+        """Read and encode the audio, and make the mask of what is regenerated. The values are checked by
+        `Request.check` (request.py) first, as the pipeline does; a wrong one here is a RequestError."""
         if audio is None:
-            given = [name for name, value in (("strength", strength != 1.0), ("regenerate_seconds", regenerate_seconds),
-                                              ("regenerate_above_hz", regenerate_above_hz)) if value]
-            raise ValueError(f"{' and '.join(given)} edit audio: give the audio to edit (audio=...)")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+            raise RequestError("an edit needs the recording to edit (audio)")
         config = mel_config(pipe)
         source, num_samples = encode_audio(pipe, audio, sampling_rate, generator, sample_posterior)
         seconds = num_samples / config.sampling_rate
-        if audio_length_in_s is not None and abs(audio_length_in_s - seconds) > 1 / config.sampling_rate:
-            raise ValueError(f"audio_length_in_s={audio_length_in_s:g} disagrees with the audio's {seconds:g} s; "
-                             f"leave it out: an edit keeps the input's length")
 
         _, _, latent_frames, latent_bins = source.shape
         regenerate = None
@@ -181,11 +147,6 @@ class AudioEdit:
                                config.hop_length * config.frames_multiple)
             regenerate = frames[:, None].expand(latent_frames, latent_bins)  # (T/4, F/4)
         if regenerate_above_hz is not None:
-            nyquist = config.sampling_rate / 2
-            if isinstance(regenerate_above_hz, bool) or not isinstance(regenerate_above_hz, (int, float)) \
-                    or not 0 < regenerate_above_hz < nyquist:
-                raise ValueError(f"regenerate_above_hz must be in (0, {nyquist:g}) Hz, the model's mel range; "
-                                 f"got {regenerate_above_hz!r}")
             bins = frequency_mask(regenerate_above_hz, config)[None, :].expand(latent_frames, latent_bins)  # (T/4, F/4)
             regenerate = bins if regenerate is None else regenerate | bins  # the regions add up
         if regenerate is not None:
@@ -193,62 +154,17 @@ class AudioEdit:
         return cls(pipe, source, num_samples, float(strength), regenerate, config.frames_multiple)
 
     def check_steps(self, num_inference_steps: int) -> int:
+        """The steps this edit runs of `num_inference_steps` (at least one: Request.check refuses fewer)."""
         steps = steps_to_run(self.strength, num_inference_steps)
         if steps < 1:
-            raise ValueError(f"strength={self.strength:g} with {num_inference_steps} steps runs no denoising step; "
-                             f"raise the strength or the number of steps")
+            raise RequestError(f"strength={self.strength:g} with {num_inference_steps} steps runs no denoising step")
         return steps
-
-    def generate_latents(self, noise, conditioning, num_inference_steps=200, guidance_scale=3.5,
-                         scheduler="ddim", eta=0.0, generator=None, karras_sigmas=False):
-        """`pipe.generate_latents` for the edit: yields (timestep, latent) after each step it runs."""
-        pipe = self.pipe
-        config = dataclasses.replace(pipe.scheduler_config, use_karras_sigmas=karras_sigmas)
-        sampler = make_sampler(scheduler, config, num_inference_steps, device=pipe.device, eta=eta)
-        start = num_inference_steps - self.check_steps(num_inference_steps)
-
-        with pipe._running(pipe.unet):
-            context = pipe.unet.cross_attention_context(*conditioning)  # the same at every step
-
-            def predict_noise(latents, t):
-                return pipe.runners.predict_noise(latents, t, context, guidance_scale)
-
-            yield from denoise(sampler, predict_noise, noise, self.source, start, self.regenerate, generator,
-                               start_from_noise=self.strength == 1.0)
 
     def mel(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, C, T/4, F/4) -> the log-mel the vocoder reads (B, T, n_mels): decoded inside the
-        mask, the reconstruction decode(source) outside it."""
-        pipe = self.pipe
-        scale, chunk = pipe.vae.config.scaling_factor, pipe.DECODE_CHUNK_LATENT_FRAMES
-        with pipe._running(pipe.vae):  # chunked for long audio, as pipe.decode
-            mel = pipe.vae.decode(torch.cat([latents, self.source.to(latents.dtype)]) / scale,
-                                  chunk_frames=chunk if latents.shape[2] > chunk else None)  # (B + 1, 1, T, F)
-        generated, reconstruction = mel[:-1, 0], mel[-1:, 0]  # (B, T, F), (1, T, F)
+        mask, the reconstruction decode(source) outside it (one VAE call for both)."""
+        mel = self.pipe.decode_mel(torch.cat([latents, self.source.to(latents.dtype)]))  # (B + 1, T, F)
+        generated, reconstruction = mel[:-1], mel[-1:]  # (B, T, F), (1, T, F)
         f = self.mel_factor
         regenerate = self.regenerate[:, 0].repeat_interleave(f, dim=1).repeat_interleave(f, dim=2)  # (1, T, F)
         return torch.where(regenerate, generated, reconstruction)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> waveform (B, samples) float32 on the CPU, the input's length."""
-        pipe = self.pipe
-        if self.regenerate is None:
-            return pipe.decode(latents, self.num_samples)
-        mel = self.mel(latents)  # (B, T, F)
-        chunk = pipe.DECODE_CHUNK_LATENT_FRAMES * self.mel_factor
-        with pipe._running(pipe.vocoder):
-            audio = pipe.vocoder(mel, chunk_frames=chunk if mel.shape[1] > chunk else None)
-        return audio[:, :self.num_samples].float().cpu()
-
-
-def check_time_range(regenerate_seconds, seconds: float) -> tuple[float, float]:
-    """(start, end) in seconds inside [0, seconds], start < end; else one ValueError."""
-    try:
-        start_s, end_s = (float(x) for x in regenerate_seconds)
-    except (TypeError, ValueError):
-        raise ValueError(f"regenerate_seconds must be (start, end) in seconds, got {regenerate_seconds!r}") from None
-    if not start_s < end_s:
-        raise ValueError(f"regenerate_seconds {start_s:g}:{end_s:g} is reversed or empty (start must be before end)")
-    if start_s < 0 or end_s > seconds + 1e-9:
-        raise ValueError(f"regenerate_seconds {start_s:g}:{end_s:g} is outside the audio (0 to {seconds:g} s)")
-    return start_s, end_s

@@ -168,7 +168,8 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, components=None) -> Path:
                 f"that holds model_index.json and the component folders (unet/, vae/, ...)."
             )
         return path
-    if not HUB_ID.fullmatch(checkpoint):
+    if not HUB_ID.fullmatch(checkpoint) or (path.parent != Path(".") and path.parent.is_dir()):
+        # not a hub id, or one whose first part is a folder here (weights/audioldm2): a local folder not made yet
         raise CheckpointError(
             f"checkpoint folder '{checkpoint}' does not exist. Pass an existing folder in hub layout or a hub id "
             f"such as '{DEFAULT_CHECKPOINT}'."
@@ -407,3 +408,31 @@ def load_tokenizer(checkpoint: str | os.PathLike, name: str = "tokenizer"):
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as error:
         raise CheckpointError(f"cannot load the tokenizer in {folder}: {type(error).__name__}: {error}") from None
+
+
+def checkpoint_limits(checkpoint: str | os.PathLike):
+    """What a request is checked against (request.ModelLimits), read from a local checkpoint's config files alone:
+    nothing downloaded, no weights read, so the checks run before any model loads. A hub id not on disk as a
+    folder gets the official checkpoints' values (the pipeline checks again once loaded)."""
+    from .request import ModelLimits
+    from .samplers import SchedulerConfig
+
+    folder = Path(checkpoint).expanduser()
+    if not (folder / "model_index.json").is_file():
+        return ModelLimits()
+
+    def config(name: str, file: str = "config.json") -> dict:
+        return read_json(folder / name / file) if (folder / name / file).is_file() else {}
+
+    unet, vocoder, speech = config("unet"), config("vocoder"), config("text_encoder_2")
+    rate = int(vocoder.get("sampling_rate", 16000))
+    hop = 1
+    for factor in vocoder.get("upsample_rates", (5, 4, 2, 2, 2)):
+        hop *= factor
+    vae_factor = 2 ** (len(config("vae").get("block_out_channels", (128, 256, 384))) - 1)
+    return ModelLimits(
+        scheduler=SchedulerConfig.from_hub(config("scheduler", "scheduler_config.json")), sampling_rate=rate,
+        samples_per_latent_frame=hop * vae_factor, mel_top_hz=rate / 2,
+        default_seconds=unet.get("sample_size", 256) * vae_factor * hop / rate,
+        speech=hub_class_name(speech) == "VitsModel",
+    )

@@ -15,6 +15,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import secrets
+import warnings
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,16 +28,28 @@ from .audio_features import clap_input_features
 from .ranking import load_audio_tower, rank_waveforms
 from .conditioning import TextConditioner
 from .cuda_graphs import CUDAGraphed
-from .editing import AudioEdit
+from .devices import default_device, resolve_device  # noqa: F401  (default_device: documented here)
+from .editing import AudioEdit, mel_config
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .lora import load_lora
-from .samplers import SAMPLERS, SchedulerConfig, make_sampler
+from .request import ModelLimits, Request, RequestError
+from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler
 
 
 @dataclass
 class AudioLDM2PipelineOutput:
     audios: np.ndarray | torch.Tensor  # (batch * num_waveforms_per_prompt, samples) float32, or latents
     scores: torch.Tensor | None = None  # (batch * n,) CLAP similarity of each audio to its prompt, when ranked
+
+
+@dataclass
+class Generated:
+    """One request's result: its waveforms (candidates ranked best first), their CLAP scores when ranked, and
+    the request as it ran (defaults filled in, the seed used)."""
+
+    request: Request
+    audios: np.ndarray  # (candidates, samples) float32 at `sampling_rate`
+    scores: np.ndarray | None = None  # (candidates,)
 
 
 @dataclass
@@ -47,15 +62,6 @@ class Runners:
     predict_noise: Callable  # the guided UNet call: AudioLDM2Pipeline.predict_noise
     decode_mel: Callable  # the VAE decoder: AutoencoderKL.decode
     vocode: Callable  # the vocoder: HifiGan.forward
-
-
-def default_device() -> torch.device:
-    """CUDA when there is a GPU, then Apple's MPS, then the CPU (MPS is untested on real hardware)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -96,7 +102,7 @@ class AudioLDM2Pipeline:
         download shows huggingface_hub's own bars). `lora`: a LoRA adapter file from audioldm2-lite-train,
         applied to the UNet with `lora_scale`.
         """
-        device = torch.device(device) if device is not None else default_device()
+        device = resolve_device(device)
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         root = resolve_checkpoint(model)
         home = torch.device("cpu") if offload else device
@@ -109,6 +115,11 @@ class AudioLDM2Pipeline:
         # masked, so the features agree to float rounding, at a fraction of the cost
         with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
             conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, clap_pad_to_max_length=False)
+        if lora is not None and Path(lora).resolve().parent == root.resolve():
+            # audioldm2-lite-train exports OUT/ with the adapter merged into OUT/unet and the adapter alone beside it
+            warnings.warn(f"{lora} lies in the checkpoint {root}, an export whose UNet has this adapter merged in "
+                          f"already: applying it again doubles it. Load the base model with --lora, or the export "
+                          f"without it")
         unet = load("unet") if lora is None else load_lora(load("unet"), lora, lora_scale)
         return cls(
             conditioner, unet, load("vae"), load("vocoder"),
@@ -181,30 +192,34 @@ class AudioLDM2Pipeline:
         shape = (batch, self.unet.config.in_channels, frames // self.vae_scale_factor,
                  self.vocoder.config.model_in_dim // self.vae_scale_factor)  # (B, 8, T/4, 16)
         if latents is None:
-            # drawn where the generator lives (as diffusers' randn_tensor), then moved
-            noise_device = generator.device if generator is not None else self.device
-            latents = torch.randn(shape, generator=generator, device=noise_device, dtype=self.dtype)
+            latents = draw_noise(shape, generator, self.device, self.dtype)  # a list: one generator per row
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for this audio length")
         return latents.to(self.device, self.dtype)
 
     def generate_latents(self, latents, conditioning, num_inference_steps=200, guidance_scale=3.5,
-                         scheduler="ddim", eta=0.0, generator=None, karras_sigmas=False):
-        """Denoise `latents`, yielding (timestep, latent) after every step.
+                         scheduler="ddim", eta=0.0, generator=None, karras_sigmas=False, edit: AudioEdit | None = None):
+        """Denoise `latents` (the starting noise), yielding (timestep, latent) after every step: the one loop of
+        every mode (samplers.denoise). With `edit`, an edit of its source: from the step `strength` gives, the
+        source noised there as the start (SDEdit), and outside its mask the source kept (inpainting, bandwidth).
 
         `karras_sigmas` puts DPM-Solver++'s steps on Karras et al.'s noise levels (diffusers'
         `use_karras_sigmas=True`), often better at few steps.
         """
-        generated, t5_states, t5_mask = conditioning
         config = dataclasses.replace(self.scheduler_config, use_karras_sigmas=karras_sigmas)
         sampler = make_sampler(scheduler, config, num_inference_steps, device=self.device, eta=eta)
-        latents = latents * sampler.init_noise_sigma
         with self._running(self.unet):
-            context = self.unet.cross_attention_context(generated, t5_states, t5_mask)  # the same at every step
-            for i, t in enumerate(sampler.timesteps):
-                noise = self.runners.predict_noise(latents, t, context, guidance_scale)
-                latents = sampler.step(noise, i, latents, generator=generator)
-                yield t, latents
+            context = self.unet.cross_attention_context(*conditioning)  # the same at every step
+
+            def predict_noise(x, t):
+                return self.runners.predict_noise(x, t, context, guidance_scale)
+
+            if edit is None:
+                yield from denoise(sampler, predict_noise, latents, generator=generator)
+            else:
+                start = num_inference_steps - edit.check_steps(num_inference_steps)
+                yield from denoise(sampler, predict_noise, latents, edit.source, start, edit.regenerate, generator,
+                                   start_from_noise=edit.strength == 1.0)
 
     def predict_noise(self, latents, t, context, guidance_scale: float) -> torch.Tensor:
         """The UNet's noise prediction for `latents` at timestep `t`, with classifier-free guidance.
@@ -221,55 +236,77 @@ class AudioLDM2Pipeline:
         return noise
 
     # Audio longer than this is decoded in overlapping chunks along time (the same result, see long_audio.py),
-    # so the largest activations exist for one chunk at a time: 30.72 s per chunk. Chunking costs the VAE
-    # decoder about 9x its one-pass time (measured on CPU; its GroupNorms gather whole-input statistics first).
+    # so the largest activations exist for one chunk at a time: 30.72 s per chunk.
     DECODE_CHUNK_LATENT_FRAMES = 768
 
-    def decode(self, latents: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
-        """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU."""
+    def decode_mel(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latent (B, 8, T/4, 16), times the VAE's scaling factor -> log-mel (B, T, 64)."""
         chunk = self.DECODE_CHUNK_LATENT_FRAMES
-        long_audio = latents.shape[2] > chunk
         with self._running(self.vae):
             mel = self.runners.decode_mel(latents / self.vae.config.scaling_factor,
-                                          chunk_frames=chunk if long_audio else None)  # (B, 1, T, 64)
+                                          chunk_frames=chunk if latents.shape[2] > chunk else None)  # (B, 1, T, 64)
+        return mel[:, 0]
+
+    def decode(self, latents: torch.Tensor, num_samples: int | None = None, edit: AudioEdit | None = None) -> torch.Tensor:
+        """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU. With an `edit` that keeps a region,
+        the reconstruction's mel outside its mask (AudioEdit.mel)."""
+        mel = edit.mel(latents) if edit is not None and edit.regenerate is not None else self.decode_mel(latents)
+        chunk = self.DECODE_CHUNK_LATENT_FRAMES * self.vae_scale_factor
         with self._running(self.vocoder):
-            audio = self.runners.vocode(mel.squeeze(1),
-                                        chunk_frames=chunk * self.vae_scale_factor if long_audio else None)
+            audio = self.runners.vocode(mel, chunk_frames=chunk if mel.shape[1] > chunk else None)
         return audio[:, :num_samples].float().cpu()
 
     # ------------------------------------------------------------------------------------------
 
+    def limits(self) -> ModelLimits:
+        """What a request is checked against: this checkpoint's schedule, rates and lengths."""
+        mel = mel_config(self)
+        return ModelLimits(
+            scheduler=self.scheduler_config, sampling_rate=self.sampling_rate,
+            samples_per_latent_frame=self.hop_length * self.vae_scale_factor, mel_top_hz=mel.fmax,
+            default_seconds=self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate,
+            default_scheduler=self.default_scheduler, speech=self.conditioner.speaks,
+        )
+
+    default_scheduler = "ddim"  # the sampler when a call names none
+
     @torch.no_grad()
-    def __call__(self, prompt=None, audio_length_in_s: float | None = None, num_inference_steps: int = 200,
+    def __call__(self, prompt=None, audio_length_in_s: float | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float = 3.5, negative_prompt=None, num_waveforms_per_prompt: int = 1,
-                 eta: float = 0.0, generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 eta: float = 0.0, generator: torch.Generator | list | None = None, latents: torch.Tensor | None = None,
                  prompt_embeds=None, negative_prompt_embeds=None, generated_prompt_embeds=None,
                  negative_generated_prompt_embeds=None, attention_mask=None, negative_attention_mask=None,
                  max_new_tokens: int | None = None, output_type: str = "np", callback=None,
-                 callback_steps: int = 1, scheduler: str = "ddim", karras_sigmas: bool = False,
+                 callback_steps: int = 1, scheduler: str | None = None, karras_sigmas: bool = False,
                  progress: bool = False, seed: int | None = None, audio=None, audio_sampling_rate: float | None = None,
                  strength: float = 1.0, regenerate_seconds: tuple[float, float] | None = None,
                  regenerate_above_hz: float | None = None, transcription=None) -> AudioLDM2PipelineOutput:
         """Audio for `prompt` (diffusers' argument names). `seed` is the simple way to reproducible output:
         the starting noise is drawn on the CPU, so a seed gives the same audio on every device (to float
-        rounding); `generator` takes precedence. `progress` shows every stage with tqdm.
+        rounding); `generator` takes precedence, one or a list (one per waveform). `progress` shows every stage
+        with tqdm. `num_inference_steps` defaults to the scheduler's (request.DEFAULT_STEPS: 200 for DDIM).
 
         With `audio` (a path, or an array/tensor with `audio_sampling_rate`), an edit of it: style transfer to
         `strength`, inpainting of `regenerate_seconds` (start, end), bandwidth extension above
         `regenerate_above_hz` (see editing.py). An edit's output has the input's length.
-        `transcription`: the words to say, for the text-to-speech checkpoints (the prompt describes the voice)."""
+        `transcription`: the words to say, for the text-to-speech checkpoints (the prompt describes the voice).
+        Every value is checked as a `Request` is (request.py), before any work: a mistake is one RequestError."""
+        self.check_inputs(prompt, prompt_embeds, transcription, output_type)
+        first = prompt if isinstance(prompt, str) else (prompt[0] if prompt else "(given embeddings)")
+        spoken = transcription if transcription is None or isinstance(transcription, str) else transcription[0]
+        settings = Request(
+            first, transcription=spoken, seconds=audio_length_in_s, steps=num_inference_steps, scheduler=scheduler,
+            karras=karras_sigmas, guidance=guidance_scale, candidates=num_waveforms_per_prompt, audio=audio,
+            audio_sampling_rate=audio_sampling_rate, strength=strength, regenerate_seconds=regenerate_seconds,
+            regenerate_above_hz=regenerate_above_hz,
+        ).check(self.limits() if prompt_embeds is None else dataclasses.replace(self.limits(), speech=False))
+        num_inference_steps, scheduler = settings.steps, settings.scheduler
         if seed is not None and generator is None:
             generator = torch.Generator("cpu").manual_seed(seed)
         edit = None
-        if audio is not None or strength != 1.0 or regenerate_seconds is not None or regenerate_above_hz is not None:
-            edit = AudioEdit.prepare(self, audio, audio_sampling_rate, audio_length_in_s, strength,
-                                     regenerate_seconds, regenerate_above_hz)
-            audio_length_in_s = edit.num_samples / self.sampling_rate
-        if audio_length_in_s is None:  # the UNet's training size: 10.24 s
-            audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate
-        self.check_inputs(prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
-                          scheduler, output_type)
-        steps_run = edit.check_steps(num_inference_steps) if edit else num_inference_steps
+        if settings.is_edit:
+            edit = AudioEdit.prepare(self, audio, audio_sampling_rate, None, strength, regenerate_seconds,
+                                     regenerate_above_hz)
         ranking = num_waveforms_per_prompt > 1 and prompt is not None and output_type != "latent"
         if ranking:
             self.clap_audio_tower()  # loaded on first ranking, and any config it refuses refused before the work
@@ -283,16 +320,16 @@ class AudioLDM2Pipeline:
                 transcription=transcription,
             )
         batch = conditioning[0].shape[0] // (2 if guidance_scale > 1.0 else 1)
-        frames, num_samples = (edit.num_frames, edit.num_samples) if edit else self.latent_frames(audio_length_in_s)
+        frames, num_samples = (edit.num_frames, edit.num_samples) if edit else self.latent_frames(settings.seconds)
         latents = self.prepare_latents(batch, frames, generator, latents)
 
-        denoiser = edit.generate_latents if edit else self.generate_latents
-        steps = denoiser(latents, conditioning, num_inference_steps, guidance_scale, scheduler, eta, generator,
-                         karras_sigmas)
+        steps = self.generate_latents(latents, conditioning, num_inference_steps, guidance_scale, scheduler, eta,
+                                      generator, karras_sigmas, edit)
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, total=steps_run, desc="denoising", unit="step")
+            total = edit.check_steps(num_inference_steps) if edit else num_inference_steps
+            steps = tqdm(steps, total=total, desc="denoising", unit="step")
         for i, (t, latents) in enumerate(steps):
             if callback is not None and i % callback_steps == 0:
                 callback(i, t, latents)
@@ -300,11 +337,93 @@ class AudioLDM2Pipeline:
             return AudioLDM2PipelineOutput(audios=latents)
 
         with progress_stage("decoding", progress):
-            audio, scores = (edit.decode(latents) if edit else self.decode(latents, num_samples)), None
+            audio, scores = self.decode(latents, num_samples, edit), None
         if ranking:
             with progress_stage("ranking the candidates", progress):
                 audio, scores = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
         return AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio, scores=scores)
+
+    def generate(self, requests: Request | list[Request], progress: bool = False, callback=None) -> list[Generated]:
+        """Run requests (checked first, all of them, before any work): what every program calls.
+
+        Each request's audio depends on the request alone, not on which others share its batch: its noise comes
+        from a generator of its own seeded with its seed (drawn when None, and recorded in the result), and its
+        text is encoded alone, so batched UNet arithmetic moves it by float rounding only. Requests that can
+        share a batch (text to audio with the same length, steps, sampler, guidance and candidates) run as one
+        pipeline call; edits run one at a time. `callback(i, t, latents)` after every denoising step.
+        """
+        requests = [requests] if isinstance(requests, Request) else list(requests)
+        limits = self.limits()
+        checked = [self.with_seed(request.check(limits)) for request in requests]
+        results: list[Generated | None] = [None] * len(checked)
+        for group in batchable(checked):
+            for index, result in zip(group, self.generate_batch([checked[i] for i in group], progress, callback)):
+                results[index] = result
+        return results
+
+    @staticmethod
+    def with_seed(request: Request) -> Request:
+        """The request with a seed: its own, or one drawn from the system's entropy (then recorded)."""
+        return request if request.seed is not None else dataclasses.replace(request, seed=secrets.randbelow(2**32))
+
+    def generate_batch(self, requests: list[Request], progress: bool = False, callback=None) -> list[Generated]:
+        """Requests that share one pipeline call (see `batchable`); each with its own noise and text encoding."""
+        first = requests[0]
+        n, guided = first.candidates, first.guidance > 1.0
+        edit = dict(audio=first.audio, audio_sampling_rate=first.audio_sampling_rate, strength=first.strength,
+                    regenerate_seconds=first.regenerate_seconds,
+                    regenerate_above_hz=first.regenerate_above_hz) if first.is_edit else {}
+        embeds, latents = {}, None
+        if len(requests) > 1:  # each row encoded alone, its noise from its own generator
+            embeds = self.conditioning_per_row(requests, guided)
+            frames, _ = self.latent_frames(first.seconds)
+            latents = torch.cat([self.prepare_latents(n, frames, torch.Generator().manual_seed(r.seed))
+                                 for r in requests])  # (B * n, 8, T/4, 16)
+        result = self(
+            None if embeds else first.prompt, negative_prompt=None if embeds else first.negative_prompt,
+            audio_length_in_s=None if first.is_edit else first.seconds, num_inference_steps=first.steps,
+            guidance_scale=first.guidance, num_waveforms_per_prompt=n, latents=latents,
+            generator=None if embeds else torch.Generator().manual_seed(first.seed), scheduler=first.scheduler,
+            karras_sigmas=first.karras, progress=progress, callback=callback,
+            transcription=None if embeds else first.transcription, **edit, **embeds,
+        )
+        if embeds and n > 1:  # ranked here, each row against its own prompt
+            audio, scores = self.rank_candidates([r.prompt for r in requests], torch.from_numpy(result.audios), n)
+            result = AudioLDM2PipelineOutput(audios=audio.numpy(), scores=scores)
+        scores = None if result.scores is None else result.scores.numpy()
+        return [Generated(r, result.audios[i * n:(i + 1) * n], None if scores is None else scores[i * n:(i + 1) * n])
+                for i, r in enumerate(requests)]
+
+    def conditioning_per_row(self, requests: list[Request], guided: bool) -> dict:
+        """Each request's conditioning encoded alone, stacked as the call's `*prompt_embeds` arguments.
+
+        Encoded together, the text stages pad a batch to its longest prompt and cut each negative prompt to
+        that length, which moves a row's audio by ~1e-5 (relative) with the batch's other prompts. Encoded
+        alone, only the UNet sees padding, masked in its cross-attention: the same audio to float rounding.
+        Every batch is padded to the T5 tokenizer's maximum (128 tokens), not to its longest prompt, so that the
+        UNet sees one shape per batch size and length: one CUDA graph each (cuda_graphs.py), not one per length.
+        """
+        import torch.nn.functional as F
+
+        encoded = [self.encode_prompt(r.prompt, r.negative_prompt, 1, guided, transcription=r.transcription)
+                   for r in requests]  # [uncond, cond] each; the call repeats them per candidate
+        length = max(s.shape[1] for _, s, _ in encoded)
+        if not self.conditioner.speaks:  # VITS fills its tokenizer's slots already
+            length = max(length, self.conditioner.tokenizer_2.model_max_length)
+
+        def half(h: int):  # one half (0: uncond, 1: cond) of every row, T5 padded to `length` with a zero mask
+            generated = torch.cat([g[h:h + 1] for g, _, _ in encoded])  # (B, N, 768)
+            t5 = torch.cat([F.pad(s[h:h + 1], (0, 0, 0, length - s.shape[1])) for _, s, _ in encoded])  # (B, L, 1024)
+            mask = torch.cat([F.pad(m[h:h + 1], (0, length - m.shape[1])) for _, _, m in encoded])  # (B, L)
+            return generated, t5, mask
+
+        generated, t5, mask = half(1 if guided else 0)
+        embeds = dict(generated_prompt_embeds=generated, prompt_embeds=t5, attention_mask=mask)
+        if guided:
+            generated, t5, mask = half(0)
+            embeds.update(negative_generated_prompt_embeds=generated, negative_prompt_embeds=t5,
+                          negative_attention_mask=mask)
+        return embeds
 
     def clap_audio_tower(self):
         """(CLAP audio tower, ClapFeatureConfig), loaded from the checkpoint on first use (for ranking)."""
@@ -327,20 +446,25 @@ class AudioLDM2Pipeline:
         owner = torch.arange(len(order)) // num_waveforms_per_prompt  # the prompt of each ranked waveform
         return audio[order], similarity[owner, order]
 
-    def check_inputs(self, prompt, prompt_embeds, audio_length_in_s, num_inference_steps, num_waveforms_per_prompt,
-                     scheduler, output_type):
+    def check_inputs(self, prompt, prompt_embeds, transcription, output_type):
+        """The call's shapes: a prompt or embeddings, every prompt text, one transcription per prompt."""
         if prompt is None and prompt_embeds is None:
-            raise ValueError("give a prompt (str or list of str) or prompt_embeds")
+            raise RequestError("give a prompt (str or list of str) or prompt_embeds")
         prompts = [prompt] if isinstance(prompt, str) else (prompt or [])
         if prompt is not None and (not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts)):
-            raise ValueError(f"every prompt must be a non-empty string, got {prompt!r}")
-        if not audio_length_in_s > 0:
-            raise ValueError(f"audio_length_in_s must be positive, got {audio_length_in_s}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        if num_waveforms_per_prompt < 1:
-            raise ValueError(f"num_waveforms_per_prompt must be at least 1, got {num_waveforms_per_prompt}")
-        if scheduler not in SAMPLERS:
-            raise ValueError(f"unknown scheduler '{scheduler}'; choose from {', '.join(SAMPLERS)}")
+            raise RequestError(f"every prompt must be a non-empty string, got {prompt!r}")
+        spoken = [transcription] if isinstance(transcription, str) else (transcription or [])
+        if any(not isinstance(t, str) or not t.strip() for t in spoken):
+            raise RequestError(f"every transcription must be a non-empty string, got {transcription!r}")
         if output_type not in ("np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+            raise RequestError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+
+
+def batchable(requests: list[Request]) -> list[list[int]]:
+    """Indices of requests that can share one pipeline call, in order: text to audio with the same length and
+    settings together; every edit alone (each has its own input)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        key = ("edit", i) if r.is_edit else (r.seconds, r.steps, r.scheduler, r.karras, r.guidance, r.candidates)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())

@@ -78,10 +78,53 @@ def alphas_cumprod(config: SchedulerConfig) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def _randn(shape, generator, device, dtype):
-    """diffusers' `randn_tensor` for one generator: drawn where a CPU generator lives, then moved."""
-    noise_device = generator.device if generator is not None and generator.device.type == "cpu" else device
-    return torch.randn(shape, generator=generator, device=noise_device, dtype=dtype).to(device)
+def draw_noise(shape, generator, device, dtype) -> torch.Tensor:
+    """Standard normal noise of `shape`, the one rule for every random draw of a generation (initial latents,
+    DDIM's eta noise, a VAE posterior sample), as diffusers' `randn_tensor`: drawn where the generator lives
+    (so a CPU generator gives the same numbers for every device), then moved to `device`.
+
+    `generator` may be a list, one per row of shape[0] (diffusers' list-of-generators semantics): row i is
+    drawn from generator i alone, so it equals a one-row draw with that generator."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; give one per waveform")
+        return torch.cat([draw_noise((1, *shape[1:]), g, device, dtype) for g in generator])
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
+def spaced_timesteps(config: SchedulerConfig, count: int) -> np.ndarray:
+    """`count` training timesteps on the config's spacing grid, descending (int64), as diffusers spaces them:
+    "leading" k * (T // count) + steps_offset for k = count - 1 .. 0 (shifted down where it would pass T - 1,
+    an IndexError in diffusers); "trailing" round(arange(T, 0, -T / count)) - 1; "linspace"
+    round(linspace(0, T - 1, count)), reversed. DDIM runs `count` = N of them, DPM-Solver++ N + 1 but the last."""
+    total = config.num_train_timesteps
+    if config.timestep_spacing == "leading":
+        timesteps = np.arange(count)[::-1] * (total // count) + config.steps_offset
+        timesteps -= max(0, timesteps[0] - (total - 1))
+    elif config.timestep_spacing == "trailing":
+        timesteps = np.round(np.arange(total, 0, -total / count)) - 1
+    else:  # linspace
+        timesteps = np.linspace(0, total - 1, count).round()[::-1]
+    return np.ascontiguousarray(timesteps.astype(np.int64))
+
+
+def max_steps(name: str, config: SchedulerConfig) -> int:
+    """The most steps sampler `name` can take: the training steps T for DDIM; T - 1 for DPM-Solver++ on the
+    "leading" and "linspace" grids (it needs N + 1 distinct timesteps there), T with Karras levels or "trailing"."""
+    total = config.num_train_timesteps
+    if name == "ddim" or config.use_karras_sigmas or config.timestep_spacing == "trailing":
+        return total
+    return total - 1
+
+
+def check_steps(name: str, config: SchedulerConfig, num_inference_steps: int) -> None:
+    limit = max_steps(name, config)
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
+            or not 1 <= num_inference_steps <= limit:
+        label = {"ddim": "DDIM", "dpmsolver++": "DPM-Solver++"}.get(name, name)
+        raise ValueError(f"{label} takes at least 1 and at most {limit} steps with this checkpoint's "
+                         f"{config.num_train_timesteps} training steps, got {num_inference_steps!r}")
 
 
 class Sampler:
@@ -137,20 +180,11 @@ class DDIMSampler(Sampler):
 
     def __init__(self, config: SchedulerConfig, num_inference_steps: int, eta: float = 0.0, device=None):
         total = config.num_train_timesteps
-        if not 1 <= num_inference_steps <= total:
-            raise ValueError(f"DDIM takes 1 to {total} steps (the checkpoint's training steps), got {num_inference_steps}")
+        check_steps("ddim", config, num_inference_steps)
         self.prediction_type, self.eta = config.prediction_type, float(eta)
 
-        # timesteps, descending
         n = num_inference_steps
-        if config.timestep_spacing == "leading":
-            timesteps = np.arange(n)[::-1] * (total // n) + config.steps_offset
-            timesteps -= max(0, timesteps[0] - (total - 1))  # N = T: 999 .. 0, where diffusers indexes t = T
-        elif config.timestep_spacing == "trailing":
-            timesteps = np.round(np.arange(total, 0, -total / n)) - 1
-        else:  # linspace
-            timesteps = np.linspace(0, total - 1, n).round()[::-1]
-        timesteps = timesteps.astype(np.int64)
+        timesteps = spaced_timesteps(config, n)  # (N,) descending
 
         # alpha_bar at each step's timestep and at its predecessor t - T // N
         alpha_bar = alphas_cumprod(config)
@@ -176,7 +210,7 @@ class DDIMSampler(Sampler):
         x0, eps = self.x0_and_noise(x, model_output.float(), self.sqrt_alpha_t[i], self.sqrt_beta_t[i])
         x = self.sqrt_alpha_s[i] * x0 + self.direction[i] * eps
         if self.eta > 0:
-            z = _randn(model_output.shape, generator, model_output.device, model_output.dtype)
+            z = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)
             x = x + self.noise_std[i] * z.float()
         return x.to(sample.dtype)
 
@@ -212,11 +246,8 @@ class DPMSolverPlusPlus2M(Sampler):
     """
 
     def __init__(self, config: SchedulerConfig, num_inference_steps: int, device=None):
-        total, n = config.num_train_timesteps, num_inference_steps
-        # N + 1 distinct training timesteps on the spacing grids; Karras levels and "trailing" need N
-        limit = total if config.use_karras_sigmas or config.timestep_spacing == "trailing" else total - 1
-        if not 1 <= n <= limit:
-            raise ValueError(f"DPM-Solver++ takes 1 to {limit} steps with this checkpoint's {total} training steps, got {n}")
+        n = num_inference_steps
+        check_steps("dpmsolver++", config, n)
         self.prediction_type = config.prediction_type
         alpha_bar = alphas_cumprod(config)
         train_sigmas = ((1 - alpha_bar) / alpha_bar) ** 0.5  # (T,) float32, increasing with t
@@ -224,15 +255,9 @@ class DPMSolverPlusPlus2M(Sampler):
         # timesteps, descending, and their noise levels
         if config.use_karras_sigmas:
             sigmas, timesteps = karras_schedule(train_sigmas, n)
-        else:
-            if config.timestep_spacing == "leading":
-                timesteps = np.arange(1, n + 1)[::-1] * (total // (n + 1)) + config.steps_offset
-                timesteps -= max(0, timesteps[0] - (total - 1))  # N = T - 1: 999 .. 1, where diffusers indexes T
-            elif config.timestep_spacing == "trailing":
-                timesteps = np.arange(total, 0, -total / n).round() - 1
-            else:  # linspace
-                timesteps = np.linspace(0, total - 1, n + 1).round()[::-1][:-1]
-            timesteps = timesteps.astype(np.int64)
+        else:  # N + 1 points of the spacing grid without the last ("trailing" ends before 0 already)
+            trailing = config.timestep_spacing == "trailing"
+            timesteps = spaced_timesteps(config, n) if trailing else spaced_timesteps(config, n + 1)[:-1]
             sigmas = train_sigmas[timesteps]
         sigmas = torch.cat([sigmas, torch.zeros(1)])  # (N + 1,): the last step goes to sigma = 0
         n = len(timesteps)
@@ -302,3 +327,26 @@ def make_sampler(name: str, config: SchedulerConfig, num_inference_steps: int, d
     if eta != 0:
         raise ValueError("eta (fresh noise per step) is a DDIM option; DPM-Solver++(2M) is deterministic")
     return DPMSolverPlusPlus2M(config, num_inference_steps, device=device)
+
+
+def denoise(sampler: Sampler, predict_noise, noise: torch.Tensor, source: torch.Tensor | None = None, start: int = 0,
+            regenerate: torch.Tensor | None = None, generator=None, start_from_noise: bool | None = None):
+    """The denoising loop of every mode: run the sampler's steps start .. N-1, yielding (timestep, latent) after each.
+
+    predict_noise(latents, t) -> the (guided) model output. The run starts from `noise` times the sampler's
+    init_noise_sigma (text to audio; `start_from_noise`, the default without a `source`), else from `source`
+    noised to step `start` (SDEdit). Where `regenerate` (broadcastable bool) is False, each step's result is
+    replaced by `source` noised to the next step's level, and by `source` itself after the last step
+    (inpainting, bandwidth extension).
+    """
+    if start_from_noise is None:
+        start_from_noise = source is None
+    latents = noise * sampler.init_noise_sigma if start_from_noise else sampler.add_noise(source, noise, start)
+    last = len(sampler) - 1
+    for i in range(start, last + 1):
+        t = sampler.timesteps[i]
+        latents = sampler.step(predict_noise(latents, t), i, latents, generator=generator)
+        if regenerate is not None:
+            known = sampler.add_noise(source, noise, i + 1) if i < last else source.to(latents.dtype)
+            latents = torch.where(regenerate, latents, known)
+        yield t, latents
