@@ -138,7 +138,7 @@ def check_memory(args, request: Request) -> None:
     dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
     dtype_bytes = 4 if dtype == "float32" else 2
     weights = 0 if args.offload and device.type == "cuda" else weight_bytes(args.model, dtype_bytes)
-    batch = request.candidates * (2 if request.guidance > 1 else 1)
+    batch = request.candidates * (2 if request.guided else 1)
     per_second = ACTIVATION_BYTES_PER_SECOND * batch * dtype_bytes
     if weights + request.seconds * per_second > free:
         longest = (free - weights) / per_second

@@ -179,6 +179,11 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, fusion_features: bo
 
 
 def main():
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:  # the quick start installs the package alone; the checkpoint is built with the references
+        raise SystemExit('make_tiny_checkpoint.py builds the checkpoint with diffusers and transformers, the test '
+                         'extra: pip install -e ".[test]"') from None
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)

@@ -38,8 +38,10 @@ def read_prompts(file: Path) -> list[tuple[str, str]]:
     """(output file name, prompt) per prompt."""
     from audioldm2_lite.evaluate import read_prompt_rows
 
-    if file.suffix.lower() == ".txt":
-        rows = [(None, line.strip()) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if file.suffix.lower() == ".txt":  # as a prompts file: blank lines and '#' comments skipped
+        from audioldm2_lite.batch import read_rows
+
+        rows = [(None, record["prompt"]) for _, record in read_rows(file)]
     else:
         rows = read_prompt_rows(file)
     named = []

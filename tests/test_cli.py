@@ -180,3 +180,38 @@ def test_steps_past_the_training_steps_is_one_line(tiny_checkpoint, tmp_path):
     assert_one_line_error(result, "--steps: DDIM takes at least 1 and at most 1000 steps with this checkpoint's 1000 "
                                   "training steps, got 1001")  # before loading: a usage mistake
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lora_scale_without_lora_and_a_local_path_not_made_yet(tmp_path):
+    result = run_cli("rain", "--lora-scale", "0.5", cwd=tmp_path)
+    assert_one_line_error(result, "--lora-scale needs --lora (the adapter it scales)")
+    (tmp_path / "weights").mkdir()  # the README's layout: weights/ exists, weights/audioldm2 not yet
+    result = run_cli("rain", "--model", "weights/audioldm2", cwd=tmp_path)
+    assert_one_line_error(result, "--model 'weights/audioldm2' does not exist")  # a folder, not a hub id
+    assert "--model weights/audioldm2`" not in result.stderr  # no suggestion of the very path that is missing
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason=NO_CUDA)
+def test_from_pretrained_on_a_missing_device_is_one_clear_error(tiny_checkpoint):
+    from audioldm2_lite import AudioLDM2Pipeline
+
+    with pytest.raises(ValueError, match="device cuda: CUDA is not available"):  # not torch's bare AssertionError
+        AudioLDM2Pipeline.from_pretrained(tiny_checkpoint, device="cuda")
+
+
+def test_a_lora_already_merged_into_its_export_is_a_warning(tiny_checkpoint, tmp_path, recwarn):
+    import shutil
+
+    from audioldm2_lite import AudioLDM2Pipeline, load_component
+    from audioldm2_lite.generation.lora import apply_lora, save_lora
+
+    export = tmp_path / "export"  # audioldm2-lite-train's layout: the merged checkpoint, the adapter beside it
+    shutil.copytree(tiny_checkpoint, export)
+    unet = load_component(tiny_checkpoint, "unet")
+    apply_lora(unet, rank=2)
+    save_lora(unet, export / "lora.safetensors")
+    AudioLDM2Pipeline.from_pretrained(export, device="cpu", lora=export / "lora.safetensors")
+    assert any("merged in already: applying it again doubles it" in str(w.message) for w in recwarn)
+    recwarn.clear()
+    AudioLDM2Pipeline.from_pretrained(tiny_checkpoint, device="cpu", lora=export / "lora.safetensors")  # the base
+    assert not any("doubles it" in str(w.message) for w in recwarn)

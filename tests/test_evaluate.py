@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -267,13 +268,32 @@ def test_bad_input_is_one_line_and_writes_nothing(clap_checkpoint, tmp_path, cas
     assert list(out.iterdir()) == []
 
 
+def test_usage_errors_are_one_line_and_files_follow_the_umask(clap_checkpoint, tmp_path):
+    result = run_eval()  # no folder: argparse's error, as one line with exit status 2 like every command
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("audioldm2-lite-eval: error: the following arguments are required: generated")
+    folder = write_folder(tmp_path / "gen", {"a.wav": (1.0, 16000, 1), "b.wav": (1.0, 16000, 1)})
+    old = os.umask(0o022)  # the subprocess inherits it
+    try:
+        result = run_eval(folder, "--model", clap_checkpoint, "--save-stats", tmp_path / "stats.npz",
+                          "--output", tmp_path / "report.json")
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    for name in ("stats.npz", "report.json"):  # 0666 less the umask, as the audio files: not mkstemp's 0600
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    # --save-stats alone asks for no metric: no empty table, and a line saying what was saved
+    assert "metric" not in result.stdout
+    assert f"saved the embedding statistics of 2 files to {tmp_path / 'stats.npz'}" in result.stdout
+
+
 # ----------------------------------------------------------------------------------------------
 # scripts/sweep_recipes.py, at CI size (no timing assertions)
 
 
 def test_sweep_recipes_prints_a_row_per_setting(tiny_checkpoint, tmp_path):
     reference = write_folder(tmp_path / "reference", {"0000.wav": (0.5, 16000, 1), "0001.wav": (0.5, 16000, 1)})
-    (tmp_path / "prompts.txt").write_text(f"{PROMPTS[0]}\n\n{PROMPTS[3]}\n")
+    (tmp_path / "prompts.txt").write_text(f"# two prompts\n{PROMPTS[0]}\n\n{PROMPTS[3]}\n")  # the comment is no prompt
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts/sweep_recipes.py"), "--prompts", tmp_path / "prompts.txt",
          "--reference", reference, "--out", tmp_path / "sweep", "--samplers", "ddim", "dpmsolver++karras",

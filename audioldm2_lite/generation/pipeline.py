@@ -32,7 +32,7 @@ from .devices import default_device, resolve_device  # noqa: F401  (default_devi
 from .editing import AudioEdit, mel_config
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .lora import load_lora
-from .request import ModelLimits, Request, RequestError
+from .request import ModelLimits, Request, RequestError, is_guided
 from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler
 
 
@@ -226,7 +226,7 @@ class AudioLDM2Pipeline:
 
         `context` is `unet.cross_attention_context` of the conditioning ([uncond, cond] with guidance).
         """
-        guided = guidance_scale > 1.0
+        guided = is_guided(guidance_scale)
         # with guidance the UNet sees [latents, latents] (2B, 8, T/4, 16) against [uncond, cond]; it runs the
         # layers before the first attention once and repeats their output (batch_repeats)
         noise = self.runners.unet(latents, t, context=context, batch_repeats=2 if guided else 1)
@@ -312,14 +312,14 @@ class AudioLDM2Pipeline:
             self.clap_audio_tower()  # loaded on first ranking, and any config it refuses refused before the work
         with progress_stage("encoding the prompt", progress):
             conditioning = self.encode_prompt(
-                prompt, negative_prompt, num_waveforms_per_prompt, guidance_scale > 1.0, max_new_tokens,
+                prompt, negative_prompt, num_waveforms_per_prompt, is_guided(guidance_scale), max_new_tokens,
                 prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
                 generated_prompt_embeds=generated_prompt_embeds,
                 negative_generated_prompt_embeds=negative_generated_prompt_embeds,
                 attention_mask=attention_mask, negative_attention_mask=negative_attention_mask,
                 transcription=transcription,
             )
-        batch = conditioning[0].shape[0] // (2 if guidance_scale > 1.0 else 1)
+        batch = conditioning[0].shape[0] // (2 if is_guided(guidance_scale) else 1)
         frames, num_samples = (edit.num_frames, edit.num_samples) if edit else self.latent_frames(settings.seconds)
         latents = self.prepare_latents(batch, frames, generator, latents)
 
@@ -369,7 +369,7 @@ class AudioLDM2Pipeline:
     def generate_batch(self, requests: list[Request], progress: bool = False, callback=None) -> list[Generated]:
         """Requests that share one pipeline call (see `batchable`); each with its own noise and text encoding."""
         first = requests[0]
-        n, guided = first.candidates, first.guidance > 1.0
+        n, guided = first.candidates, first.guided
         edit = dict(audio=first.audio, audio_sampling_rate=first.audio_sampling_rate, strength=first.strength,
                     regenerate_seconds=first.regenerate_seconds,
                     regenerate_above_hz=first.regenerate_above_hz) if first.is_edit else {}

@@ -21,6 +21,11 @@ from pathlib import Path
 from .samplers import SAMPLERS, SchedulerConfig, check_steps
 
 
+def is_guided(guidance_scale: float) -> bool:
+    """Classifier-free guidance runs above a scale of 1 (at 1 it is the conditional prediction alone), as diffusers."""
+    return guidance_scale > 1.0
+
+
 class RequestError(ValueError):
     """A request (or command line) that cannot run as given: one line saying what to change. Exit status 2."""
 
@@ -68,6 +73,10 @@ class Request:
     regenerate_above_hz: float | None = None  # bandwidth extension: regenerated above, kept below
     lora: str | None = None  # a LoRA adapter file (audioldm2-lite-train)
     lora_scale: float = 1.0
+
+    @property
+    def guided(self) -> bool:
+        return is_guided(self.guidance)
 
     @property
     def is_edit(self) -> bool:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention
+from .attention import attention, merge_heads, split_heads
 from .hub_config import hub_field
 
 # Hub tensors this module deliberately does not load.
@@ -108,10 +108,8 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        B, L, D = x.shape
-        q, k, v = (proj(x).view(B, L, self.num_heads, -1).transpose(1, 2) for proj in (self.query, self.key, self.value))
-        out = attention(q, k, v, bias)  # (B, heads, L, D / heads)
-        return out.transpose(1, 2).reshape(B, L, D)
+        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.query, self.key, self.value))
+        return merge_heads(attention(q, k, v, bias))  # (B, heads, L, D / heads) -> (B, L, D)
 
 
 class DenseResidualNorm(nn.Module):

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention
+from .attention import attention, merge_heads, split_heads
 from .clap import Projection
 from .hub_config import hub_field, unsupported_config
 
@@ -220,7 +220,7 @@ class WindowAttention(nn.Module):
         Bw, N, C = x.shape
         h = self.num_heads
         projections = (self.self.query, self.self.key, self.self.value)
-        q, k, v = (proj(x).view(Bw, N, h, C // h).transpose(1, 2) for proj in projections)  # (B*nW, h, N, C/h) each
+        q, k, v = (split_heads(proj(x), h) for proj in projections)  # (B*nW, h, N, C/h) each
 
         # relative position bias, plus the shifted-window mask: one additive bias per (window, head, q, k)
         index = relative_position_index(self.window, device=x.device).flatten()
@@ -233,8 +233,7 @@ class WindowAttention(nn.Module):
             bias = bias.repeat(Bw // num_windows, 1, 1, 1)  # (B*nW, h, N, N), windows batch-major as in x
 
         out = attention(q, k, v, bias.to(q.dtype))  # (B*nW, h, N, C/h)
-        out = out.transpose(1, 2).reshape(Bw, N, C)  # (B*nW, N, C)
-        return self.output(out)
+        return self.output(merge_heads(out))  # (B*nW, N, C)
 
 
 class SwinBlock(nn.Module):

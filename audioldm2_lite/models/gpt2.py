@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention
+from .attention import attention, merge_heads, split_heads
 from .hub_config import hub_field
 
 
@@ -90,15 +90,14 @@ class SelfAttention(nn.Module):
         """
         batch, length, dim = x.shape
         q, k, v = self.c_attn(x).split(dim, dim=-1)  # 3 x (B, T, D)
-        q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D/H)
+        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))  # (B, H, T, D/H)
 
         # write this step's keys and values into their cache slots, then attend over the whole cache
         keys, values = cache
         keys.index_copy_(2, positions, k)  # (B, H, S, D/H)
         values.index_copy_(2, positions, v)
         out = attention(q, keys, values, visible)  # (B, H, T, D/H)
-        out = out.transpose(1, 2).reshape(batch, length, dim)  # (B, T, D)
-        return self.c_proj(out)
+        return self.c_proj(merge_heads(out))  # (B, T, D)
 
 
 class MLP(nn.Module):

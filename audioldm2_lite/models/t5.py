@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention
+from .attention import attention, merge_heads, split_heads
 from .hub_config import hub_field
 
 # Hub tensors this module deliberately does not load.
@@ -123,10 +123,9 @@ class SelfAttention(nn.Module):
             self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        B, L, _ = x.shape
-        q, k, v = (proj(x).view(B, L, self.num_heads, self.d_kv).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))  # (B, heads, L, d_kv)
         out = attention(q, k, v, bias, scale=1.0)  # (B, heads, L, d_kv): T5 does not scale by 1/sqrt(d)
-        return self.o(out.transpose(1, 2).reshape(B, L, -1))  # (B, L, d_model)
+        return self.o(merge_heads(out))  # (B, L, d_model)
 
 
 class GatedGeluFeedForward(nn.Module):

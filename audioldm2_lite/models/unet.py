@@ -46,9 +46,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
-from .attention import attention
+from .attention import attention, merge_heads, split_heads
 from .hub_config import hub_field, unsupported_config
 
 # The values of hub config fields this implementation does not vary: any other value is an error.
@@ -157,24 +158,18 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # hub `to_out.0` (diffusers' to_out.1 is a dropout)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, C = x.shape
-        return x.view(B, L, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, heads, L, d)
-
     def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S, context_dim) -> keys and values (B, heads, S, d)."""
-        return self.split_heads(self.to_k(context)), self.split_heads(self.to_v(context))
+        return split_heads(self.to_k(context), self.num_heads), split_heads(self.to_v(context), self.num_heads)
 
     def forward(self, x: torch.Tensor, context=None, bias: torch.Tensor | None = None):
         """Attention of x's positions over themselves (`context` None), over a sequence (B, S, context_dim),
         or over a sequence's (keys, values) computed beforehand (`UNet.cross_attention_context`)."""
-        B, L, C = x.shape
         context = x if context is None else context
-        queries = self.split_heads(self.to_q(x))  # q before k and v, as the reference: the same gradient sums
+        queries = split_heads(self.to_q(x), self.num_heads)  # q before k and v, as the reference: the same gradient sums
         keys, values = context if isinstance(context, tuple) else self.keys_values(context)
         out = attention(queries, keys, values, bias)  # (B, heads, L, d)
-        out = out.transpose(1, 2).reshape(B, L, C)  # (B, L, heads * d)
-        return self.to_out[0](out)
+        return self.to_out[0](merge_heads(out))  # (B, L, heads * d)
 
 
 class GEGLU(nn.Module):
@@ -234,12 +229,11 @@ class SpatialTransformer(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, context: dict) -> torch.Tensor:
-        B, C, H, W = x.shape
-        h = self.proj_in(self.norm(x))
-        h = h.permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, H*W, C): one token per position
+        H = x.shape[2]
+        h = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")  # one token per latent position
         for block in self.transformer_blocks:
             h = block(h, context)
-        h = h.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
+        h = rearrange(h, "b (h w) c -> b c h w", h=H).contiguous()
         return x + self.proj_out(h)
 
 

@@ -4,7 +4,7 @@ In the speech checkpoints (`anhnct/audioldm2_gigaspeech`, `anhnct/audioldm2_ljsp
 original `audioldm2-speech-*`) this stage replaces Flan-T5: it reads the phoneme ids of the
 *transcription* (what is said; the prompt, through CLAP, describes the voice) and returns one 192-d state
 per phoneme slot. The projection model adds a learned position embedding to these states and hands
-them, framed by its learned start/end vectors, to GPT-2 (conditioning_speech.py).
+them, framed by its learned start/end vectors, to GPT-2 (generation/speech.py, generation/conditioning.py).
 
 The hub stores a whole transformers `VitsModel`; AudioLDM 2 reads only the last hidden state of its text
 encoder, so only that is built here. Everything else in the file is deliberately not loaded
@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .attention import merge_heads, split_heads
 
 # Hub tensors deliberately not loaded: the parts of VitsModel that AudioLDM 2 does not run.
 UNUSED_KEYS = (
@@ -108,7 +110,7 @@ class RelativeSelfAttention(nn.Module):
         """x (B, L, D); key_is_padding (B, 1, 1, L) True where a key is padding."""
         B, L, D = x.shape
         q = self.q_proj(x) * (D // self.heads) ** -0.5  # scaled before both score terms
-        q, k, v = (t.view(B, L, self.heads, -1).transpose(1, 2) for t in (q, self.k_proj(x), self.v_proj(x)))  # (B, H, L, d)
+        q, k, v = (split_heads(t, self.heads) for t in (q, self.k_proj(x), self.v_proj(x)))  # (B, H, L, d)
         index, inside = relative_offsets(L, self.window, x.device)
         index = index.expand(B, self.heads, L, L)
 
@@ -124,7 +126,7 @@ class RelativeSelfAttention(nn.Module):
         per_offset = probs.new_zeros(B, self.heads, L, 2 * self.window + 1)
         per_offset.scatter_add_(-1, index, torch.where(inside, probs, 0.0))  # (B, H, L, 2w + 1)
         out = out + per_offset @ self.emb_rel_v[0]
-        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
+        return self.out_proj(merge_heads(out))  # (B, L, D)
 
 
 class ConvFeedForward(nn.Module):
