@@ -8,6 +8,10 @@ in Gradio's queue and run one at a time on the one model (`concurrency_id="model
 API). A person's mistake (an empty prompt, a bad length) comes back as a message on the page, never a stack
 trace, and a failed request leaves the app serving.
 
+Serving strangers: Gradio serves the files in its cache folder, so the app gives it a private one for this run
+(`tempfile.mkdtemp`: mode 0700, removed at exit) and allows no other path: what the page serves is what it
+wrote and what was uploaded to it.
+
 API: the named endpoint `/generate` takes (prompt, negative_prompt, seconds, steps, guidance, seed) and
 returns a WAV file:
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import sys
 import tempfile
 
@@ -193,27 +198,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        print('audioldm2-lite-app: error: the web app needs Gradio: pip install "audioldm2-lite[app]"', file=sys.stderr)
-        return 1
-    import torch
+    # Gradio serves its cache folder (uploads, results) to anyone who asks: give it a private one for this run,
+    # so that nothing else on the disk (the temp folder's other files, ./.gradio) is ever served
+    with tempfile.TemporaryDirectory(prefix="audioldm2-lite-app-", dir=os.environ.get("GRADIO_TEMP_DIR"),
+                                     ignore_cleanup_errors=True) as cache:
+        os.environ["GRADIO_TEMP_DIR"] = cache  # read when Gradio is imported and when it serves a file
+        os.environ["GRADIO_EXAMPLES_CACHE"] = os.path.join(cache, "examples")  # default: ./.gradio/cached_examples
+        os.environ.pop("GRADIO_ALLOWED_PATHS", None)  # Gradio would serve these folders too
+        try:
+            import gradio  # noqa: F401
+        except ImportError:
+            print('audioldm2-lite-app: error: the web app needs Gradio: pip install "audioldm2-lite[app]"',
+                  file=sys.stderr)
+            return 1
+        import torch
 
-    from . import AudioLDM2Pipeline, CheckpointError
+        from . import AudioLDM2Pipeline, CheckpointError
 
-    try:
-        pipe = AudioLDM2Pipeline.from_pretrained(args.model, device=args.device,
-                                                 dtype=getattr(torch, args.dtype) if args.dtype else None)
-        app = build_app(pipe, args.model)
-        print(f"audioldm2-lite-app: serving {args.model} on http://{args.host}:{args.port}/", flush=True)
-        app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
-                   show_error=False, allowed_paths=[tempfile.gettempdir()])
-    except (CheckpointError, ValueError, OSError, RuntimeError) as error:
-        print(f"audioldm2-lite-app: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        # `kill` stops the server as Ctrl-C does, so the folder is removed on the way out
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            pipe = AudioLDM2Pipeline.from_pretrained(args.model, device=args.device,
+                                                     dtype=getattr(torch, args.dtype) if args.dtype else None)
+            app = build_app(pipe, args.model)
+            print(f"audioldm2-lite-app: serving {args.model} on http://{args.host}:{args.port}/", flush=True)
+            app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
+                       show_error=False)
+        except (CheckpointError, ValueError, OSError, RuntimeError) as error:
+            print(f"audioldm2-lite-app: error: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
     return 0
 
 
