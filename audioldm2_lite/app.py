@@ -1,12 +1,19 @@
 """`audioldm2-lite-app`: a Gradio page and HTTP API over the pipeline (`pip install -e ".[app]"`).
 
     audioldm2-lite-app [--model cvssp/audioldm2|PATH] [--host 127.0.0.1] [--port 7860] [--device D] [--dtype T] [--share]
+                       [--auth USER:PASSWORD] [--auth-file FILE] [--max-upload-mb 20] [--max-input-seconds 30]
+                       [--max-prompt-chars 1000] [--cache-hours 24]
 
 The app loads the model once and is a thin shell over `AudioLDM2Pipeline.__call__`: it has no generation
 logic of its own, so what the page makes is what the Python API makes with the same arguments. Requests wait
 in Gradio's queue and run one at a time on the one model (`concurrency_id="model"` joins the page and the
 API). A person's mistake (an empty prompt, a bad length) comes back as a message on the page, never a stack
 trace, and a failed request leaves the app serving.
+
+Serving strangers: Gradio serves the files in its cache folder, so the app gives it a private one for this run
+(`tempfile.mkdtemp`: mode 0700, removed at exit) and allows no other path: what the page serves is what it
+wrote and what was uploaded to it. Uploads, recordings, prompts and cache age are bounded (the options above);
+`--auth` puts a login in front of everything, and serving beyond this machine without it prints a warning.
 
 API: the named endpoint `/generate` takes (prompt, negative_prompt, seconds, steps, guidance, seed) and
 returns a WAV file:
@@ -19,14 +26,18 @@ returns a WAV file:
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import random
+import signal
 import sys
 import tempfile
+from pathlib import Path
 
 # Gradio phones home at import (analytics, version check) unless told not to; this machine may be offline.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+PROG = "audioldm2-lite-app"
 SCHEDULERS = {"DPM-Solver++ (fast)": "dpmsolver++", "DDIM": "ddim"}
 MAX_CANDIDATES = 4  # players on the page; the best one first
 MAX_SEED = 2**31 - 1
@@ -36,6 +47,11 @@ EXAMPLES = [
     ["Birds chirping in a forest at dawn with a gentle wind", "low quality"],
     ["A crowd cheers and applauds at the end of a concert", "low quality"],
 ]
+# Limits for a page that strangers may reach; each is a command-line option
+MAX_UPLOAD_MB = 20.0  # 30 s of 48 kHz stereo float WAV is 11 MB
+MAX_INPUT_SECONDS = 30.0  # the longest recording the Edit tab takes, as long as the Length slider goes
+MAX_PROMPT_CHARS = 1000  # the encoders read 77 and 512 tokens; a longer prompt only costs tokenizing time
+CACHE_HOURS = 24.0  # generated and uploaded files are deleted this long after they were written
 
 
 def generate(pipe, prompt: str, negative_prompt: str = "", seconds: float = 10.0, steps: int = 20,
@@ -63,10 +79,17 @@ def generate(pipe, prompt: str, negative_prompt: str = "", seconds: float = 10.0
     return [(pipe.sampling_rate, audio) for audio in result.audios], seed
 
 
-def edit_arguments(audio, strength, regenerate_start, regenerate_end, regenerate_above_hz) -> dict:
-    """The page's editing fields -> the pipeline's arguments (empty range and 0 Hz mean "not used")."""
+def edit_arguments(audio, strength, regenerate_start, regenerate_end, regenerate_above_hz,
+                   max_seconds: float | None = None) -> dict:
+    """The page's editing fields -> the pipeline's arguments (empty range and 0 Hz mean "not used").
+
+    A recording longer than `max_seconds` is refused from its header, before a sample is decoded: a small
+    compressed upload can hold an hour of audio, too much for the memory once decoded.
+    """
     if audio is None:
         raise ValueError("upload the audio to edit first")
+    if max_seconds is not None and (seconds := recording_seconds(audio)) > max_seconds:
+        raise ValueError(f"the recording is {seconds:.1f} s long; this page edits at most {max_seconds:g} s")
     time_range = None
     if regenerate_start or regenerate_end:
         time_range = (float(regenerate_start or 0.0), float(regenerate_end or 0.0))
@@ -74,16 +97,32 @@ def edit_arguments(audio, strength, regenerate_start, regenerate_end, regenerate
                 regenerate_above_hz=float(regenerate_above_hz) if regenerate_above_hz else None)
 
 
-def build_app(pipe, model_name: str = ""):
+def recording_seconds(path: str) -> float:
+    """An audio file's length from its header; 0 if soundfile cannot open it (reading it then says why)."""
+    import soundfile
+
+    try:
+        return soundfile.info(path).duration
+    except (soundfile.LibsndfileError, RuntimeError, OSError):
+        return 0.0
+
+
+def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHARS,
+              max_input_seconds: float = MAX_INPUT_SECONDS, cache_hours: float = CACHE_HOURS):
     """The page (gr.Blocks) for a loaded pipeline; `launch()` it or test its functions."""
     import gradio as gr
 
-    def checked(call):
-        """Run a generation; a ValueError (bad input) becomes a message on the page, not a stack trace."""
+    def checked(call, *prompts):
+        """Run a generation on prompts within the page's limit; a ValueError (bad input) becomes a message on the
+        page, not a stack trace, and leaves none in the server's log either: a refusal is not a fault."""
         try:
+            for text in prompts:
+                if text and len(text) > max_prompt_chars:
+                    raise ValueError(f"the prompt has {len(text)} characters; this page takes at most "
+                                     f"{max_prompt_chars}")
             return call()
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            raise gr.Error(str(error), print_exception=False) from None
 
     def page_generate(prompt, negative_prompt, seconds, steps, scheduler, guidance, seed, random_seed, candidates,
                       progress=gr.Progress()):
@@ -93,7 +132,7 @@ def build_app(pipe, model_name: str = ""):
         audios, used_seed = checked(lambda: generate(
             pipe, prompt, negative_prompt, seconds, steps, SCHEDULERS[scheduler], guidance,
             None if random_seed else seed, candidates, on_step,
-        ))
+        ), prompt, negative_prompt)
         players = [gr.update(value=audio, visible=True) for audio in audios]
         players += [gr.update(value=None, visible=i == 0) for i in range(len(audios), MAX_CANDIDATES)]
         return (*players, used_seed)
@@ -105,22 +144,26 @@ def build_app(pipe, model_name: str = ""):
 
         audios, used_seed = checked(lambda: generate(
             pipe, prompt, negative_prompt, 0.0, steps, SCHEDULERS[scheduler], guidance, None if random_seed else seed,
-            1, on_step, **edit_arguments(audio, strength, start, end, above),
-        ))
+            1, on_step, **edit_arguments(audio, strength, start, end, above, max_input_seconds),
+        ), prompt, negative_prompt)
         return audios[0], used_seed
 
     def api_generate(prompt, negative_prompt, seconds, steps, guidance, seed):
         audios, _ = checked(lambda: generate(pipe, prompt, negative_prompt, seconds, steps, "dpmsolver++", guidance,
-                                             seed))
+                                             seed), prompt, negative_prompt)
         return audios[0]
 
-    with gr.Blocks(title="AudioLDM 2 (audioldm2_lite)") as app:
+    # every file Gradio wrote for this page (results, uploads) is deleted `cache_hours` after it was written
+    age = max(1, round(cache_hours * 3600))
+    with gr.Blocks(title="AudioLDM 2 (audioldm2_lite)", delete_cache=(min(age, 3600), age)) as app:
         gr.Markdown(f"## AudioLDM 2\nModel: `{model_name}` on {pipe.device}, {str(pipe.dtype)[6:]}")
         # what both tabs use
         with gr.Row():
             with gr.Column(scale=2):
-                prompt = gr.Textbox(label="Prompt", placeholder="What should it sound like?", elem_id="prompt")
-                negative = gr.Textbox(label="Negative prompt", value="low quality", elem_id="negative-prompt")
+                prompt = gr.Textbox(label="Prompt", placeholder="What should it sound like?", elem_id="prompt",
+                                    max_length=max_prompt_chars)
+                negative = gr.Textbox(label="Negative prompt", value="low quality", elem_id="negative-prompt",
+                                      max_length=max_prompt_chars)
             with gr.Column():
                 with gr.Row():
                     steps = gr.Slider(1, 200, value=20, step=1, label="Steps", elem_id="steps")
@@ -152,7 +195,8 @@ def build_app(pipe, model_name: str = ""):
                         "extension). The result keeps the recording's length.")
             with gr.Row():
                 with gr.Column():
-                    source = gr.Audio(label="Audio to edit", type="filepath", sources=["upload"], elem_id="source")
+                    source = gr.Audio(label=f"Audio to edit (at most {max_input_seconds:g} s)", type="filepath",
+                                      sources=["upload"], elem_id="source")
                     strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength", elem_id="strength")
                     with gr.Row():
                         start = gr.Number(value=0.0, minimum=0.0, label="Regenerate from (s)", elem_id="start")
@@ -180,7 +224,9 @@ def build_app(pipe, model_name: str = ""):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="audioldm2-lite-app", description="A web page for AudioLDM 2 (Gradio).")
+    from .cli import OneLineParser
+
+    parser = OneLineParser(prog=PROG, description="A web page for AudioLDM 2 (Gradio).")
     parser.add_argument("--model", default="cvssp/audioldm2", help="hub id or local folder (default: cvssp/audioldm2)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
@@ -188,32 +234,104 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                         help="default: float16 on GPU, float32 on CPU")
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
+    parser.add_argument("--auth", type=user_password, default=None, metavar="USER:PASSWORD",
+                        help="ask for this login (visible to other users of this machine in `ps`: prefer --auth-file)")
+    parser.add_argument("--auth-file", default=None, metavar="FILE", help="logins, one USER:PASSWORD a line")
+    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
+                        help=f"largest file the Edit tab takes (default: {MAX_UPLOAD_MB:g})")
+    parser.add_argument("--max-input-seconds", type=float, default=MAX_INPUT_SECONDS,
+                        help=f"longest recording the Edit tab takes (default: {MAX_INPUT_SECONDS:g})")
+    parser.add_argument("--max-prompt-chars", type=int, default=MAX_PROMPT_CHARS,
+                        help=f"longest prompt or negative prompt (default: {MAX_PROMPT_CHARS})")
+    parser.add_argument("--cache-hours", type=float, default=CACHE_HOURS,
+                        help=f"delete results and uploads this long after they were written (default: {CACHE_HOURS:g})")
     return parser
 
 
+def user_password(text: str) -> tuple[str, str]:
+    """'USER:PASSWORD' -> (user, password); the password may hold colons, and is never echoed in an error."""
+    user, colon, password = text.strip().partition(":")
+    if not (user and colon and password):
+        raise argparse.ArgumentTypeError("expected USER:PASSWORD, both non-empty")
+    return user, password
+
+
+def read_logins(args) -> list[tuple[str, str]]:
+    """--auth and the lines of --auth-file (blank lines and # comments skipped) as Gradio's `auth` list."""
+    from .cli import UsageError
+
+    logins = [args.auth] if args.auth else []
+    if args.auth_file is None:
+        return logins
+    try:
+        lines = Path(args.auth_file).read_text().splitlines()
+    except OSError as error:
+        raise UsageError(f"cannot read --auth-file '{args.auth_file}' ({error.strerror})") from None
+    numbered = [(number, line) for number, line in enumerate(lines, 1)
+                if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:
+        raise UsageError(f"--auth-file '{args.auth_file}' holds no USER:PASSWORD line")
+    for number, line in numbered:
+        try:
+            logins.append(user_password(line))
+        except argparse.ArgumentTypeError:
+            raise UsageError(f"--auth-file '{args.auth_file}' line {number}: expected USER:PASSWORD") from None
+    return logins
+
+
+def open_to_anyone(host: str, share: bool, logins) -> bool:
+    """Whether other machines can reach the page without a login."""
+    if logins:
+        return False
+    if share:
+        return True
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only localhost is known to stay on this machine
+        return host != "localhost"
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        print('audioldm2-lite-app: error: the web app needs Gradio: pip install "audioldm2-lite[app]"', file=sys.stderr)
-        return 1
-    import torch
+    from .cli import report_errors
 
-    from . import AudioLDM2Pipeline, CheckpointError
+    return report_errors(PROG, lambda: serve(build_parser().parse_args(argv)))
 
-    try:
+
+def serve(args) -> int:
+    from .cli import UsageError
+
+    for option in ("max_upload_mb", "max_input_seconds", "max_prompt_chars", "cache_hours"):
+        if not 0 < getattr(args, option) < float("inf"):
+            raise UsageError(f"--{option.replace('_', '-')} must be a positive number, got {getattr(args, option)}")
+    logins = read_logins(args)
+    if open_to_anyone(args.host, args.share, logins):  # said before the model loads, so it can be stopped at once
+        where = "its public --share link" if args.share else f"port {args.port} of this machine"
+        print(f"{PROG}: warning: without --auth the page is open to anyone who can reach {where}",
+              file=sys.stderr, flush=True)
+    # Gradio serves its cache folder (uploads, results) to anyone who asks: give it a private one for this run,
+    # so that nothing else on the disk (the temp folder's other files, ./.gradio) is ever served
+    with tempfile.TemporaryDirectory(prefix="audioldm2-lite-app-", dir=os.environ.get("GRADIO_TEMP_DIR"),
+                                     ignore_cleanup_errors=True) as cache:
+        os.environ["GRADIO_TEMP_DIR"] = cache  # read when Gradio is imported and when it serves a file
+        os.environ["GRADIO_EXAMPLES_CACHE"] = os.path.join(cache, "examples")  # default: ./.gradio/cached_examples
+        os.environ.pop("GRADIO_ALLOWED_PATHS", None)  # Gradio would serve these folders too
+        try:
+            import gradio  # noqa: F401
+        except ImportError:
+            print(f'{PROG}: error: the web app needs Gradio: pip install "audioldm2-lite[app]"', file=sys.stderr)
+            return 1
+        import torch
+
+        from . import AudioLDM2Pipeline
+
+        # `kill` stops the server as Ctrl-C does, so the folder is removed on the way out
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         pipe = AudioLDM2Pipeline.from_pretrained(args.model, device=args.device,
                                                  dtype=getattr(torch, args.dtype) if args.dtype else None)
-        app = build_app(pipe, args.model)
-        print(f"audioldm2-lite-app: serving {args.model} on http://{args.host}:{args.port}/", flush=True)
-        app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
-                   show_error=False, allowed_paths=[tempfile.gettempdir()])
-    except (CheckpointError, ValueError, OSError, RuntimeError) as error:
-        print(f"audioldm2-lite-app: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        app = build_app(pipe, args.model, args.max_prompt_chars, args.max_input_seconds, args.cache_hours)
+        print(f"{PROG}: serving {args.model} on http://{args.host}:{args.port}/", flush=True)
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, show_error=False,
+                   auth=logins or None, max_file_size=round(args.max_upload_mb * 2**20))
     return 0
 
 

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -85,14 +86,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint):
-    """The real console entry point serving the tiny checkpoint on a free localhost port."""
+def app_command(*options) -> list[str]:
+    return [sys.executable, "-m", "audioldm2_lite.app", *options]
+
+
+def app_environment(extra=None) -> dict:
+    """This process's environment with `extra`, importing this checkout's package from any working folder."""
+    paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, paths))} | (extra or {})
+
+
+@contextlib.contextmanager
+def serving(checkpoint, *options, env=None, cwd=None):
+    """The real console entry point serving `checkpoint` on a free localhost port: yields the page's URL, and
+    stops the server (SIGTERM, as `kill` does) on the way out."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "audioldm2_lite.app", "--model", str(tiny_checkpoint), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a pipe nobody reads would stall a talkative server
+    process = subprocess.Popen(app_command("--model", str(checkpoint), "--port", str(port), *options), cwd=cwd,
+                               env=app_environment(env), stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:
@@ -102,11 +113,21 @@ def server(tiny_checkpoint):
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                pytest.fail(f"the app did not start:\n{process.stdout.read()}")
+                log.seek(0)
+                pytest.fail(f"the app did not start:\n{log.read()}")
             time.sleep(0.5)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    with serving(tiny_checkpoint) as url:
+        yield url
 
 
 def test_api_generate_returns_a_wav_and_survives_a_bad_request(server):
