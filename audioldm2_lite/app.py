@@ -4,8 +4,9 @@
                        [--auth USER:PASSWORD] [--auth-file FILE] [--max-upload-mb 20] [--max-input-seconds 30]
                        [--max-prompt-chars 1000] [--cache-hours 24]
 
-The app loads the model once and is a thin shell over `AudioLDM2Pipeline.__call__`: it has no generation
-logic of its own, so what the page makes is what the Python API makes with the same arguments. Requests wait
+The app loads the model once and is a thin shell over the pipeline: each event makes a `Request` and calls
+`AudioLDM2Pipeline.generate`, so what the page makes is what the Python API and the command line make with the
+same request, the same 16-bit samples the command line writes. A speech checkpoint shows a "Words to say" field. Requests wait
 in Gradio's queue and run one at a time on the one model (`concurrency_id="model"` joins the page and the
 API). A person's mistake (an empty prompt, a bad length) comes back as a message on the page, never a stack
 trace, and a failed request leaves the app serving.
@@ -15,8 +16,8 @@ Serving strangers: Gradio serves the files in its cache folder, so the app gives
 wrote and what was uploaded to it. Uploads, recordings, prompts and cache age are bounded (the options above);
 `--auth` puts a login in front of everything, and serving beyond this machine without it prints a warning.
 
-API: the named endpoint `/generate` takes (prompt, negative_prompt, seconds, steps, guidance, seed) and
-returns a WAV file:
+API: the named endpoint `/generate` takes (prompt, negative_prompt, seconds, steps, guidance, seed) and, for a
+speech checkpoint, the transcription, and returns a WAV file:
 
     from gradio_client import Client
     path = Client("http://127.0.0.1:7860/").predict("rain on a tin roof", "low quality", 5.0, 20, 3.5, 0,
@@ -28,11 +29,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import random
 import signal
 import sys
 import tempfile
 from pathlib import Path
+
+from .console import OneLineParser, UsageError, pcm16, report_errors
+from .generation.editing import steps_to_run
+from .generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, Request
 
 # Gradio phones home at import (analytics, version check) unless told not to; this machine may be offline.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -54,29 +58,27 @@ MAX_PROMPT_CHARS = 1000  # the encoders read 77 and 512 tokens; a longer prompt 
 CACHE_HOURS = 24.0  # generated and uploaded files are deleted this long after they were written
 
 
-def generate(pipe, prompt: str, negative_prompt: str = "", seconds: float = 10.0, steps: int = 20,
-             scheduler: str = "dpmsolver++", guidance: float = 3.5, seed: int | None = None, candidates: int = 1,
-             on_step=None, **edit) -> tuple[list, int]:
-    """Run the pipeline once: ([(sampling_rate, waveform) best first], the seed used).
-
-    `seed=None` draws one, so that every result can be made again. `on_step(i, total)` reports progress.
-    `edit`: the pipeline's audio-editing arguments (`audio`, `strength`, `regenerate_seconds`,
-    `regenerate_above_hz`); the output then has the input's length and `seconds` is not used.
-    """
-    from .generation.editing import steps_to_run
-
-    seed = random.randint(0, MAX_SEED) if seed is None else int(seed)
-    steps, candidates = int(steps), int(candidates)
+def make_request(prompt, negative_prompt="", seconds=None, steps=None, scheduler=None, guidance=3.5, seed=None,
+                 candidates=1, transcription=None, edit=None) -> Request:
+    """The page's fields -> the request (`edit`: `edit_arguments`); seed None draws one, recorded in the result."""
+    candidates = int(candidates)
     if not 1 <= candidates <= MAX_CANDIDATES:
         raise ValueError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {candidates}")
-    total = steps_to_run(edit.get("strength", 1.0), steps)  # SDEdit runs only the last part of the schedule
-    result = pipe(
-        prompt, negative_prompt=negative_prompt or None, audio_length_in_s=None if edit else float(seconds),
-        num_inference_steps=steps, guidance_scale=float(guidance), num_waveforms_per_prompt=candidates,
-        scheduler=scheduler, seed=seed, callback=None if on_step is None else (lambda i, t, x: on_step(i + 1, total)),
-        **edit,
-    )
-    return [(pipe.sampling_rate, audio) for audio in result.audios], seed
+    return Request(prompt=prompt, negative_prompt=negative_prompt or "", transcription=(transcription or "").strip() or None,
+                   seconds=None if edit or seconds is None else float(seconds), steps=None if steps is None else int(steps),
+                   scheduler=scheduler, guidance=float(guidance), candidates=candidates,
+                   seed=None if seed is None else int(seed), **(edit or {}))
+
+
+def generate(pipe, request: Request, on_step=None) -> tuple[list, int]:
+    """Run one request through the pipeline: ([(sampling_rate, 16-bit samples) best first], the seed used).
+
+    The samples are the ones the command line writes to its files (console.pcm16): Gradio would otherwise
+    peak-normalise float audio. `on_step(i, total)` reports progress."""
+    request = pipe.with_seed(request).check(pipe.limits())
+    total = steps_to_run(request.strength, request.steps)  # an edit runs only the last part of the schedule
+    [result] = pipe.generate(request, callback=None if on_step is None else (lambda i, t, x: on_step(i + 1, total)))
+    return [(pipe.sampling_rate, pcm16(audio)) for audio in result.audios], result.request.seed
 
 
 def edit_arguments(audio, strength, regenerate_start, regenerate_end, regenerate_above_hz,
@@ -125,33 +127,39 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
             raise gr.Error(str(error), print_exception=False) from None
 
     def page_generate(prompt, negative_prompt, seconds, steps, scheduler, guidance, seed, random_seed, candidates,
-                      progress=gr.Progress()):
+                      transcription="", progress=gr.Progress()):
         def on_step(i, total):
             progress((i, total), desc="denoising", unit="steps")
 
-        audios, used_seed = checked(lambda: generate(
-            pipe, prompt, negative_prompt, seconds, steps, SCHEDULERS[scheduler], guidance,
-            None if random_seed else seed, candidates, on_step,
-        ), prompt, negative_prompt)
+        audios, used_seed = checked(lambda: generate(pipe, make_request(
+            prompt, negative_prompt, seconds, steps, SCHEDULERS[scheduler], guidance, None if random_seed else seed,
+            candidates, transcription), on_step), prompt, negative_prompt)
         players = [gr.update(value=audio, visible=True) for audio in audios]
         players += [gr.update(value=None, visible=i == 0) for i in range(len(audios), MAX_CANDIDATES)]
         return (*players, used_seed)
 
     def page_edit(audio, strength, start, end, above, prompt, negative_prompt, steps, scheduler, guidance, seed,
-                  random_seed, progress=gr.Progress()):
+                  random_seed, transcription="", progress=gr.Progress()):
         def on_step(i, total):
             progress((i, total), desc="denoising", unit="steps")
 
-        audios, used_seed = checked(lambda: generate(
-            pipe, prompt, negative_prompt, 0.0, steps, SCHEDULERS[scheduler], guidance, None if random_seed else seed,
-            1, on_step, **edit_arguments(audio, strength, start, end, above, max_input_seconds),
-        ), prompt, negative_prompt)
+        audios, used_seed = checked(lambda: generate(pipe, make_request(
+            prompt, negative_prompt, None, steps, SCHEDULERS[scheduler], guidance, None if random_seed else seed, 1,
+            transcription, edit_arguments(audio, strength, start, end, above, max_input_seconds)), on_step),
+            prompt, negative_prompt)
         return audios[0], used_seed
 
-    def api_generate(prompt, negative_prompt, seconds, steps, guidance, seed):
-        audios, _ = checked(lambda: generate(pipe, prompt, negative_prompt, seconds, steps, "dpmsolver++", guidance,
-                                             seed), prompt, negative_prompt)
+    def api_generate(prompt, negative_prompt, seconds, steps, guidance, seed, transcription=""):
+        audios, _ = checked(lambda: generate(pipe, make_request(
+            prompt, negative_prompt, seconds, steps, "dpmsolver++", guidance, seed, 1, transcription)),
+            prompt, negative_prompt)
         return audios[0]
+
+    def steps_for(scheduler):  # the table's default for the sampler chosen
+        return gr.update(value=DEFAULT_STEPS[SCHEDULERS[scheduler]])
+
+    speaks = pipe.conditioner.speaks  # a text-to-speech checkpoint: the words to say are needed
+    default_scheduler = next(label for label, name in SCHEDULERS.items() if name == pipe.default_scheduler)
 
     # every file Gradio wrote for this page (results, uploads) is deleted `cache_hours` after it was written
     age = max(1, round(cache_hours * 3600))
@@ -160,16 +168,21 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
         # what both tabs use
         with gr.Row():
             with gr.Column(scale=2):
-                prompt = gr.Textbox(label="Prompt", placeholder="What should it sound like?", elem_id="prompt",
+                prompt = gr.Textbox(label="Voice (how it should sound)" if speaks else "Prompt",
+                                    placeholder="What should it sound like?", elem_id="prompt",
                                     max_length=max_prompt_chars)
+                transcription = gr.Textbox(label="Words to say", visible=speaks, elem_id="transcription",
+                                           placeholder="The text the voice reads", max_length=max_prompt_chars)
                 negative = gr.Textbox(label="Negative prompt", value="low quality", elem_id="negative-prompt",
                                       max_length=max_prompt_chars)
             with gr.Column():
                 with gr.Row():
-                    steps = gr.Slider(1, 200, value=20, step=1, label="Steps", elem_id="steps")
-                    guidance = gr.Slider(1.0, 10.0, value=3.5, step=0.5, label="Guidance scale")
+                    steps = gr.Slider(1, 1000, value=DEFAULT_STEPS[pipe.default_scheduler], step=1, label="Steps",
+                                      elem_id="steps")
+                    guidance = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale")
                 with gr.Row():
-                    scheduler = gr.Dropdown(list(SCHEDULERS), value=next(iter(SCHEDULERS)), label="Scheduler")
+                    scheduler = gr.Dropdown(list(SCHEDULERS), value=default_scheduler, label="Scheduler",
+                                            elem_id="scheduler")
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                     random_seed = gr.Checkbox(value=True, label="Random seed")
 
@@ -208,24 +221,23 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
                     edited = gr.Audio(label="Edited", type="numpy", format="wav", interactive=False, elem_id="edited")
                     edited_seed = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="edited-seed")
 
+        scheduler.change(steps_for, scheduler, steps, api_visibility="private")
         button.click(page_generate, [prompt, negative, seconds, steps, scheduler, guidance, seed, random_seed,
-                                     candidates], [*players, used_seed], api_visibility="private",
+                                     candidates, transcription], [*players, used_seed], api_visibility="private",
                      concurrency_id="model")
         edit_button.click(page_edit, [source, strength, start, end, above, prompt, negative, steps, scheduler,
-                                      guidance, seed, random_seed], [edited, edited_seed],
+                                      guidance, seed, random_seed, transcription], [edited, edited_seed],
                           api_visibility="private", concurrency_id="model")
-        # the programmatic endpoint: six plain arguments, one WAV back
+        # the programmatic endpoint: six plain arguments (a seventh, the transcription, for speech), one WAV back
         api_output = gr.Audio(type="numpy", format="wav", visible=False)
         api_button = gr.Button(visible=False)
-        api_button.click(api_generate, [prompt, negative, seconds, steps, guidance, seed], api_output,
+        api_button.click(api_generate, [prompt, negative, seconds, steps, guidance, seed, transcription], api_output,
                          api_name="generate", concurrency_id="model")
     app.queue(default_concurrency_limit=1)
     return app
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .cli import OneLineParser
-
+def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="A web page for AudioLDM 2 (Gradio).")
     parser.add_argument("--model", default="cvssp/audioldm2", help="hub id or local folder (default: cvssp/audioldm2)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
@@ -233,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     parser.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                         help="default: float16 on GPU, float32 on CPU")
+    parser.add_argument("--lora", default=None, help="LoRA adapter file from audioldm2-lite-train (lora.safetensors)")
+    parser.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default: 1)")
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
     parser.add_argument("--auth", type=user_password, default=None, metavar="USER:PASSWORD",
                         help="ask for this login (visible to other users of this machine in `ps`: prefer --auth-file)")
@@ -258,8 +272,6 @@ def user_password(text: str) -> tuple[str, str]:
 
 def read_logins(args) -> list[tuple[str, str]]:
     """--auth and the lines of --auth-file (blank lines and # comments skipped) as Gradio's `auth` list."""
-    from .cli import UsageError
-
     logins = [args.auth] if args.auth else []
     if args.auth_file is None:
         return logins
@@ -292,17 +304,17 @@ def open_to_anyone(host: str, share: bool, logins) -> bool:
 
 
 def main(argv=None) -> int:
-    from .cli import report_errors
-
     return report_errors(PROG, lambda: serve(build_parser().parse_args(argv)))
 
 
 def serve(args) -> int:
-    from .cli import UsageError
-
     for option in ("max_upload_mb", "max_input_seconds", "max_prompt_chars", "cache_hours"):
         if not 0 < getattr(args, option) < float("inf"):
             raise UsageError(f"--{option.replace('_', '-')} must be a positive number, got {getattr(args, option)}")
+    if args.lora_scale is not None and args.lora is None:
+        raise UsageError("--lora-scale needs --lora (the adapter it scales)")
+    if args.lora is not None and not Path(args.lora).is_file():
+        raise UsageError(f"--lora: no adapter file '{args.lora}'")
     logins = read_logins(args)
     if open_to_anyone(args.host, args.share, logins):  # said before the model loads, so it can be stopped at once
         where = "its public --share link" if args.share else f"port {args.port} of this machine"
@@ -327,7 +339,8 @@ def serve(args) -> int:
         # `kill` stops the server as Ctrl-C does, so the folder is removed on the way out
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         pipe = AudioLDM2Pipeline.from_pretrained(args.model, device=args.device,
-                                                 dtype=getattr(torch, args.dtype) if args.dtype else None)
+                                                 dtype=getattr(torch, args.dtype) if args.dtype else None,
+                                                 lora=args.lora, lora_scale=args.lora_scale or 1.0)
         app = build_app(pipe, args.model, args.max_prompt_chars, args.max_input_seconds, args.cache_hours)
         print(f"{PROG}: serving {args.model} on http://{args.host}:{args.port}/", flush=True)
         app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, show_error=False,

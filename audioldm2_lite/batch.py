@@ -37,9 +37,10 @@ from .generation.request import Request
 
 # the columns a row may set: every request field a person writes per row, and the file's name
 COLUMNS = ("prompt", "negative_prompt", "transcription", "seconds", "seed", "file_name", "candidates", "guidance",
-           "audio", "strength", "regenerate_seconds", "regenerate_above_hz")
-NUMBERS = {"seconds": float, "guidance": float, "seed": int, "candidates": int, "strength": float,
+           "steps", "scheduler", "karras", "audio", "strength", "regenerate_seconds", "regenerate_above_hz")
+NUMBERS = {"seconds": float, "guidance": float, "seed": int, "candidates": int, "steps": int, "strength": float,
            "regenerate_above_hz": float}
+TRUTH = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}  # a CSV cell's booleans
 DEFAULT_SEED = 0  # without --seed a batch run is still reproducible, so a rerun resumes the same audio
 MANIFEST = "manifest.jsonl"
 
@@ -131,6 +132,10 @@ def make_row(index: int, line: int, values: dict, args, seed: int, suffix: str, 
             except (TypeError, ValueError):
                 raise ValueError(f"{column} must be a{'n integer' if kind is int else ' number'}, "
                                  f"got {values[column]!r}") from None
+    if "karras" in values and not isinstance(values["karras"], bool):
+        if str(values["karras"]).strip().lower() not in TRUTH:
+            raise ValueError(f"karras must be true or false, got {values['karras']!r}")
+        values["karras"] = TRUTH[str(values["karras"]).strip().lower()]
     if "regenerate_seconds" in values:  # "START:END" in a CSV cell, [start, end] in JSON
         text = values["regenerate_seconds"]
         values["regenerate_seconds"] = tuple(text.split(":")) if isinstance(text, str) else text

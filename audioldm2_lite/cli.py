@@ -68,8 +68,9 @@ def build_parser() -> OneLineParser:
     add_editing_arguments(parser)
     many = parser.add_argument_group("many prompts (README: Many prompts; torchrun for several GPUs)")
     many.add_argument("--prompts-file", help=".txt (a prompt a line), .csv or .jsonl (a 'prompt' column, optional "
-                      "negative_prompt, transcription, seconds, seed, file_name, candidates, guidance, audio, "
-                      "strength, regenerate_seconds, regenerate_above_hz); options are the defaults")
+                      "negative_prompt, transcription, seconds, seed, file_name, candidates, guidance, steps, "
+                      "scheduler, karras, audio, strength, regenerate_seconds, regenerate_above_hz); options are the "
+                      "defaults")
     many.add_argument("--output-dir", help="folder for the files and manifest.jsonl; rows already there are skipped")
     many.add_argument("--batch-size", type=int, default=1, help="rows per pipeline call (default: 1)")
     many.add_argument("--format", default="wav", choices=[f[1:] for f in FORMATS], help="file format (default: wav)")

@@ -87,6 +87,14 @@ def write_atomically(path, write, mode: str = "wb") -> None:
             os.unlink(temporary)
 
 
+def pcm16(audio):
+    """Float samples (full scale +-1) as 16-bit PCM, as libsndfile converts them (x 32767, rounded), clipped:
+    what every file holds and what the page plays, so that the two are the same numbers."""
+    import numpy as np
+
+    return np.clip(np.rint(np.asarray(audio, dtype=np.float64) * 32767), -32768, 32767).astype(np.int16)
+
+
 def write_audio(path, audio, sampling_rate: int, metadata: dict[str, str] | None = None) -> None:
     """16-bit PCM WAV or FLAC (by the extension), written atomically; `metadata` fills soundfile's text fields
     (title, comment, software, ...), which both formats carry."""
@@ -99,7 +107,7 @@ def write_audio(path, audio, sampling_rate: int, metadata: dict[str, str] | None
                                  subtype="PCM_16") as file:
             for field, text in (metadata or {}).items():
                 setattr(file, field, text)
-            file.write(audio)
+            file.write(pcm16(audio))
 
     write_atomically(path, write)
 

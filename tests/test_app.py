@@ -24,7 +24,8 @@ import torch
 pytest.importorskip("gradio", reason="the web app is an optional extra: pip install -e '.[app]'")
 
 from audioldm2_lite import AudioLDM2Pipeline  # noqa: E402
-from audioldm2_lite.app import MAX_CANDIDATES, edit_arguments, generate  # noqa: E402
+from audioldm2_lite.app import MAX_CANDIDATES, edit_arguments, generate, make_request  # noqa: E402
+from audioldm2_lite.console import pcm16  # noqa: E402
 
 SECONDS = 1.0  # short audio and few steps: the page, not the model, is under test
 
@@ -36,21 +37,23 @@ def pipe(tiny_checkpoint):
 
 def test_generate_returns_ranked_candidates_and_the_seed_that_remakes_them(pipe):
     steps = []
-    audios, seed = generate(pipe, "rain on a tin roof", "low quality", SECONDS, 3, "ddim", 3.5, None, 2,
+    audios, seed = generate(pipe, make_request("rain on a tin roof", "low quality", SECONDS, 3, "ddim", 3.5, None, 2),
                             on_step=lambda i, total: steps.append((i, total)))
     assert len(audios) == 2 and all(rate == 16000 and audio.shape == (16000,) for rate, audio in audios)
     assert steps == [(1, 3), (2, 3), (3, 3)]
-    again, same_seed = generate(pipe, "rain on a tin roof", "low quality", SECONDS, 3, "ddim", 3.5, seed, 2)
+    again, same_seed = generate(pipe, make_request("rain on a tin roof", "low quality", SECONDS, 3, "ddim", 3.5, seed, 2))
     assert same_seed == seed
     for (_, first), (_, second) in zip(audios, again):
         np.testing.assert_array_equal(first, second)  # same seed, same device: the same numbers
 
 
 def test_generate_is_the_pipeline_call(pipe):
-    audios, seed = generate(pipe, "techno music", "", SECONDS, 2, "dpmsolver++", 2.0, 7, 1)
+    audios, seed = generate(pipe, make_request("techno music", "", SECONDS, 2, "dpmsolver++", 2.0, 7, 1))
     direct = pipe("techno music", audio_length_in_s=SECONDS, num_inference_steps=2, guidance_scale=2.0,
                   scheduler="dpmsolver++", generator=torch.Generator().manual_seed(7)).audios[0]
-    np.testing.assert_array_equal(audios[0][1], direct)  # no generation logic of the app's own
+    # no generation logic of the app's own; the samples as the command line writes them, not peak-normalised
+    assert audios[0][1].dtype == np.int16
+    np.testing.assert_array_equal(audios[0][1], pcm16(direct))
 
 
 def test_generate_edits_audio_as_the_pipeline_does(pipe, tmp_path):
@@ -59,10 +62,10 @@ def test_generate_edits_audio_as_the_pipeline_does(pipe, tmp_path):
     edit = edit_arguments(str(source), 0.5, 0.5, 1.0, 0)
     assert edit == dict(audio=str(source), strength=0.5, regenerate_seconds=(0.5, 1.0), regenerate_above_hz=None)
     steps = []
-    audios, seed = generate(pipe, "rain", "", 0.0, 4, "ddim", 3.5, 3, 1, lambda i, total: steps.append((i, total)),
-                            **edit)
+    audios, seed = generate(pipe, make_request("rain", "", None, 4, "ddim", 3.5, 3, 1, edit=edit),
+                            lambda i, total: steps.append((i, total)))
     direct = pipe("rain", num_inference_steps=4, scheduler="ddim", seed=3, **edit).audios[0]
-    np.testing.assert_array_equal(audios[0][1], direct)  # the pipeline's edit, nothing of the app's own
+    np.testing.assert_array_equal(audios[0][1], pcm16(direct))  # the pipeline's edit, nothing of the app's own
     assert audios[0][1].shape == (24000,) and steps == [(1, 2), (2, 2)]  # input's length; strength 0.5: 2 steps
     with pytest.raises(ValueError, match="upload the audio"):
         edit_arguments(None, 0.5, 0, 0, 0)
@@ -70,14 +73,14 @@ def test_generate_edits_audio_as_the_pipeline_does(pipe, tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(prompt="   "), "non-empty"),
-    (dict(seconds=0.0), "audio_length_in_s must be positive"),
+    (dict(seconds=0.0), "seconds must be positive"),
     (dict(candidates=MAX_CANDIDATES + 1), "candidates must be between"),
 ])
 def test_bad_values_are_value_errors(pipe, kwargs, message):
     arguments = dict(prompt="rain", negative_prompt="", seconds=SECONDS, steps=2, scheduler="ddim", guidance=3.5,
                      seed=0, candidates=1) | kwargs
     with pytest.raises(ValueError, match=message):
-        generate(pipe, **arguments)
+        generate(pipe, make_request(**arguments))
 
 
 def free_port() -> int:

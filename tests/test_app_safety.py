@@ -26,7 +26,7 @@ from test_app import app_command, app_environment, browser_page, serving  # noqa
 
 SECRET = "not for the web"
 LIMITS = ["--max-upload-mb", "0.5", "--max-input-seconds", "2", "--max-prompt-chars", "50"]
-GOOD_REQUEST = ["rain on a tin roof", "low quality", 1.0, 2, 3.5, 0]  # /generate: 1 s, 2 steps
+GOOD_REQUEST = ["rain on a tin roof", "low quality", 1.0, 2, 3.5, 0, ""]  # /generate: 1 s, 2 steps, no transcription
 
 
 def fetch(request, headers=None) -> tuple[int, bytes]:
@@ -75,7 +75,7 @@ def wav(seconds: float, rate: int = 8000) -> bytes:
 def edit(url: str, uploaded_path: str, headers=None):
     """The Edit tab's event on a file: strength 0.5, 2 steps."""
     audio = {"path": uploaded_path, "meta": {"_type": "gradio.FileData"}}
-    return call(url, "page_edit", audio, 0.5, 0, 0, 0, "rain", "", 4, "DDIM", 3.5, 0, False, headers=headers)
+    return call(url, "page_edit", audio, 0.5, 0, 0, 0, "rain", "", 4, "DDIM", 3.5, 0, False, "", headers=headers)
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +160,8 @@ def test_too_long_prompts_and_too_many_candidates_are_refused(exposed):
         "error", "the prompt has 55 characters; this page takes at most 50")
     assert call(url, "generate", GOOD_REQUEST[0], long_text, *GOOD_REQUEST[2:])[0] == "error"  # negative prompt
     page_request = ["rain", "", 1.0, 2, "DDIM", 3.5, 0, False]
-    assert call(url, "page_generate", *page_request, 5) == ("error", "Value 5 is greater than maximum value 4.")
-    event, outputs = call(url, "page_generate", *page_request, 2)
+    assert call(url, "page_generate", *page_request, 5, "") == ("error", "Value 5 is greater than maximum value 4.")
+    event, outputs = call(url, "page_generate", *page_request, 2, "")
     assert event == "complete" and [player["value"] is not None for player in outputs[:4]] == [True, True, False, False]
 
 

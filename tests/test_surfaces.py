@@ -1,5 +1,5 @@
-"""Every mode on every surface: the same request gives the same samples from the Python call, the command line
-and a prompt file (and the page: test_app.py), because each surface only builds a `Request` and calls
+"""Every mode on every surface: the same request gives the same samples from the Python call, the command line,
+a prompt file and the page's function (test_app.py drives the page itself in a browser), because each surface only builds a `Request` and calls
 `AudioLDM2Pipeline.generate` (tests on the tiny checkpoints; speech on the tiny speech checkpoint).
 
 Modes: text to audio, speech, style transfer, inpainting, bandwidth extension, and a LoRA with text to audio and
@@ -20,6 +20,7 @@ import torch
 
 from audioldm2_lite import AudioLDM2Pipeline
 from audioldm2_lite.cli import main
+from audioldm2_lite.console import pcm16
 from audioldm2_lite.generation.lora import apply_lora, save_lora
 from audioldm2_lite.generation.request import Request
 
@@ -74,8 +75,7 @@ def command_line(fields: dict) -> list[str]:
 def assert_file_holds(path: Path, audio: np.ndarray, label: str):
     written, rate = soundfile.read(path, dtype="float64")
     assert rate == 16000 and written.shape == audio.shape, label
-    expected = np.clip(np.round(audio.astype(np.float64) * 32768), -32768, 32767) / 32768  # 16-bit PCM, as written
-    steps = np.abs(written - expected).max() / STEP
+    steps = np.abs(written - pcm16(audio) / 32768).max() / STEP  # soundfile reads 16-bit PCM back as k / 32768
     assert steps <= 1, f"{label}: {steps:g} steps from the Python call's samples"
 
 
@@ -98,6 +98,14 @@ def test_the_same_request_gives_the_same_samples_on_every_surface(mode, files, r
                   scheduler=job.scheduler, transcription=job.transcription, **edit).audios[0]
     np.testing.assert_array_equal(direct, reference)  # the same arithmetic, in the same process: bit-equal
 
+    # the page: its function, as its events call it; it plays the 16-bit samples the command line writes
+    app = pytest.importorskip("audioldm2_lite.app", reason="the page is an optional extra: pip install -e '.[app]'")
+    played, seed = app.generate(pipe, app.make_request(job.prompt, job.negative_prompt, job.seconds, job.steps,
+                                                       job.scheduler, job.guidance, job.seed, job.candidates,
+                                                       job.transcription, edit or None))
+    assert seed == job.seed and len(played) == job.candidates
+    np.testing.assert_array_equal(played[0][1], pcm16(reference))  # the same process: the very same samples
+
     # the command line
     out = tmp_path / "cli.wav"
     assert main([job.prompt, "-o", str(out), "--model", str(checkpoint), "--device", "cpu", "--quiet",
@@ -109,10 +117,10 @@ def test_the_same_request_gives_the_same_samples_on_every_surface(mode, files, r
 
     # a prompt file: the request's fields as a row's columns (the LoRA, one per run, as an option)
     row = {k: (f"{v[0]}:{v[1]}" if k == "regenerate_seconds" else v) for k, v in fields.items()
-           if k not in ("lora", "lora_scale", "steps")}
+           if k not in ("lora", "lora_scale")}
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({**row, "file_name": "row.wav"}) + "\n")
-    options = [f"--{k.replace('_', '-')}={fields[k]}" for k in ("lora", "lora_scale", "steps") if k in fields]
+    options = [f"--{k.replace('_', '-')}={fields[k]}" for k in ("lora", "lora_scale") if k in fields]
     assert main(["--prompts-file", str(prompts), "--output-dir", str(tmp_path / "rows"), "--model", str(checkpoint),
                  "--device", "cpu", "--quiet", *options]) == 0, capsys.readouterr().err
     assert_file_holds(tmp_path / "rows" / "row.wav", reference, f"{mode}: prompt file")
