@@ -235,14 +235,15 @@ def trainable_state(unet) -> dict:
     return {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
 
 
-def open_tensorboard(folder: Path, purge_step: int | None):
+def open_tensorboard(folder: Path, purge_step: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         warnings.warn("no TensorBoard curves: the `tensorboard` package is not installed "
                       "(pip install 'audioldm2-lite[train]'); loss.csv has the numbers")
         return None
-    return SummaryWriter(str(folder), purge_step=purge_step)  # a resume drops what came after its checkpoint
+    # events from purge_step on, of an earlier attempt, are dropped: after a resume's checkpoint, or all of them
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +336,7 @@ def train(config: TrainConfig) -> Path:
         log = log_file.open("w", newline="")
         writer = csv.writer(log)
         writer.writerows([["step", "loss", "grad_norm", "learning_rate", "seconds"], *log_rows])
-        board = open_tensorboard(out / "training" / "tensorboard", step + 1 if c.resume else None)
+        board = open_tensorboard(out / "training" / "tensorboard", step + 1 if c.resume else 0)
 
     def validate():  # rank 0: the prompts from the current weights (EMA when on), heard and scored
         with swapped(parameters, ema):
@@ -343,10 +344,10 @@ def train(config: TrainConfig) -> Path:
             validation(unet, step, out / "training", board)
             unet.train()
 
-    if validation and step == 0:
-        validate()  # the base model: what the fine-tune is measured against
-    elif validation:
-        validation.forget_after(out / "training", step)
+    if validation:
+        validation.forget_after(out / "training", step if c.resume else -1)  # rows of what is done again
+        if step == 0:
+            validate()  # the base model: what the fine-tune is measured against
 
     # the loop
     global_batch, share = c.batch_size * world, slice(rank * c.batch_size, (rank + 1) * c.batch_size)
@@ -481,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "instead of the raw weights (default: off)",
         "caption_dropout": "probability of the empty prompt instead of the caption (default: 0.1)",
         "seconds": "clip length: longer clips are cut after it, shorter padded with silence (default: 10.24)",
-        "seed": "random seed for order, noise, timesteps and dropout (default: 0)",
+        "seed": "random seed for order, noise, timesteps, dropout and LoRA initialisation (default: 0)",
         "checkpoint_every": "steps between checkpoints and exports (default: 500)",
         "validation_prompts": "prompts (.txt, one a line; or .csv / .jsonl with a prompt column) generated with "
                               "fixed seeds and scored into OUTPUT/training/validation/ while training",

@@ -63,7 +63,8 @@ class Validation:
         self.pipe = self.scorer = None
 
     def forget_after(self, folder: Path, step: int) -> None:
-        """A resumed run redoes the validations after its checkpoint (step): their rows of validation.csv go."""
+        """The rows of validation.csv after `step` go: a resumed run does the validations after its checkpoint
+        again (and a new run, step -1, all of them)."""
         table = folder / "validation.csv"
         if table.is_file():
             rows = list(csv.reader(table.read_text().splitlines()))
