@@ -90,7 +90,8 @@ class Validation:
                               guidance_scale=GUIDANCE, scheduler="dpmsolver++", seed=seed).audios[0]  # (samples,)
             soundfile.write(here / name, audio, self.pipe.sampling_rate, subtype="FLOAT")
             audios.append(audio)
-        lines = [json.dumps({"file_name": n, "prompt": p}, ensure_ascii=False) for n, p in zip(self.names, self.prompts)]
+        lines = [json.dumps({"file_name": name, "prompt": prompt}, ensure_ascii=False)
+                 for name, prompt in zip(self.names, self.prompts)]
         (here / "prompts.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         report = evaluate(here, reference_stats=self.reference_stats, prompts=here / "prompts.jsonl",
                           scorer=self.scorer, progress=False)

@@ -204,7 +204,7 @@ def test_resume_continues_exactly(tiny_checkpoint, tones, cache_dir, tmp_path, m
         raise AssertionError("everything is cached: the text stages and the VAE must not be loaded")
 
     monkeypatch.setattr("audioldm2_lite.train_data.TextConditioner.from_pretrained", not_needed)
-    monkeypatch.setattr("audioldm2_lite.train_data.read_audio", not_needed)  # nor the audio decoded, not even to check it
+    monkeypatch.setattr("audioldm2_lite.train_data.read_audio", not_needed)  # nor the audio decoded, even to check it
     two_runs = train(config(tiny_checkpoint, tones, tmp_path / "twice", cache_dir, **options, resume=True))
 
     weights = [load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors")) for out in (one_run, two_runs)]
@@ -294,7 +294,8 @@ def test_validation_audio_scores_and_tensorboard_during_a_run(tiny_checkpoint, t
                             seed=seed).audios[0]
             heard, rate = soundfile.read(folder / f"step-{step}" / name, dtype="float32")
             # the same weights through the same code, written as float WAV: measured identical
-            assert rate == pipe.sampling_rate and max_rel_error(torch.from_numpy(heard), torch.from_numpy(expected)) <= 1e-6
+            assert rate == pipe.sampling_rate
+            assert max_rel_error(torch.from_numpy(heard), torch.from_numpy(expected)) <= 1e-6
     step_0 = soundfile.read(folder / "step-0" / names[0])[0]
     assert not np.allclose(step_0, soundfile.read(folder / "step-3" / names[0])[0]), "the weights did not move"
 
