@@ -262,7 +262,8 @@ def test_bf16_autocast_on_the_cpu_follows_float32(tiny_checkpoint, tones, cache_
     assert not np.array_equal(losses[1], losses[0]), "bf16 autocast did not run"
 
 
-def test_validation_audio_scores_and_tensorboard_during_a_run(tiny_checkpoint, tones, cache_dir, tmp_path):
+def test_validation_audio_scores_and_tensorboard_during_a_run(tiny_checkpoint, tones, cache_dir, tmp_path,
+                                                              monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from audioldm2_lite import AudioLDM2Pipeline
@@ -272,22 +273,32 @@ def test_validation_audio_scores_and_tensorboard_during_a_run(tiny_checkpoint, t
     prompts.write_text("# validation\na steady tone\nA high whistle!\n")
     rng = np.random.default_rng(0)
     write_stats(tmp_path / "ref.npz", rng.normal(size=16), np.eye(16), 100)  # the tiny CLAP's 16-d embeddings
-    out = train(config(tiny_checkpoint, tones, tmp_path / "out", cache_dir, max_steps=3, ema_decay=0.5,
-                       validation_prompts=str(prompts), validation_every=2, validation_steps=2,
-                       validation_reference=str(tmp_path / "ref.npz")))
+    options = dict(max_steps=4, checkpoint_every=2, ema_decay=0.5, validation_prompts=str(prompts),
+                   validation_every=3, validation_steps=2, validation_reference=str(tmp_path / "ref.npz"))
+
+    def interrupted_after_step_3(step, *args):  # after the validation of step 3, past the checkpoint of step 2
+        if step == 3:
+            raise KeyboardInterrupt
+        return learning_rate(step, *args)
+
+    monkeypatch.setattr("audioldm2_lite.train.learning_rate", interrupted_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_checkpoint, tones, tmp_path / "out", cache_dir, **options))
+    monkeypatch.setattr("audioldm2_lite.train.learning_rate", learning_rate)
+    out = train(config(tiny_checkpoint, tones, tmp_path / "out", cache_dir, **options, resume=True))
 
     folder = out / "training" / "validation"
     names = ["00-a_steady_tone.wav", "01-a_high_whistle.wav"]
-    assert sorted(p.name for p in folder.iterdir()) == ["step-0", "step-2", "step-3"]  # before, every 2, at the end
-    for step in (0, 2, 3):
+    assert sorted(p.name for p in folder.iterdir()) == ["step-0", "step-3", "step-4"]  # before, every 3, at the end
+    for step in (0, 3, 4):
         assert sorted(p.name for p in (folder / f"step-{step}").glob("*.wav")) == names
     table = list(csv.DictReader((out / "training" / "validation.csv").open()))
-    assert [r["step"] for r in table] == ["0", "2", "3"]
+    assert [r["step"] for r in table] == ["0", "3", "4"]  # step 3 done twice (before and after the resume), kept once
     assert all(-1 <= float(r["clap_score"]) <= 1 and float(r["fd_clap"]) > 0 for r in table)
 
     # the audio is the pipeline's, with seed i for prompt i: at step 0 from the base checkpoint, at the end
     # from the exported (EMA) weights
-    for step, model in ((0, tiny_checkpoint), (3, out)):
+    for step, model in ((0, tiny_checkpoint), (4, out)):
         pipe = AudioLDM2Pipeline.from_pretrained(model, device="cpu")
         for seed, (prompt, name) in enumerate(zip(["a steady tone", "A high whistle!"], names)):
             expected = pipe(prompt, audio_length_in_s=SECONDS, num_inference_steps=2, scheduler="dpmsolver++",
@@ -297,7 +308,7 @@ def test_validation_audio_scores_and_tensorboard_during_a_run(tiny_checkpoint, t
             assert rate == pipe.sampling_rate
             assert max_rel_error(torch.from_numpy(heard), torch.from_numpy(expected)) <= 1e-6
     step_0 = soundfile.read(folder / "step-0" / names[0])[0]
-    assert not np.allclose(step_0, soundfile.read(folder / "step-3" / names[0])[0]), "the weights did not move"
+    assert not np.allclose(step_0, soundfile.read(folder / "step-4" / names[0])[0]), "the weights did not move"
 
     events = EventAccumulator(str(out / "training" / "tensorboard"), size_guidance={"scalars": 0, "audio": 0})
     events.Reload()
@@ -306,9 +317,10 @@ def test_validation_audio_scores_and_tensorboard_during_a_run(tiny_checkpoint, t
             "validation/fd_clap"} <= set(tags["scalars"])
     assert {f"validation/{n[:-4]}" for n in names} <= set(tags["audio"])
     logged = [float(r["loss"]) for r in csv.DictReader((out / "training" / "loss.csv").open())]
-    curve = [e.value for e in events.Scalars("train/loss")]
-    np.testing.assert_allclose(curve, logged, rtol=1e-5)  # loss.csv keeps 6 significant digits
-    assert [e.step for e in events.Scalars("validation/clap_score")] == [0, 2, 3]
+    curve = events.Scalars("train/loss")
+    assert [e.step for e in curve] == [1, 2, 3, 4]  # the step logged before the interruption, once
+    np.testing.assert_allclose([e.value for e in curve], logged, rtol=1e-5)  # loss.csv keeps 6 significant digits
+    assert [e.step for e in events.Scalars("validation/clap_score")] == [0, 3, 4]
 
 
 def test_resume_with_fewer_steps_is_a_usage_error(lora_run, tiny_checkpoint, tones, capsys):
