@@ -19,7 +19,7 @@ The loop, top to bottom (in the manner of karpathy/nanoGPT's train.py):
               sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) z0 (v_prediction), per `prediction_type`.
    Each caption is replaced by the empty prompt with probability `caption_dropout` (10 %, the original
    `unconditional_prob_cfg`), which classifier-free guidance needs.
-4. the step: AdamW at the rate of a schedule (`learning_rate`: diffusers' schedule names and formulas),
+4. the step: AdamW at the rate of a schedule (train_schedules.py: diffusers' schedule names and formulas),
    gradient accumulation, gradient-norm clipping, autocast (bf16 on GPU by default, bf16 on request on
    the CPU, fp16 with a gradient scaler on GPU only; weights and optimizer stay float32), optionally an
    exponential moving average of the weights (`update_ema`) and the UNet blocks recomputed in the
@@ -112,7 +112,7 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Batches: the order of the clips
+# 1. Data: which clips make each batch (the cache itself is train_data.py)
 
 
 @functools.lru_cache(maxsize=4)
