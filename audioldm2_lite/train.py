@@ -1,34 +1,45 @@
 """Fine-tune the AudioLDM 2 UNet, all of it or LoRA adapters, on a folder of captioned audio.
 
     audioldm2-lite-train --data DIR --model cvssp/audioldm2 --output OUT [--lora-rank 8] [--max-steps 1000]
+    torchrun --standalone --nproc-per-node N -m audioldm2_lite.train --data DIR --output OUT ...  # N processes
 
 The loop, top to bottom (in the manner of karpathy/nanoGPT's train.py):
-1. data: every row of DIR/metadata.csv (.jsonl) checked (train_data.py), each clip cut or padded to
-   `seconds`, then encoded once with the inference stages and cached on disk, keyed by checkpoint and
-   clip: waveform -> log-mel (mel.py) -> VAE posterior (vae.py `encode_distribution`), caption ->
-   GPT-2 and T5 states (conditioning.py `encode_prompt`). A second run starts training at once.
+1. data: every row of DIR/metadata.csv (.jsonl) checked, each clip cut or padded to `seconds`, then each
+   clip's VAE posterior and each caption's GPT-2 and T5 states encoded once with the inference stages and
+   cached on disk (train_data.py). A second run starts training at once.
 2. the model: the checkpoint's UNet in float32 (the master weights), all of it trainable, or frozen
    with rank-R adapters on its attention projections (lora.py). Text stages and VAE stay frozen and
    are not even loaded once everything is cached.
-3. the loss: the original recipe (REFERENCE_NOTES "Training"). A latent z0 = scaling_factor * (mean
-   + std * n) sampled from the VAE posterior, a timestep t uniform in [0, 1000), noise eps, and the
-   DDPM forward process of the checkpoint's scheduler config:
+3. the loss: the recipe the checkpoints were trained with (AudioLDM 2, Liu et al. 2023; its training code
+   is github.com/haoheliu/AudioLDM-training-finetuning). A latent z0 = scaling_factor * (mean + std * n)
+   sampled from the VAE posterior, a timestep t uniform in [0, 1000), noise eps, and the DDPM forward
+   process of the checkpoint's scheduler config:
        z_t = sqrt(alpha_bar_t) z0 + sqrt(1 - alpha_bar_t) eps
        loss = || UNet(z_t, t, text) - target ||^2,  target = eps (epsilon) or
               sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) z0 (v_prediction), per `prediction_type`.
-   Each caption is replaced by the empty prompt with probability `caption_dropout` (10 %), which
-   classifier-free guidance needs.
-4. the step: AdamW, gradient accumulation, gradient-norm clipping, bf16/fp16 autocast on GPU (the
-   weights and the optimizer stay float32; fp16 with a gradient scaler), optionally the UNet blocks
-   recomputed in the backward pass (gradient checkpointing).
-5. bookkeeping: tqdm progress (loss, steps/s), OUT/training/loss.csv, and every `checkpoint_every`
-   steps and at the end OUT/training/state.pt (trainable weights, optimizer, RNG and step, so
-   `resume` continues exactly) plus OUT itself exported as a complete hub-layout checkpoint: the
-   trained UNet (LoRA merged in) under its hub names, the other components hard-linked or copied
-   from the base checkpoint, and for LoRA the adapter alone in OUT/lora.safetensors.
+   Each caption is replaced by the empty prompt with probability `caption_dropout` (10 %, the original
+   `unconditional_prob_cfg`), which classifier-free guidance needs.
+4. the step: AdamW at the rate of a schedule (train_schedules.py: diffusers' schedule names and formulas),
+   gradient accumulation, gradient-norm clipping, autocast (bf16 on GPU by default, bf16 on request on
+   the CPU, fp16 with a gradient scaler on GPU only; weights and optimizer stay float32), optionally an
+   exponential moving average of the weights (`update_ema`) and the UNet blocks recomputed in the
+   backward pass (gradient checkpointing).
+5. processes: one, or one per GPU (or CPU process) under torchrun: DistributedDataParallel averages the
+   gradients (NCCL on GPUs, gloo on CPUs). `batch_size` is per process. Every process draws the random
+   numbers of the whole batch (batch_size * processes clips) as one process would, and computes its own
+   slice of it, so N processes at batch b follow one process at batch N b (to float rounding), and a run
+   resumes with another number of processes. Rank 0 alone reads and checks the data folder, writes the
+   logs, checkpoints and exports, and runs validation; OUT and the cache must be on a filesystem every
+   machine sees.
+6. bookkeeping: tqdm progress, OUT/training/loss.csv and TensorBoard curves (with the `tensorboard`
+   package), validation audio and scores every `validation_every` steps (train_validation.py), and every
+   `checkpoint_every` steps and at the end OUT/training/state.pt (trainable weights, optimizer, EMA, RNG,
+   step, so `resume` continues exactly) plus OUT itself exported as a complete hub-layout checkpoint: the
+   trained UNet (LoRA merged in; the EMA weights when on) under its hub names, the other components
+   hard-linked or copied from the base checkpoint, and for LoRA the adapter alone in OUT/lora.safetensors.
 
 Batches: clips in a fresh random order each epoch (a permutation seeded by seed and epoch), so the
-batch of every step follows from the step number; everything else random (posterior sample, caption
+batch follows from the count of samples drawn so far; everything else random (posterior sample, caption
 dropout, timesteps, noise) comes from one generator whose state the checkpoint keeps.
 """
 
@@ -37,30 +48,32 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import hashlib
 import json
 import os
 import shutil
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .generation.audio_io import read_audio
-from .generation.conditioning import TextConditioner
+from .cli import UsageError
 from .generation.loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .generation.lora import apply_lora, merged_state_dict, save_lora
-from .generation.mel import MelConfig, waveform_to_mel
+from .generation.mel import MelConfig
+from .generation.pipeline import default_device
 from .generation.samplers import SchedulerConfig, alphas_cumprod
-from .train_data import read_dataset
+from .train_data import EncodedDataset, checkpoint_key, latent_file, read_dataset, save_atomic
+from .train_schedules import SCHEDULES, learning_rate, swapped, update_ema
 
-FROZEN_COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model",
-                     "language_model", "vae", "vocoder")  # what the cached latents and conditioning depend on
+PROG = "audioldm2-lite-train"
 
 
 @dataclass
@@ -70,18 +83,27 @@ class TrainConfig:
     model: str = DEFAULT_CHECKPOINT  # hub id or local hub-layout folder to start from
     lora_rank: int | None = None  # None: fine-tune every UNet weight; R: train rank-R LoRA adapters only
     lora_alpha: float | None = None  # LoRA scaling alpha / rank; default alpha = rank
-    max_steps: int = 1000  # optimizer steps (each of batch_size * gradient_accumulation clips)
-    batch_size: int = 4
+    max_steps: int = 1000  # optimizer steps (each of batch_size * processes * gradient_accumulation clips)
+    batch_size: int = 4  # clips per forward pass of each process
     gradient_accumulation: int = 1
-    learning_rate: float | None = None  # default 1e-5 for full fine-tuning, 1e-4 for LoRA
+    learning_rate: float | None = None  # the schedule's peak; default 1e-5 for full fine-tuning, 1e-4 for LoRA
+    lr_scheduler: str = "constant"  # one of SCHEDULES
+    lr_warmup_steps: int = 0  # linear warmup from 0 (every schedule but "constant")
+    lr_num_cycles: int = 1  # cosine_with_restarts: cosine cycles over the run
+    lr_power: float = 1.0  # polynomial: the decay's power
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    ema_decay: float | None = None  # e.g. 0.9999: keep (and export) an EMA of the trained weights
     caption_dropout: float = 0.1  # probability of training on the empty prompt instead of the caption
     seconds: float = 10.24  # every clip cut (from the start) or padded (with silence) to this length
     seed: int = 0
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    validation_prompts: str | None = None  # .txt / .csv / .jsonl of prompts generated every validation_every
+    validation_every: int = 500  # steps between validations (and one before the first step, one at the end)
+    validation_steps: int = 20  # DPM-Solver++ steps of each validation clip
+    validation_reference: str | None = None  # reference stats (.npz, audioldm2-lite-eval --save-stats): fd_clap
     resume: bool = False  # continue from OUT/training/state.pt
-    device: str | None = None  # default cuda if available
+    device: str | None = None  # default: CUDA (cuda:LOCAL_RANK under torchrun), then MPS, then the CPU
     dtype: str | None = None  # autocast dtype: float32, bfloat16, float16 (default bfloat16 on CUDA)
     gradient_checkpointing: bool = False
     skip_bad_rows: bool = False
@@ -90,79 +112,7 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Data: validate, encode once, cache
-
-
-def _hash(*parts) -> str:
-    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:24]
-
-
-def checkpoint_key(root: Path) -> str:
-    """Identifies the frozen stages' files (names, sizes, modification times): a new checkpoint, a new cache."""
-    files = [f for name in FROZEN_COMPONENTS if (root / name).is_dir() for f in sorted((root / name).rglob("*"))]
-    return _hash(root.resolve(), *(f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
-                                   for f in files if f.is_file()))
-
-
-def clip_key(path: Path, num_samples: int) -> str:
-    stat = path.stat()
-    return _hash(path.resolve(), stat.st_size, stat.st_mtime_ns, num_samples)
-
-
-class EncodedDataset:
-    """Every clip's VAE posterior (mean, std) and conditioning, encoded once and cached on disk."""
-
-    def __init__(self, root: Path, clips, mel_config: MelConfig, num_samples: int, cache: Path, device, quiet):
-        from safetensors.torch import load_file, save_file
-        from tqdm.auto import tqdm
-
-        cache.mkdir(parents=True, exist_ok=True)
-        latent_files = [cache / f"latent-{clip_key(c.path, num_samples)}.safetensors" for c in clips]
-        captions = sorted({c.caption for c in clips} | {""})  # "" is the dropped caption
-        text_files = {t: cache / f"text-{_hash(t)}.safetensors" for t in captions}
-
-        missing = [(c, f) for c, f in zip(clips, latent_files) if not f.is_file()]
-        missing_text = [t for t, f in text_files.items() if not f.is_file()]
-        if missing or missing_text:
-            conditioner = TextConditioner.from_pretrained(root, device=device)
-            vae = load_component(root, "vae", device=device)
-            with torch.no_grad():
-                for caption in tqdm(missing_text, desc="encoding captions", disable=quiet):
-                    generated, t5_states, t5_mask = conditioner.encode_prompt(
-                        caption, do_classifier_free_guidance=False, device=device)  # (1, N, 768), (1, L, 1024)
-                    _save_atomic(save_file, {"generated": generated[0], "t5_states": t5_states[0],
-                                             "t5_mask": t5_mask[0]}, text_files[caption])
-                for clip, file in tqdm(missing, desc="encoding clips", disable=quiet):
-                    waveform = read_audio(clip.path, target_rate=mel_config.sampling_rate)
-                    num_frames = mel_config.num_frames(num_samples)
-                    mel = waveform_to_mel(waveform[None].to(device), mel_config, num_frames)  # (1, T, n_mels)
-                    mean, logvar = vae.encode_distribution(mel[:, None])  # (1, C, T/4, n_mels/4) each
-                    _save_atomic(save_file, {"mean": mean[0], "std": torch.exp(0.5 * logvar[0])}, file)
-            del conditioner, vae
-
-        latents = [load_file(str(f)) for f in latent_files]
-        self.mean = torch.stack([x["mean"] for x in latents]).float()  # (N, C, T/4, F/4)
-        self.std = torch.stack([x["std"] for x in latents]).float()
-        self.texts = {t: load_file(str(f)) for t, f in text_files.items()}
-        self.captions = [c.caption for c in clips]
-
-    def __len__(self):
-        return len(self.captions)
-
-    def conditioning(self, captions: list[str], device):
-        """(generated (B, N, 768), T5 states (B, L, 1024), T5 mask (B, L)), T5 zero-padded to the longest."""
-        texts = [self.texts[c] for c in captions]
-        length = max(t["t5_mask"].shape[0] for t in texts)
-        pad = lambda x: F.pad(x, (0, 0) * (x.ndim - 1) + (0, length - x.shape[0]))  # pad the token axis
-        return (torch.stack([t["generated"] for t in texts]).float().to(device),
-                torch.stack([pad(t["t5_states"]) for t in texts]).float().to(device),
-                torch.stack([pad(t["t5_mask"]) for t in texts]).to(device))
-
-
-def _save_atomic(save, tensors, file: Path, **kwargs):
-    partial = file.with_name(f".partial-{file.name}")
-    save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(partial), **kwargs)
-    os.replace(partial, file)
+# 1. Data: which clips make each batch (the cache itself is train_data.py)
 
 
 @functools.lru_cache(maxsize=4)
@@ -193,19 +143,25 @@ def diffusion_loss(unet, latents, conditioning, noise, timesteps, alpha_bar, pre
 
 
 def draw_batch(data: EncodedDataset, indices, generator, caption_dropout: float, scaling_factor: float,
-               num_train_timesteps: int, device):
-    """(z0, conditioning, noise, timesteps) for the clips `indices`; randomness from `generator` (CPU)."""
-    mean, std = data.mean[indices], data.std[indices]
-    latents = scaling_factor * (mean + std * torch.randn(mean.shape, generator=generator))  # posterior sample
+               num_train_timesteps: int, device, share: slice = slice(None)):
+    """(z0, conditioning, noise, timesteps) of the clips indices[share]; randomness from `generator` (CPU).
+
+    The random numbers of the whole batch `indices` are drawn, whatever the share: a process's slice of a
+    batch is then the same as that slice of one process's batch, and the generator's state after it too.
+    """
+    mean, std = data.posterior(indices[share])  # (b, C, T/4, F/4) each
+    shape = (len(indices), *mean.shape[1:])
+    posterior_noise = torch.randn(shape, generator=generator)
     dropped = torch.rand(len(indices), generator=generator) < caption_dropout
-    captions = ["" if drop else data.captions[i] for i, drop in zip(indices, dropped.tolist())]
     timesteps = torch.randint(0, num_train_timesteps, (len(indices),), generator=generator)
-    noise = torch.randn(latents.shape, generator=generator)
-    return latents.to(device), data.conditioning(captions, device), noise.to(device), timesteps.to(device)
+    noise = torch.randn(shape, generator=generator)
+    latents = scaling_factor * (mean + std * posterior_noise[share])  # a sample of the posterior
+    captions = ["" if drop else data.captions[i] for i, drop in zip(indices[share], dropped[share].tolist())]
+    return latents.to(device), data.conditioning(captions, device), noise[share].to(device), timesteps[share].to(device)
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Gradient checkpointing, without touching unet.py
+# 4. The step: gradient checkpointing (the schedule and the EMA are in train_schedules.py)
 
 
 def checkpoint_unet_blocks(unet) -> None:
@@ -221,7 +177,35 @@ def checkpoint_unet_blocks(unet) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. Checkpoints and export
+# 5. Processes: one, or one per GPU under torchrun
+
+
+def start_processes(device_name: str | None):
+    """(rank, world size, device) from torchrun's RANK / WORLD_SIZE / LOCAL_RANK, the process group started
+    when there are several (NCCL on GPUs, gloo on CPUs); (0, 1, device) without torchrun."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device(device_name) if device_name else default_device()
+    if world > 1:
+        if device.type == "cuda":
+            if device.index is None:
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        # rank 0 alone checks the data folder and runs validation while the others wait for it
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=24))
+    return rank, world, device
+
+
+def from_rank_0(value, world: int):
+    """Rank 0's `value`, on every rank (any picklable object)."""
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Checkpoints, export and curves
 
 
 def export_checkpoint(unet, root: Path, out: Path, lora: bool) -> None:
@@ -241,14 +225,25 @@ def export_checkpoint(unet, root: Path, out: Path, lora: bool) -> None:
                     shutil.copy2(file.resolve(), target)
     (out / "unet").mkdir(exist_ok=True)
     shutil.copyfile(root / "unet" / "config.json", out / "unet" / "config.json")
-    _save_atomic(save_file, merged_state_dict(unet), out / "unet" / "diffusion_pytorch_model.safetensors",
-                 metadata={"format": "pt"})
+    save_atomic(save_file, merged_state_dict(unet), out / "unet" / "diffusion_pytorch_model.safetensors",
+                metadata={"format": "pt"})
     if lora:
         save_lora(unet, out / "lora.safetensors")
 
 
 def trainable_state(unet) -> dict:
     return {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
+
+
+def open_tensorboard(folder: Path, purge_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        warnings.warn("no TensorBoard curves: the `tensorboard` package is not installed "
+                      "(pip install 'audioldm2-lite[train]'); loss.csv has the numbers")
+        return None
+    # events from purge_step on, of an earlier attempt, are dropped: after a resume's checkpoint, or all of them
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,34 +255,44 @@ def train(config: TrainConfig) -> Path:
     from tqdm.auto import tqdm
 
     c = config
-    check_config(c)
-    device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp_dtype = getattr(torch, c.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     out, lora = Path(c.output).expanduser(), c.lora_rank is not None
-    learning_rate = c.learning_rate or (1e-4 if lora else 1e-5)
     state_file, log_file = out / "training" / "state.pt", out / "training" / "loss.csv"
-    if c.resume and not state_file.is_file():
-        raise ValueError(f"--resume: no training state at {state_file}")
-    if not c.resume and state_file.is_file():
-        raise ValueError(f"{out} already holds a training run: pass --resume to continue it, or another --output")
+    check_config(c, state_file)
+    rank, world, device = start_processes(c.device)
+    amp_dtype = getattr(torch, c.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    peak_rate = c.learning_rate or (1e-4 if lora else 1e-5)
 
-    # 1. data
+    # 1. data: checked by rank 0, encoded by all (each its share), read by each process batch by batch
     root = resolve_checkpoint(c.model)
     if out.resolve() == root.resolve():
-        raise ValueError(f"--output {out} is the checkpoint being fine-tuned: choose another folder")
+        raise UsageError(f"--output {out} is the checkpoint being fine-tuned: choose another folder")
+    validation = None
+    if rank == 0 and c.validation_prompts:
+        from .train_validation import Validation  # its prompts and reference checked before anything loads
+
+        validation = Validation(root, c.validation_prompts, c.validation_reference, c.validation_steps, c.seconds,
+                                device)
     mel_config = MelConfig.from_hub(load_config(root, "vocoder"), load_config(root, "vae"))
     num_samples = round(c.seconds * mel_config.sampling_rate)
     cache = Path(c.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "audioldm2-lite" / "train")
     cache = cache.expanduser() / checkpoint_key(root)
-    cached = lambda path: (cache / f"latent-{clip_key(path, num_samples)}.safetensors").is_file()
-    clips = read_dataset(c.data, c.skip_bad_rows, check_audio=lambda path: not cached(path))
-    data = EncodedDataset(root, clips, mel_config, num_samples, cache, device, c.quiet)
+    uncached = lambda path: not latent_file(cache, path, num_samples).is_file()
+    clips = from_rank_0(read_dataset(c.data, c.skip_bad_rows, check_audio=uncached) if rank == 0 else None, world)
+    data = EncodedDataset(clips, num_samples, cache)
+    data.encode_missing(root, mel_config, device, c.quiet or rank != 0, rank, world)
+    if world > 1:
+        dist.barrier()
+    missing = data.missing()
+    if missing:
+        raise ValueError(f"{len(missing)} encoded files are missing from {cache} after encoding: with "
+                         "several machines, --cache-dir must be a folder that every machine sees")
     scheduler = SchedulerConfig.from_hub(load_config(root, "scheduler"))
     alpha_bar = alphas_cumprod(scheduler).to(device)  # (1000,) the training schedule
     scaling_factor = load_config(root, "vae")["scaling_factor"]
 
-    # 2. the model: float32 master weights
+    # 2. the model: float32 master weights, one replica per process
     unet = load_component(root, "unet", dtype=torch.float32, device=device)
+    torch.manual_seed(c.seed)  # the adapters' random initialisation: the same run from the same seed
     if lora:
         parameters = apply_lora(unet, c.lora_rank, c.lora_alpha)
     else:
@@ -295,16 +300,18 @@ def train(config: TrainConfig) -> Path:
     unet.train()
     if c.gradient_checkpointing:
         checkpoint_unet_blocks(unet)
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=c.weight_decay)
+    model = unet if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        unet, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(parameters, lr=peak_rate, weight_decay=c.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = nullcontext() if amp_dtype == torch.float32 else torch.autocast(device.type, dtype=amp_dtype)
     generator = torch.Generator().manual_seed(c.seed)
+    names = [n for n, p in unet.named_parameters() if p.requires_grad]  # of `parameters`, in their order
 
-    step = 0
+    step, samples, log_rows, seconds, state = 0, 0, [], 0.0, {}
     if c.resume:
         state = torch.load(state_file, map_location=device, weights_only=True)
-        names = trainable_state(unet).keys()
-        if state["trainable"].keys() != names:
+        if state["trainable"].keys() != set(names):
             raise ValueError(f"{state_file} was saved by a different run (full vs LoRA, or another rank)")
         with torch.no_grad():
             for name, parameter in unet.named_parameters():
@@ -314,72 +321,136 @@ def train(config: TrainConfig) -> Path:
         scaler.load_state_dict(state["scaler"])
         generator.set_state(state["rng"].cpu())
         step = state["step"]
+        samples = state.get("samples", step * c.gradient_accumulation * c.batch_size)  # (older states: 1 process)
         rows = list(csv.reader(log_file.read_text().splitlines()))
         log_rows = [r for r in rows[1:] if int(r[0]) <= step]  # drop what was logged after the checkpoint
-    else:
-        log_rows = []
-    out.joinpath("training").mkdir(parents=True, exist_ok=True)
-    (out / "training" / "config.json").write_text(json.dumps(asdict(c), indent=2))
-    log = log_file.open("w", newline="")
-    writer = csv.writer(log)
-    writer.writerows([["step", "loss", "grad_norm", "learning_rate", "seconds"], *log_rows])
+        seconds = float(log_rows[-1][4]) if log_rows else 0.0  # the clock goes on from there
+    ema = None  # rank 0 alone uses it; a run that had none starts its average from the resumed weights
+    if c.ema_decay and rank == 0:
+        ema = [state["ema"][n] for n in names] if "ema" in state else [p.detach().clone() for p in parameters]
+    del state
+
+    if rank == 0:
+        out.joinpath("training").mkdir(parents=True, exist_ok=True)
+        (out / "training" / "config.json").write_text(json.dumps({**asdict(c), "processes": world}, indent=2))
+        log = log_file.open("w", newline="")
+        writer = csv.writer(log)
+        writer.writerows([["step", "loss", "grad_norm", "learning_rate", "seconds"], *log_rows])
+        board = open_tensorboard(out / "training" / "tensorboard", step + 1 if c.resume else 0)
+
+    def validate():  # rank 0: the prompts from the current weights (EMA when on), heard and scored
+        with swapped(parameters, ema):
+            unet.eval()
+            validation(unet, step, out / "training", board)
+            unet.train()
+
+    if validation:
+        validation.forget_after(out / "training", step if c.resume else -1)  # rows of what is done again
+        if step == 0:
+            validate()  # the base model: what the fine-tune is measured against
 
     # the loop
-    progress = tqdm(total=c.max_steps, initial=step, desc="training", unit="step", disable=c.quiet)
-    start = time.time()
+    global_batch, share = c.batch_size * world, slice(rank * c.batch_size, (rank + 1) * c.batch_size)
+    progress = tqdm(total=c.max_steps, initial=step, desc="training", unit="step", disable=c.quiet or rank != 0)
+    start = time.time() - seconds
     while step < c.max_steps:
-        loss_sum = 0.0
+        rate = learning_rate(step, peak_rate, c.lr_scheduler, c.lr_warmup_steps, c.max_steps, c.lr_num_cycles,
+                             c.lr_power)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        loss_sum = torch.zeros((), device=device)
         for micro in range(c.gradient_accumulation):
-            sample = (step * c.gradient_accumulation + micro) * c.batch_size
-            indices = batch_indices(sample, c.batch_size, len(data), c.seed)
+            indices = batch_indices(samples, global_batch, len(data), c.seed)
+            samples += global_batch
             latents, conditioning, noise, timesteps = draw_batch(
-                data, indices, generator, c.caption_dropout, scaling_factor, scheduler.num_train_timesteps, device)
-            with autocast:
-                loss = diffusion_loss(unet, latents, conditioning, noise, timesteps, alpha_bar,
-                                      scheduler.prediction_type)
-            scaler.scale(loss / c.gradient_accumulation).backward()
-            loss_sum += loss.item()
+                data, indices, generator, c.caption_dropout, scaling_factor, scheduler.num_train_timesteps, device,
+                share)
+            last = micro == c.gradient_accumulation - 1
+            with nullcontext() if world == 1 or last else model.no_sync():  # all-reduce once, at the last
+                with autocast:
+                    loss = diffusion_loss(model, latents, conditioning, noise, timesteps, alpha_bar,
+                                          scheduler.prediction_type)
+                scaler.scale(loss / c.gradient_accumulation).backward()
+            loss_sum += loss.detach().float()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, c.max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if ema is not None:
+            update_ema(ema, parameters, step, c.ema_decay)
+        if world > 1:
+            dist.all_reduce(loss_sum)  # for the log: the whole batch's loss
 
-        loss_value = loss_sum / c.gradient_accumulation
-        writer.writerow([step, f"{loss_value:.6g}", f"{grad_norm.item():.6g}", learning_rate,
-                         f"{time.time() - start:.2f}"])
-        progress.set_postfix(loss=f"{loss_value:.4f}")
+        if rank != 0:
+            continue
+        loss_value, norm = loss_sum.item() / (c.gradient_accumulation * world), grad_norm.item()
+        writer.writerow([step, f"{loss_value:.6g}", f"{norm:.6g}", f"{rate:.6g}", f"{time.time() - start:.2f}"])
+        if board:
+            for key, value in (("loss", loss_value), ("learning_rate", rate), ("grad_norm", norm)):
+                board.add_scalar(f"train/{key}", value, step)
+        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{rate:.3g}")
         progress.update()
         if step % c.checkpoint_every == 0 or step == c.max_steps:
             log.flush()
-            state = {"step": step, "trainable": trainable_state(unet), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": generator.get_state()}
+            state = {"step": step, "samples": samples, "trainable": trainable_state(unet),
+                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": generator.get_state()}
+            if ema is not None:
+                state["ema"] = dict(zip(names, ema))
             partial = state_file.with_name(".partial-state.pt")
             torch.save(state, partial)
             os.replace(partial, state_file)
-            export_checkpoint(unet, root, out, lora)
+            with swapped(parameters, ema):  # the EMA is what users get, when on
+                export_checkpoint(unet, root, out, lora)
+        if validation and (step % c.validation_every == 0 or step == c.max_steps):
+            validate()
     progress.close()
-    log.close()
+    if rank == 0:
+        log.close()
+        if board:
+            board.close()
+    if world > 1:
+        dist.destroy_process_group()
     return out
 
 
-def check_config(c: TrainConfig) -> None:
+def check_config(c: TrainConfig, state_file: Path) -> None:
+    """Mistakes in the settings, found before anything is loaded: UsageError (the command line's exit status 2)."""
     positive = {"max_steps": c.max_steps, "batch_size": c.batch_size, "checkpoint_every": c.checkpoint_every,
-                "gradient_accumulation": c.gradient_accumulation, "seconds": c.seconds}
+                "gradient_accumulation": c.gradient_accumulation, "seconds": c.seconds,
+                "validation_every": c.validation_every, "validation_steps": c.validation_steps}
     for name, value in positive.items():
         if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+            raise UsageError(f"{name} must be positive, got {value}")
     if c.lora_rank is not None and c.lora_rank < 1:
-        raise ValueError(f"lora_rank must be at least 1, got {c.lora_rank}")
+        raise UsageError(f"lora_rank must be at least 1, got {c.lora_rank}")
     if not 0 <= c.caption_dropout <= 1:
-        raise ValueError(f"caption_dropout must be in [0, 1], got {c.caption_dropout}")
+        raise UsageError(f"caption_dropout must be in [0, 1], got {c.caption_dropout}")
     if c.learning_rate is not None and not c.learning_rate > 0:
-        raise ValueError(f"learning_rate must be positive, got {c.learning_rate}")
+        raise UsageError(f"learning_rate must be positive, got {c.learning_rate}")
+    if c.lr_scheduler not in SCHEDULES:
+        raise UsageError(f"lr_scheduler must be one of {', '.join(SCHEDULES)}, got {c.lr_scheduler!r}")
+    if c.lr_warmup_steps < 0 or c.lr_num_cycles < 1:
+        raise UsageError("lr_warmup_steps must be at least 0 and lr_num_cycles at least 1")
+    if c.ema_decay is not None and not 0 < c.ema_decay < 1:
+        raise UsageError(f"ema_decay must be between 0 and 1 (e.g. 0.9999), got {c.ema_decay}")
+    if c.validation_reference and not c.validation_prompts:
+        raise UsageError("--validation-reference needs --validation-prompts")
     if c.dtype not in (None, "float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {c.dtype!r}")
-    if c.dtype == "float16" and (c.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
-        raise ValueError("float16 autocast needs a GPU; use bfloat16 or float32 on the CPU")
+        raise UsageError(f"dtype must be float32, bfloat16 or float16, got {c.dtype!r}")
+    if c.dtype == "float16" and torch.device(c.device or default_device()).type != "cuda":
+        raise UsageError("float16 autocast (with its gradient scaler) needs a GPU; use bfloat16 or float32 here")
+    out = state_file.parents[1]
+    if c.resume and not state_file.is_file():
+        raise UsageError(f"--resume: no training state at {state_file}")
+    if not c.resume and state_file.is_file():
+        raise UsageError(f"{out} already holds a training run: pass --resume to continue it, or another --output")
+    if c.resume:  # the step alone: mmap reads no weights
+        done = torch.load(state_file, map_location="cpu", mmap=True, weights_only=True)["step"]
+        if c.max_steps <= done:
+            raise UsageError(f"the run in {out} is at step {done}: --max-steps {c.max_steps} leaves nothing to do "
+                             f"(give more than {done})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,32 +459,48 @@ def check_config(c: TrainConfig) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="audioldm2-lite-train",
-        description="Fine-tune the AudioLDM 2 UNet (all weights, or LoRA adapters) on a folder of captioned audio.")
+        prog=PROG,
+        description="Fine-tune the AudioLDM 2 UNet (all weights, or LoRA adapters) on a folder of captioned audio. "
+                    "Several GPUs or machines: launch with torchrun.")
     help_text = {
         "data": "folder with metadata.csv or metadata.jsonl (file_name, caption or text) and the audio",
-        "output": "output folder: a hub-layout checkpoint, plus training/ (state.pt, loss.csv)",
+        "output": "output folder: a hub-layout checkpoint, plus training/ (state.pt, loss.csv, tensorboard/)",
         "model": f"hub id or local hub-layout folder to fine-tune (default: {DEFAULT_CHECKPOINT})",
         "lora_rank": "train rank-R LoRA adapters on the attention projections instead of every weight",
         "lora_alpha": "LoRA scaling alpha (the update is scaled by alpha / rank; default: alpha = rank)",
         "max_steps": "optimizer steps (default: 1000)",
-        "batch_size": "clips per forward pass (default: 4)",
+        "batch_size": "clips per forward pass of each process (default: 4)",
         "gradient_accumulation": "forward passes per optimizer step (default: 1)",
-        "learning_rate": "AdamW learning rate (default: 1e-5, or 1e-4 with --lora-rank)",
+        "learning_rate": "peak AdamW learning rate (default: 1e-5, or 1e-4 with --lora-rank)",
+        "lr_scheduler": "learning-rate schedule, as in diffusers' training scripts (default: constant)",
+        "lr_warmup_steps": "steps of linear warmup from 0 (not for constant; default: 0)",
+        "lr_num_cycles": "cosine_with_restarts: the number of cycles (default: 1)",
+        "lr_power": "polynomial: the power of the decay (default: 1.0)",
         "weight_decay": "AdamW weight decay (default: 0.01)",
         "max_grad_norm": "clip the gradient norm to this (default: 1.0)",
+        "ema_decay": "keep an EMA of the trained weights with this decay (e.g. 0.9999), validated and exported "
+                     "instead of the raw weights (default: off)",
         "caption_dropout": "probability of the empty prompt instead of the caption (default: 0.1)",
         "seconds": "clip length: longer clips are cut after it, shorter padded with silence (default: 10.24)",
-        "seed": "random seed for order, noise, timesteps and dropout (default: 0)",
+        "seed": "random seed for order, noise, timesteps, dropout and LoRA initialisation (default: 0)",
         "checkpoint_every": "steps between checkpoints and exports (default: 500)",
-        "resume": "continue the run saved in OUTPUT/training/state.pt",
-        "device": "cpu, cuda, cuda:1 (default: cuda if available)",
-        "dtype": "autocast dtype; weights stay float32 (default: bfloat16 on GPU, float32 on CPU)",
+        "validation_prompts": "prompts (.txt, one a line; or .csv / .jsonl with a prompt column) generated with "
+                              "fixed seeds and scored into OUTPUT/training/validation/ while training",
+        "validation_every": "steps between validations (default: 500; also before the first step and at the end)",
+        "validation_steps": "DPM-Solver++ steps per validation clip (default: 20)",
+        "validation_reference": "reference stats from audioldm2-lite-eval --save-stats: fd_clap of each validation",
+        "resume": "continue the run saved in OUTPUT/training/state.pt (with any number of processes)",
+        "device": "cpu, cuda, cuda:1 (default: CUDA, cuda:LOCAL_RANK under torchrun, then MPS, then the CPU)",
+        "dtype": "autocast dtype; weights stay float32 (default: bfloat16 on GPU, float32 elsewhere; "
+                 "float16 on GPU only)",
         "gradient_checkpointing": "recompute UNet blocks in the backward pass: less memory, slower steps",
         "skip_bad_rows": "leave out bad rows of the metadata (with a warning) instead of stopping",
         "cache_dir": "where encoded clips and captions are kept (default: ~/.cache/audioldm2-lite/train)",
         "quiet": "no progress bars",
     }
+    names = {"data": "DIR", "output": "OUT", "model": "MODEL", "device": "DEVICE", "cache_dir": "DIR",
+             "validation_prompts": "FILE", "validation_reference": "STATS", "learning_rate": "RATE",
+             "lr_warmup_steps": "N", "ema_decay": "DECAY"}
     for field in fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":
@@ -423,10 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs = {"required": True} if field.name in ("data", "output") else {"default": field.default}
         if field.name == "dtype":
             kwargs.update(choices=("float32", "bfloat16", "float16"), metavar="{float32,bfloat16,float16}")
-        names = {"data": "DIR", "output": "OUT", "model": "MODEL", "device": "DEVICE", "cache_dir": "DIR"}
+        if field.name == "lr_scheduler":
+            kwargs.update(choices=SCHEDULES, metavar="{" + ",".join(SCHEDULES) + "}")
         kwargs.setdefault("metavar", names.get(field.name, "N"))
         parser.add_argument(flag, type=kind, help=help_text[field.name], **kwargs)
     return parser
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None):
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"{PROG}: warning: {message}", file=file or sys.stderr)  # on its own line, above any bar
 
 
 def main(argv=None) -> int:
@@ -435,11 +529,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def work() -> int:
-        print(train(TrainConfig(**vars(args))))
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            out = train(TrainConfig(**vars(args)))
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(out)
         return 0
 
-    return report_errors("audioldm2-lite-train", work,
-                         interrupted="interrupted (the last checkpoint is kept; --resume continues it)")
+    return report_errors(PROG, work, interrupted="interrupted (the last checkpoint is kept; --resume continues it)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Training data: a folder of audio clips with captions, checked before the first step.
+"""Training data: a folder of audio clips with captions, checked before the first step, then encoded once.
 
 The layout is Hugging Face's "audiofolder" convention, so datasets people already have work:
 
@@ -13,17 +13,35 @@ and cached) and a shorter clip is padded with silence at the end.
 
 `read_dataset` checks every row (a missing column, file or caption; audio that cannot be read)
 and raises one `DataError` listing all bad rows, or with `skip_bad_rows` warns and leaves them out.
+
+`EncodedDataset` then encodes each clip and caption once with the inference stages and caches the result
+on disk, keyed by checkpoint and clip: waveform -> log-mel (mel.py) -> VAE posterior (vae.py
+`encode_distribution`), caption -> GPT-2 and T5 states (conditioning.py `encode_prompt`). Training reads
+the cache batch by batch, so each process reads only the clips of its share and memory does not grow with
+the data set; under torchrun the processes split the encoding between them (`encode_missing(rank, world)`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from .generation.audio_io import AudioInputError, read_audio
+from .generation.conditioning import TextConditioner
+from .generation.loading import load_component
+from .generation.mel import MelConfig, waveform_to_mel
+
+# what the cached latents and conditioning depend on
+FROZEN_COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model",
+                     "language_model", "vae", "vocoder")
 
 CAPTION_COLUMNS = ("caption", "text")
 
@@ -109,3 +127,98 @@ def read_dataset(folder, skip_bad_rows: bool = False, check_audio=True) -> list[
         raise DataError(f"{file} has no usable clips")
     return clips
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoded once, cached on disk
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:24]
+
+
+def checkpoint_key(root: Path) -> str:
+    """Identifies the frozen stages' files (names, sizes, modification times): a new checkpoint, a new cache."""
+    files = [f for name in FROZEN_COMPONENTS if (root / name).is_dir() for f in sorted((root / name).rglob("*"))]
+    return _hash(root.resolve(), *(f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+                                   for f in files if f.is_file()))
+
+
+def clip_key(path: Path, num_samples: int) -> str:
+    stat = path.stat()
+    return _hash(path.resolve(), stat.st_size, stat.st_mtime_ns, num_samples)
+
+
+def latent_file(cache: Path, path: Path, num_samples: int) -> Path:
+    return cache / f"latent-{clip_key(path, num_samples)}.safetensors"
+
+
+class EncodedDataset:
+    """Every clip's VAE posterior (mean, std) and every caption's conditioning, as files in `cache`."""
+
+    def __init__(self, clips: list[Clip], num_samples: int, cache: Path):
+        self.clips, self.num_samples, self.cache = clips, num_samples, cache
+        self.latent_files = [latent_file(cache, c.path, num_samples) for c in clips]
+        captions = sorted({c.caption for c in clips} | {""})  # "" is the dropped caption
+        self.text_files = {t: cache / f"text-{_hash(t)}.safetensors" for t in captions}
+        self.captions = [c.caption for c in clips]
+
+    def __len__(self):
+        return len(self.clips)
+
+    def encode_missing(self, root: Path, mel_config: MelConfig, device, quiet: bool, rank: int = 0, world: int = 1):
+        """Encode what is not cached yet: of the distinct clips and captions, those at positions rank, rank +
+        world, ... (a share that depends on the data alone, not on what another process has written so far).
+        The text stages and the VAE are loaded only if this share has something to encode."""
+        from safetensors.torch import save_file
+        from tqdm.auto import tqdm
+
+        clip_of = {f: c for c, f in zip(self.clips, self.latent_files)}
+        latents = [f for f in sorted(clip_of)[rank::world] if not f.is_file()]
+        texts = [t for t in list(self.text_files)[rank::world] if not self.text_files[t].is_file()]
+        if not latents and not texts:
+            return
+        self.cache.mkdir(parents=True, exist_ok=True)
+        conditioner = TextConditioner.from_pretrained(root, device=device)
+        vae = load_component(root, "vae", device=device)
+        with torch.no_grad():
+            for caption in tqdm(texts, desc="encoding captions", disable=quiet):
+                generated, t5_states, t5_mask = conditioner.encode_prompt(
+                    caption, do_classifier_free_guidance=False, device=device)  # (1, N, 768), (1, L, 1024)
+                save_atomic(save_file, {"generated": generated[0], "t5_states": t5_states[0],
+                                        "t5_mask": t5_mask[0]}, self.text_files[caption])
+            for file in tqdm(latents, desc="encoding clips", disable=quiet):
+                waveform = read_audio(clip_of[file].path, target_rate=mel_config.sampling_rate)
+                num_frames = mel_config.num_frames(self.num_samples)
+                mel = waveform_to_mel(waveform[None].to(device), mel_config, num_frames)  # (1, T, n_mels)
+                mean, logvar = vae.encode_distribution(mel[:, None])  # (1, C, T/4, n_mels/4) each
+                save_atomic(save_file, {"mean": mean[0], "std": torch.exp(0.5 * logvar[0])}, file)
+
+    def missing(self) -> list[Path]:
+        return [f for f in [*self.latent_files, *self.text_files.values()] if not f.is_file()]
+
+    def posterior(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the VAE posterior of the clips `indices`, float32 (B, C, T/4, F/4) each, from the cache."""
+        from safetensors.torch import load_file
+
+        tensors = [load_file(str(self.latent_files[i])) for i in indices]
+        return (torch.stack([t["mean"] for t in tensors]).float(), torch.stack([t["std"] for t in tensors]).float())
+
+    def conditioning(self, captions: list[str], device):
+        """(generated (B, N, 768), T5 states (B, L, 1024), T5 mask (B, L)), T5 zero-padded to the longest."""
+        from safetensors.torch import load_file
+
+        texts = [load_file(str(self.text_files[c])) for c in captions]
+        length = max(t["t5_mask"].shape[0] for t in texts)
+        pad = lambda x: F.pad(x, (0, 0) * (x.ndim - 1) + (0, length - x.shape[0]))  # pad the token axis
+        return (torch.stack([t["generated"] for t in texts]).float().to(device),
+                torch.stack([pad(t["t5_states"]) for t in texts]).float().to(device),
+                torch.stack([pad(t["t5_mask"]) for t in texts]).to(device))
+
+
+def save_atomic(save, tensors, file: Path, **kwargs):
+    """save(tensors, path) through a temporary file of this process's own, then one rename: a reader (or another
+    process encoding the same clip) never sees half a file."""
+    partial = file.with_name(f".partial-{os.getpid()}-{file.name}")
+    save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(partial), **kwargs)
+    os.replace(partial, file)

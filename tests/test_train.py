@@ -18,10 +18,12 @@ from safetensors.torch import load_file
 from audioldm2_lite.generation.loading import load_component, load_config
 from audioldm2_lite.generation.lora import LoRALinear, apply_lora, load_lora, merge_lora
 from audioldm2_lite.generation.samplers import SchedulerConfig, alphas_cumprod
+from audioldm2_lite.cli import UsageError
 from audioldm2_lite.train import (
-    EncodedDataset, TrainConfig, batch_indices, checkpoint_unet_blocks, diffusion_loss, draw_batch, train,
+    TrainConfig, batch_indices, checkpoint_unet_blocks, diffusion_loss, draw_batch, main, train,
 )
-from audioldm2_lite.train_data import DataError, read_dataset
+from audioldm2_lite.train_data import DataError, EncodedDataset, checkpoint_key, read_dataset
+from audioldm2_lite.train_schedules import SCHEDULES, learning_rate, update_ema
 
 SECONDS = 0.64  # 64 mel frames, 16 latent frames: the tiny UNet's sample_size
 
@@ -73,11 +75,10 @@ def unet_inputs(tiny_checkpoint, batch=2, frames=16):
 def encoded_batch(tiny_checkpoint, tones, cache_dir):
     """One training batch as the loop draws it: posterior latents, conditioning (one caption dropped), noise."""
     from audioldm2_lite.generation.mel import MelConfig
-    from audioldm2_lite.train import checkpoint_key
 
     mel_config = MelConfig.from_hub(load_config(tiny_checkpoint, "vocoder"), load_config(tiny_checkpoint, "vae"))
-    data = EncodedDataset(tiny_checkpoint, read_dataset(tones), mel_config, round(SECONDS * 16000),
-                          cache_dir / checkpoint_key(tiny_checkpoint), "cpu", quiet=True)
+    data = EncodedDataset(read_dataset(tones), round(SECONDS * 16000), cache_dir / checkpoint_key(tiny_checkpoint))
+    data.encode_missing(tiny_checkpoint, mel_config, "cpu", quiet=True)
     generator = torch.Generator().manual_seed(0)
     return data, draw_batch(data, [0, 2, 1], generator, 0.5, 0.41, 1000, "cpu")
 
@@ -136,23 +137,74 @@ def test_epochs_visit_every_clip_once():
     assert order[:5] != order[5:] or order[:5] != batch_indices(0, 5, 5, seed=4)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_learning_rate_schedules_match_diffusers(schedule):
+    from diffusers.optimization import get_scheduler
+
+    peak, warmup, total = 2e-4, 3, 20
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    reference = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total, num_cycles=3,
+                              power=2.0)
+    theirs = []
+    for _ in range(total + 3):  # and past the end
+        theirs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    ours = [learning_rate(step, peak, schedule, warmup, total, cycles=3, power=2.0) for step in range(total + 3)]
+    # the same formulas written in another order: double-precision rounding at most
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-18)
+    if schedule != "constant":
+        assert ours[0] == 0 and ours[warmup] == peak  # the warmup starts at 0 (as diffusers': step 1 has rate 0)
+
+
+def test_ema_matches_diffusers_ema_model():
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4))]
+    reference = EMAModel(weights, decay=0.9)
+    ours = [w.detach().clone() for w in weights]
+    for step in range(1, 31):
+        with torch.no_grad():
+            for w in weights:
+                w.add_(torch.randn_like(w))  # an optimizer step
+        update_ema(ours, weights, step, 0.9)
+        reference.step(weights)
+    for average, theirs in zip(ours, reference.shadow_params):
+        # lerp versus their s - (1 - d)(s - w): float32 rounding over 30 updates
+        assert max_rel_error(average, theirs) <= 1e-6
+    assert not torch.allclose(ours[0], weights[0])  # an average, not the last weights
+
+
 # ----------------------------------------------------------------------------------------------
 # The loop
 
 
-def test_resume_continues_exactly(tiny_checkpoint, tones, cache_dir, tmp_path, monkeypatch):
-    options = dict(max_steps=4, checkpoint_every=2, gradient_accumulation=2)
+@pytest.mark.parametrize("options", [
+    dict(gradient_accumulation=2),
+    dict(lora_rank=4, ema_decay=0.9, lr_scheduler="cosine", lr_warmup_steps=1, learning_rate=3e-2),
+], ids=["full", "lora-ema-cosine"])
+def test_resume_continues_exactly(tiny_checkpoint, tones, cache_dir, tmp_path, monkeypatch, options):
+    options = dict(max_steps=4, checkpoint_every=2, **options)
     one_run = train(config(tiny_checkpoint, tones, tmp_path / "once", cache_dir, **options))
-    train(config(tiny_checkpoint, tones, tmp_path / "twice", cache_dir, **{**options, "max_steps": 2}))
-    with pytest.raises(ValueError, match="--resume"):  # the same output twice without --resume
+
+    def interrupted_after_step_2(step, *args):  # Ctrl-C as step 3 starts, after the checkpoint of step 2
+        if step == 2:
+            raise KeyboardInterrupt
+        return learning_rate(step, *args)
+
+    monkeypatch.setattr("audioldm2_lite.train.learning_rate", interrupted_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_checkpoint, tones, tmp_path / "twice", cache_dir, **options))
+    monkeypatch.setattr("audioldm2_lite.train.learning_rate", learning_rate)
+    with pytest.raises(UsageError, match="--resume"):  # the same output twice without --resume
         train(config(tiny_checkpoint, tones, tmp_path / "twice", cache_dir, **options))
 
     def not_needed(*args, **kwargs):
         raise AssertionError("everything is cached: the text stages and the VAE must not be loaded")
 
-    monkeypatch.setattr("audioldm2_lite.train.TextConditioner.from_pretrained", not_needed)
-    monkeypatch.setattr("audioldm2_lite.train.read_audio", not_needed)  # nor the audio decoded again,
-    monkeypatch.setattr("audioldm2_lite.train_data.read_audio", not_needed)  # not even to validate it
+    monkeypatch.setattr("audioldm2_lite.train_data.TextConditioner.from_pretrained", not_needed)
+    monkeypatch.setattr("audioldm2_lite.train_data.read_audio", not_needed)  # nor the audio decoded, even to check it
     two_runs = train(config(tiny_checkpoint, tones, tmp_path / "twice", cache_dir, **options, resume=True))
 
     weights = [load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors")) for out in (one_run, two_runs)]
@@ -160,9 +212,27 @@ def test_resume_continues_exactly(tiny_checkpoint, tones, cache_dir, tmp_path, m
     assert weights[0].keys() == weights[1].keys() == base.keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in base), "resumed run differs (bit for bit)"
     assert not all(torch.equal(weights[0][k], base[k]) for k in base), "training changed nothing"
+    states = [torch.load(out / "training" / "state.pt", weights_only=True) for out in (one_run, two_runs)]
+    for key in ("trainable", "ema"):
+        assert states[0].get(key, {}).keys() == states[1].get(key, {}).keys()
+        assert all(torch.equal(states[0][key][k], states[1][key][k]) for k in states[0].get(key, {}))
     logs = [list(csv.DictReader((out / "training" / "loss.csv").open())) for out in (one_run, two_runs)]
     assert [r["step"] for r in logs[1]] == ["1", "2", "3", "4"]
     assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+    assert [r["learning_rate"] for r in logs[0]] == [r["learning_rate"] for r in logs[1]]
+    seconds = [float(r["seconds"]) for r in logs[1]]
+    assert seconds[2] > seconds[1], "the clock restarted at the resume"
+
+
+def test_ema_is_exported_instead_of_the_weights(tiny_checkpoint, tones, cache_dir, tmp_path):
+    out = train(config(tiny_checkpoint, tones, tmp_path / "out", cache_dir, lora_rank=4, ema_decay=0.5, max_steps=3,
+                       learning_rate=3e-2))
+    state = torch.load(out / "training" / "state.pt", weights_only=True)
+    assert state["ema"].keys() == state["trainable"].keys()
+    assert not any(torch.equal(state["ema"][k], state["trainable"][k]) for k in state["ema"])
+    adapter = load_file(str(out / "lora.safetensors"))
+    assert adapter.keys() == state["ema"].keys()
+    assert all(torch.equal(adapter[k], state["ema"][k]) for k in adapter)  # the average, saved as it is
 
 
 def test_overfits_two_clips(tiny_checkpoint, cache_dir, tmp_path):
@@ -174,6 +244,104 @@ def test_overfits_two_clips(tiny_checkpoint, cache_dir, tmp_path):
     # Measured on this seed: 0.71 over steps 1-10, 0.28 over steps 41-60 (0.40x).
     first, last = np.mean(losses[:10]), np.mean(losses[-20:])
     assert last <= 0.5 * first, (first, last)
+
+
+def test_bf16_autocast_on_the_cpu_follows_float32(tiny_checkpoint, tones, cache_dir, tmp_path):
+    # Without oneDNN: PyTorch 2.13's oneDNN bf16 convolution returns garbage weight gradients (up to 1e36, or
+    # NaN, varying run to run) for an input 1 wide with stride 2, which the tiny UNet's last downsampler sees
+    # (latent width 4 -> 2 -> 1). The released checkpoints never do (their latents are 16 wide: 16 -> 8 -> 4 -> 2).
+    with torch.backends.mkldnn.flags(enabled=False):
+        runs = [train(config(tiny_checkpoint, tones, tmp_path / dtype, cache_dir, max_steps=4, dtype=dtype))
+                for dtype in ("float32", "bfloat16")]
+    losses = [np.array([float(r["loss"]) for r in csv.DictReader((out / "training" / "loss.csv").open())])
+              for out in runs]
+    # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 = 0.2 % per operation) in the UNet's matmuls and
+    # convolutions; the weights and AdamW stay float32, so the runs stay together: measured at most 0.09 %
+    # apart over these 4 steps; 1 % allows for the rounding of a few hundred operations per value
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-2)
+    assert not np.array_equal(losses[1], losses[0]), "bf16 autocast did not run"
+
+
+def test_validation_audio_scores_and_tensorboard_during_a_run(tiny_checkpoint, tones, cache_dir, tmp_path,
+                                                              monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from audioldm2_lite import AudioLDM2Pipeline
+    from audioldm2_lite.evaluate import write_stats
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# validation\na steady tone\nA high whistle!\n")
+    rng = np.random.default_rng(0)
+    write_stats(tmp_path / "ref.npz", rng.normal(size=16), np.eye(16), 100)  # the tiny CLAP's 16-d embeddings
+    options = dict(max_steps=4, checkpoint_every=2, ema_decay=0.5, validation_prompts=str(prompts),
+                   validation_every=3, validation_steps=2, validation_reference=str(tmp_path / "ref.npz"))
+
+    def interrupted_after_step_3(step, *args):  # after the validation of step 3, past the checkpoint of step 2
+        if step == 3:
+            raise KeyboardInterrupt
+        return learning_rate(step, *args)
+
+    monkeypatch.setattr("audioldm2_lite.train.learning_rate", interrupted_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_checkpoint, tones, tmp_path / "out", cache_dir, **options))
+    monkeypatch.setattr("audioldm2_lite.train.learning_rate", learning_rate)
+    out = train(config(tiny_checkpoint, tones, tmp_path / "out", cache_dir, **options, resume=True))
+
+    folder = out / "training" / "validation"
+    names = ["00-a_steady_tone.wav", "01-a_high_whistle.wav"]
+    assert sorted(p.name for p in folder.iterdir()) == ["step-0", "step-3", "step-4"]  # before, every 3, at the end
+    for step in (0, 3, 4):
+        assert sorted(p.name for p in (folder / f"step-{step}").glob("*.wav")) == names
+    table = list(csv.DictReader((out / "training" / "validation.csv").open()))
+    assert [r["step"] for r in table] == ["0", "3", "4"]  # step 3 done twice (before and after the resume), kept once
+    assert all(-1 <= float(r["clap_score"]) <= 1 and float(r["fd_clap"]) > 0 for r in table)
+
+    # the audio is the pipeline's, with seed i for prompt i: at step 0 from the base checkpoint, at the end
+    # from the exported (EMA) weights
+    for step, model in ((0, tiny_checkpoint), (4, out)):
+        pipe = AudioLDM2Pipeline.from_pretrained(model, device="cpu")
+        for seed, (prompt, name) in enumerate(zip(["a steady tone", "A high whistle!"], names)):
+            expected = pipe(prompt, audio_length_in_s=SECONDS, num_inference_steps=2, scheduler="dpmsolver++",
+                            seed=seed).audios[0]
+            heard, rate = soundfile.read(folder / f"step-{step}" / name, dtype="float32")
+            # the same weights through the same code, written as float WAV: measured identical
+            assert rate == pipe.sampling_rate
+            assert max_rel_error(torch.from_numpy(heard), torch.from_numpy(expected)) <= 1e-6
+    step_0 = soundfile.read(folder / "step-0" / names[0])[0]
+    assert not np.allclose(step_0, soundfile.read(folder / "step-4" / names[0])[0]), "the weights did not move"
+
+    events = EventAccumulator(str(out / "training" / "tensorboard"), size_guidance={"scalars": 0, "audio": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/learning_rate", "train/grad_norm", "validation/clap_score",
+            "validation/fd_clap"} <= set(tags["scalars"])
+    assert {f"validation/{n[:-4]}" for n in names} <= set(tags["audio"])
+    logged = [float(r["loss"]) for r in csv.DictReader((out / "training" / "loss.csv").open())]
+    curve = events.Scalars("train/loss")
+    assert [e.step for e in curve] == [1, 2, 3, 4]  # the step logged before the interruption, once
+    np.testing.assert_allclose([e.value for e in curve], logged, rtol=1e-5)  # loss.csv keeps 6 significant digits
+    assert [e.step for e in events.Scalars("validation/clap_score")] == [0, 3, 4]
+
+
+def test_resume_with_fewer_steps_is_a_usage_error(lora_run, tiny_checkpoint, tones, capsys):
+    before = (lora_run / "training" / "config.json").read_bytes()
+    status = main(["--data", str(tones), "--model", str(tiny_checkpoint), "--output", str(lora_run), "--resume",
+                   "--max-steps", "2", "--device", "cpu", "--quiet"])
+    error = capsys.readouterr().err
+    assert status == 2 and error.startswith("audioldm2-lite-train: error: the run in") and "at step 3" in error
+    assert (lora_run / "training" / "config.json").read_bytes() == before
+
+
+def test_skipped_rows_are_one_warning_line(tiny_checkpoint, cache_dir, tmp_path, capsys):
+    data = write_tones(tmp_path / "data", [440])
+    (data / "metadata.csv").write_text("file_name,caption\nclips/tone0.wav,fine\nclips/gone.wav,lost\n")
+    status = main(["--data", str(data), "--model", str(tiny_checkpoint), "--output", str(tmp_path / "out"),
+                   "--max-steps", "1", "--batch-size", "1", "--seconds", str(SECONDS), "--device", "cpu", "--quiet",
+                   "--skip-bad-rows", "--cache-dir", str(cache_dir)])
+    error = capsys.readouterr().err
+    assert status == 0, error
+    assert error.splitlines() == ["audioldm2-lite-train: warning: skipping 1 bad row(s) of "
+                                  f"{data / 'metadata.csv'}: line 3: clips/gone.wav: file not found"]
 
 
 # ----------------------------------------------------------------------------------------------
