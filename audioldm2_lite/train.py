@@ -64,7 +64,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .cli import UsageError
+from .console import UsageError, one_line_warnings, write_atomically
 from .generation.loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .generation.lora import apply_lora, merged_state_dict, save_lora
 from .generation.mel import MelConfig
@@ -398,9 +398,7 @@ def train(config: TrainConfig) -> Path:
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": generator.get_state()}
             if ema is not None:
                 state["ema"] = dict(zip(names, ema))
-            partial = state_file.with_name(".partial-state.pt")
-            torch.save(state, partial)
-            os.replace(partial, state_file)
+            write_atomically(state_file, lambda file: torch.save(state, file))
             with swapped(parameters, ema):  # the EMA is what users get, when on
                 export_checkpoint(unet, root, out, lora)
         if validation and (step % c.validation_every == 0 or step == c.max_steps):
@@ -517,12 +515,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line_warning(message, category, filename, lineno, file=None, line=None):
-    from tqdm.auto import tqdm
-
-    tqdm.write(f"{PROG}: warning: {message}", file=file or sys.stderr)  # on its own line, above any bar
-
-
 def main(argv=None) -> int:
     from .console import report_errors
 
@@ -530,7 +522,7 @@ def main(argv=None) -> int:
 
     def work() -> int:
         with warnings.catch_warnings():
-            warnings.showwarning = one_line_warning
+            warnings.showwarning = one_line_warnings(PROG)
             out = train(TrainConfig(**vars(args)))
         if int(os.environ.get("RANK", 0)) == 0:
             print(out)

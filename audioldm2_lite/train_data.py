@@ -23,9 +23,7 @@ the data set; under torchrun the processes split the encoding between them (`enc
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .console import read_table
 from .generation.audio_io import AudioInputError, read_audio
 from .generation.conditioning import TextConditioner
 from .generation.loading import load_component
@@ -66,19 +65,8 @@ def read_metadata(folder: Path) -> tuple[Path, list[tuple[int, dict]]]:
                         f"(found {len(files)}) with a file_name and a caption (or text) column")
     file = files[0]
     try:
-        if file.suffix == ".csv":
-            with open(file, newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                return file, [(reader.line_num, row) for row in reader]
-        rows = []
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"line {number} is not a JSON object")
-                rows.append((number, row))
-        return file, rows
-    except (ValueError, UnicodeDecodeError, csv.Error) as error:
+        return file, read_table(file)
+    except (ValueError, UnicodeDecodeError) as error:
         raise DataError(f"cannot parse {file}: {error}") from None
 
 
@@ -90,7 +78,7 @@ def read_dataset(folder, skip_bad_rows: bool = False, check_audio=True) -> list[
     """
     folder = Path(folder).expanduser()
     file, rows = read_metadata(folder)
-    columns = {c for _, row in rows for c in row if c}  # a CSV row with extra fields has a None key
+    columns = {c for _, row in rows for c in row if c}
     caption_column = next((c for c in CAPTION_COLUMNS if c in columns), None)
     if "file_name" not in columns or caption_column is None:
         raise DataError(f"{file} must have a 'file_name' column and a 'caption' or 'text' column; "
