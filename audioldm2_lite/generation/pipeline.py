@@ -296,8 +296,8 @@ class AudioLDM2Pipeline:
         the starting noise is drawn on the CPU, so a seed gives the same audio on every device (to float
         rounding); `generator` takes precedence. `progress` shows every stage with tqdm.
 
-        As diffusers: `generator` may be a list with one generator per output waveform (row i of the batch is
-        then what a single run with generator i gives); `return_dict=False` returns `(audios,)`;
+        As diffusers: `generator` may be a list with one generator per output waveform (row i's noise is then
+        what a single run with generator i draws); `return_dict=False` returns `(audios,)`;
         `cross_attention_kwargs={"scale": s}` multiplies a loaded LoRA's update by s for this call;
         `output_type` "np" (float32 array), "pt" (float32 CPU tensor) or "latent" (the final latents).
         `scheduler` ("ddim" or "dpmsolver++") defaults to the checkpoint's scheduler class, `karras_sigmas` to
