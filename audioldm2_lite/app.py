@@ -159,7 +159,7 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
         return gr.update(value=DEFAULT_STEPS[SCHEDULERS[scheduler]])
 
     speaks = pipe.conditioner.speaks  # a text-to-speech checkpoint: the words to say are needed
-    default_scheduler = next(label for label, name in SCHEDULERS.items() if name == pipe.default_scheduler)
+    default_scheduler = next(label for label, name in SCHEDULERS.items() if name == pipe.scheduler_config.sampler)
 
     # every file Gradio wrote for this page (results, uploads) is deleted `cache_hours` after it was written
     age = max(1, round(cache_hours * 3600))
@@ -177,7 +177,7 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
                                       max_length=max_prompt_chars)
             with gr.Column():
                 with gr.Row():
-                    steps = gr.Slider(1, 1000, value=DEFAULT_STEPS[pipe.default_scheduler], step=1, label="Steps",
+                    steps = gr.Slider(1, 1000, value=DEFAULT_STEPS[pipe.scheduler_config.sampler], step=1, label="Steps",
                                       elem_id="steps")
                     guidance = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance scale")
                 with gr.Row():

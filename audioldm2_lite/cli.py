@@ -45,7 +45,7 @@ def build_parser() -> OneLineParser:
     steps = ", ".join(f"{n} for {name}" for name, n in DEFAULT_STEPS.items())
     parser.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: {steps}; at most 1000)")
     parser.add_argument("--scheduler", default=None, help="ddim or dpmsolver++ (default: the checkpoint's, ddim)")
-    parser.add_argument("--karras", action="store_true",
+    parser.add_argument("--karras", action="store_true", default=None,
                         help="dpmsolver++ on Karras noise levels (often better at few steps)")
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                         help=f"classifier-free guidance scale; 1 or below means no guidance (default: {DEFAULT_GUIDANCE})")

@@ -35,8 +35,9 @@ The loop, top to bottom (in the manner of karpathy/nanoGPT's train.py):
    package), validation audio and scores every `validation_every` steps (train_validation.py), and every
    `checkpoint_every` steps and at the end OUT/training/state.pt (trainable weights, optimizer, EMA, RNG,
    step, so `resume` continues exactly) plus OUT itself exported as a complete hub-layout checkpoint: the
-   trained UNet (LoRA merged in; the EMA weights when on) under its hub names, the other components
-   hard-linked or copied from the base checkpoint, and for LoRA the adapter alone in OUT/lora.safetensors.
+   trained UNet (LoRA merged in; the EMA weights when on) under its hub names, the language model rewritten in
+   the layout current diffusers runs (GPT2LMHeadModel), the other components hard-linked or copied from the
+   base checkpoint, and for LoRA the adapter alone in OUT/lora.safetensors.
 
 Batches: clips in a fresh random order each epoch (a permutation seeded by seed and epoch), so the
 batch follows from the count of samples drawn so far; everything else random (posterior sample, caption
@@ -65,11 +66,14 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .console import UsageError, one_line_warnings, write_atomically
-from .generation.loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
+from .generation.loading import (
+    DEFAULT_CHECKPOINT, load_component, load_config, read_json, read_weights, resolve_checkpoint,
+)
 from .generation.lora import apply_lora, merged_state_dict, save_lora
 from .generation.mel import MelConfig
 from .generation.pipeline import default_device
 from .generation.samplers import SchedulerConfig, alphas_cumprod
+from .models import gpt2
 from .train_data import EncodedDataset, checkpoint_key, latent_file, read_dataset, save_atomic
 from .train_schedules import SCHEDULES, learning_rate, swapped, update_ema
 
@@ -209,7 +213,8 @@ def from_rank_0(value, world: int):
 
 
 def export_checkpoint(unet, root: Path, out: Path, lora: bool) -> None:
-    """OUT as a hub-layout checkpoint: the trained UNet (adapters merged) plus the base's other components."""
+    """OUT as a hub-layout checkpoint: the trained UNet (adapters merged) plus the base's other components,
+    the language model in the layout current diffusers generates with (export_language_model)."""
     from safetensors.torch import save_file
 
     for item in sorted(root.iterdir()):
@@ -229,6 +234,28 @@ def export_checkpoint(unet, root: Path, out: Path, lora: bool) -> None:
                 metadata={"format": "pt"})
     if lora:
         save_lora(unet, out / "lora.safetensors")
+    export_language_model(root, out)
+
+
+def export_language_model(root: Path, out: Path) -> None:
+    """The base's `language_model` as a GPT2LMHeadModel (the weights under `transformer.`, the head tied to the
+    token embedding), and model_index.json naming that class: diffusers 0.33 and later generate through it
+    (with a GPT2Model they fail on recent transformers, diffusers #12630); our loader reads both layouts."""
+    from safetensors.torch import save_file
+
+    folder = out / "language_model"
+    state_dict, _ = read_weights(root / "language_model")
+    for file in folder.iterdir():  # the base's weights, linked above: replaced by one file in the new layout
+        if file.name.endswith((".safetensors", ".bin", ".index.json")) and file.name != "model.safetensors":
+            file.unlink()
+    save_atomic(save_file, gpt2.lm_head_state_dict(state_dict), folder / "model.safetensors",
+                 metadata={"format": "pt"})
+    config = dict(read_json(root / "language_model" / "config.json"), architectures=["GPT2LMHeadModel"])
+    index = dict(read_json(root / "model_index.json"), language_model=["transformers", "GPT2LMHeadModel"])
+    for file, content in ((folder / "config.json", config), (out / "model_index.json", index)):
+        partial = file.with_name(f".partial-{file.name}")  # a new file in place of the link to the base's
+        partial.write_text(json.dumps(content, indent=2) + "\n")
+        os.replace(partial, file)
 
 
 def trainable_state(unet) -> dict:

@@ -102,3 +102,38 @@ def test_generate_parity_full_size(full_checkpoint):
     expected = reference_generate(reference, embeds, mask, max_new_tokens=8)
     # fp32 rounding only (cache vs recomputation), compounded over 12 layers and 8 fed-back steps
     assert max_rel_error(generated, expected) <= 1e-5
+
+
+# The language_model folder as the hub and every diffusers version write it: GPT2Model (official, diffusers up to
+# 0.32), GPT2LMHeadModel (diffusers 0.33 and later; safetensors leave the tied head out, torch.save keeps it), and
+# old files with the causal-mask buffers of transformers < 4.3x. All load to the same tensors.
+@pytest.mark.parametrize("layout", ["lm_head_safetensors", "lm_head_bin_with_head", "gpt2model_bin_with_buffers"])
+def test_every_language_model_layout_loads_the_same(tiny_checkpoint, tmp_path, layout):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from audioldm2_lite.models.gpt2 import lm_head_state_dict
+
+    folder = shutil.copytree(tiny_checkpoint / "language_model", tmp_path / "language_model")
+    shutil.copy(tiny_checkpoint / "model_index.json", tmp_path)
+    bare = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    if layout == "gpt2model_bin_with_buffers":
+        n = json.loads((folder / "config.json").read_text())["n_positions"]
+        causal = torch.tril(torch.ones(n, n, dtype=torch.bool))[None, None]
+        buffers = {f"h.{i}.attn.{name}": value for i in range(2)
+                   for name, value in (("bias", causal), ("masked_bias", torch.tensor(-1e4)))}
+        torch.save({**bare, **buffers}, folder / "pytorch_model.bin")
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2LMHeadModel"]}))
+        prefixed = lm_head_state_dict(bare)
+        if layout == "lm_head_safetensors":
+            save_file(prefixed, folder / "model.safetensors")
+        else:
+            torch.save({**prefixed, "lm_head.weight": bare["wte.weight"]}, folder / "pytorch_model.bin")
+    expected = load_component(tiny_checkpoint, "language_model").state_dict()
+    loaded = load_component(tmp_path, "language_model").state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)

@@ -111,6 +111,40 @@ def test_hub_download_picks_configs_and_one_weight_format():
     ])
 
 
+def test_hub_download_of_a_variant_falls_back_per_component():
+    files = [
+        "model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",  # no fp16 file: its plain one, as diffusers
+        "text_encoder_2/config.json", "text_encoder_2/model.safetensors.index.fp16.json",
+        "text_encoder_2/model.fp16-00001-of-00002.safetensors", "text_encoder_2/model.fp16-00002-of-00002.safetensors",
+        "text_encoder_2/model-00001-of-00002.safetensors", "text_encoder_2/model-00002-of-00002.safetensors",
+        "text_encoder_2/model.safetensors.index.json",
+        "vocoder/config.json", "vocoder/model.safetensors.fp16.index.json",  # the legacy variant index naming
+        "vocoder/model-00001-of-00001.fp16.safetensors", "vocoder/model.safetensors",
+    ]
+    chosen = _choose_hub_files(files, ["unet", "vae", "text_encoder_2", "vocoder"], variant="fp16")
+    assert sorted(chosen) == sorted([
+        "model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder_2/config.json", "text_encoder_2/model.safetensors.index.fp16.json",
+        "text_encoder_2/model.fp16-00001-of-00002.safetensors", "text_encoder_2/model.fp16-00002-of-00002.safetensors",
+        "vocoder/config.json", "vocoder/model.safetensors.fp16.index.json",
+        "vocoder/model-00001-of-00001.fp16.safetensors",
+    ])
+
+
+def test_variant_files_load_the_same(copy_of):
+    ckpt = copy_of("projection_model")
+    folder = ckpt / "projection_model"
+    reference = load_component(ckpt, "projection_model").state_dict()
+    (folder / "diffusion_pytorch_model.safetensors").rename(folder / "diffusion_pytorch_model.fp16.safetensors")
+    variant = load_component(ckpt, "projection_model", variant="fp16").state_dict()
+    assert all(torch.equal(variant[k], reference[k]) for k in reference)
+    with pytest.raises(CheckpointError, match=r"variant\(s\) \['fp16'\]: pass variant='fp16'"):
+        load_component(ckpt, "projection_model")
+
+
 # ------------------------------------------------------------------------------------------------
 # Each error a user can cause is one CheckpointError that says what is wrong and what to do.
 

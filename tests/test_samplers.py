@@ -109,6 +109,19 @@ def test_config_refuses_unsupported_options():
         SchedulerConfig.from_hub(hub_config(prediction_type="sample"))
 
 
+def test_scheduler_class_names_the_sampler():
+    assert SchedulerConfig.from_hub(hub_config()).sampler == "ddim"
+    dpm = SchedulerConfig.from_hub(hub_config(_class_name="DPMSolverMultistepScheduler", solver_order=1))
+    assert dpm.sampler == "dpmsolver++" and dpm.solver_order == 1
+    with pytest.warns(UserWarning, match="EulerDiscreteScheduler.*DDIM"):
+        assert SchedulerConfig.from_hub(hub_config(_class_name="EulerDiscreteScheduler")).sampler == "ddim"
+    # DPM-Solver variants not implemented here: refused, one line each
+    for field, value in (("algorithm_type", "sde-dpmsolver++"), ("solver_order", 3), ("solver_type", "heun"),
+                         ("final_sigmas_type", "sigma_min"), ("use_lu_lambdas", True)):
+        with pytest.raises(NotImplementedError, match=f"{field} = "):
+            SchedulerConfig.from_hub(hub_config(_class_name="DPMSolverMultistepScheduler", **{field: value}))
+
+
 def test_make_sampler_by_name():
     config = SchedulerConfig()
     assert isinstance(make_sampler("ddim", config, 10), DDIMSampler)

@@ -36,6 +36,34 @@ def test_last_hidden_state_matches_transformers(tiny_checkpoint):
     assert max_rel_error(ours, reference) <= 1e-5
 
 
+# transformers' T5 takes "[gated-]ACT": v1.0's "relu" (diffusers' test T5), v1.1 / Flan's "gated-gelu", and others
+@pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu", "gated-silu", "gelu_new", "quick_gelu",
+                                               "gated-relu2"])
+def test_feed_forward_variants_match_transformers(tiny_checkpoint, tmp_path, feed_forward_proj):
+    import json
+
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    reference = T5EncoderModel(T5Config(vocab_size=120, d_model=32, d_ff=37, d_kv=8, num_heads=2, num_layers=2,
+                                        feed_forward_proj=feed_forward_proj)).eval()
+    reference.save_pretrained(tmp_path / "text_encoder_2")
+    (tmp_path / "model_index.json").write_text(json.dumps({"text_encoder_2": ["transformers", "T5EncoderModel"]}))
+    input_ids, attention_mask = tokenize_like_diffusers(load_tokenizer(tiny_checkpoint, "tokenizer_2"), PROMPTS)
+    with torch.no_grad():
+        ours = load_component(tmp_path, "text_encoder_2")(input_ids, attention_mask)
+        expected = reference(input_ids, attention_mask=attention_mask).last_hidden_state
+    assert max_rel_error(ours, expected) <= 1e-5  # float32 rounding, as above
+
+
+def test_feed_forward_it_cannot_build_is_one_line():
+    from audioldm2_lite.generation.loading import UnsupportedConfigError
+
+    with pytest.raises(UnsupportedConfigError) as error:
+        t5.T5Config.from_hub({"feed_forward_proj": "gated-prelu"})  # a learned activation, not a function
+    assert "feed_forward_proj = 'gated-prelu'" in str(error.value) and "\n" not in str(error.value)
+
+
 @pytest.mark.slow
 def test_full_size_matches_transformers_and_stays_finite_in_float16(full_checkpoint):
     checkpoint = full_checkpoint(components=("text_encoder_2", "tokenizer_2"))

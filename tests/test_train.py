@@ -414,7 +414,7 @@ def test_pipeline_and_cli_take_a_lora(tiny_checkpoint, lora_run, tmp_path):
 
 
 def test_export_loads_in_diffusers(tiny_checkpoint, lora_run):
-    pipe = diffusers_pipeline(lora_run)
+    pipe = diffusers_pipeline(lora_run)  # the helper's GPT2LMHeadModel is what the export holds: see below
     inputs = unet_inputs(tiny_checkpoint)
     with torch.no_grad():
         ours = load_component(lora_run, "unet")(*inputs)
@@ -427,6 +427,31 @@ def test_export_loads_in_diffusers(tiny_checkpoint, lora_run):
     for name in ("vae", "text_encoder", "vocoder"):
         files = [f for f in (tiny_checkpoint / name).iterdir() if f.suffix == ".safetensors"]
         assert files and all((lora_run / name / f.name).read_bytes() == f.read_bytes() for f in files)
+
+
+def test_export_runs_in_diffusers_as_it_is(tiny_checkpoint, lora_run):
+    """The export's language model is in the layout current diffusers generates with: diffusers loads and runs
+    the folder with no component passed in, and generates what ours generates from it."""
+    import json
+
+    from diffusers import AudioLDM2Pipeline as DiffusersPipeline
+
+    from audioldm2_lite import AudioLDM2Pipeline
+
+    assert json.loads((lora_run / "model_index.json").read_text())["language_model"] == ["transformers",
+                                                                                          "GPT2LMHeadModel"]
+    assert json.loads((tiny_checkpoint / "model_index.json").read_text())["language_model"][1] == "GPT2Model"
+    reference = DiffusersPipeline.from_pretrained(str(lora_run))
+    reference.set_progress_bar_config(disable=True)
+    ours = AudioLDM2Pipeline.from_pretrained(lora_run, device="cpu")
+    kwargs = dict(audio_length_in_s=SECONDS, num_inference_steps=3, negative_prompt="low quality")
+    expected = reference("a steady tone", generator=torch.Generator().manual_seed(0), **kwargs).audios
+    audio = ours("a steady tone", generator=torch.Generator().manual_seed(0), **kwargs).audios
+    # the README's end-to-end tolerance (float32 rounding grown through the steps, the VAE and the vocoder)
+    assert max_rel_error(torch.from_numpy(audio), torch.from_numpy(expected)) <= 1e-4
+    # the export's GPT-2 is the base's, renamed: our loader reads both layouts to the same tensors
+    base, exported = (load_component(c, "language_model").state_dict() for c in (tiny_checkpoint, lora_run))
+    assert base.keys() == exported.keys() and all(torch.equal(base[k], exported[k]) for k in base)
 
 
 # ----------------------------------------------------------------------------------------------

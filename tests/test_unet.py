@@ -101,6 +101,42 @@ def test_large_layout_matches_diffusers(tmp_path):
     assert max_rel_error(ours, reference) <= 1e-5  # float32 rounding only
 
 
+# The forms of the per-level fields diffusers reads: cross_attention_dim as one int, a flat list (one
+# cross-attention per level: diffusers' own test UNet), mixed ints and lists; layers, transformer layers and
+# heads as one int or a list per level.
+@pytest.mark.parametrize("fields", [
+    dict(cross_attention_dim=24),
+    dict(cross_attention_dim=[24, 24, 24]),
+    dict(cross_attention_dim=[24, [None, 24, 32], 24]),
+    dict(cross_attention_dim=[[None, 24, 32]] * 3, layers_per_block=[1, 2, 1], transformer_layers_per_block=[1, 2, 1],
+         attention_head_dim=[2, 4, 8]),
+])
+def test_per_level_config_forms_match_diffusers(tmp_path, fields):
+    from diffusers.pipelines.audioldm2 import AudioLDM2UNet2DConditionModel
+
+    torch.manual_seed(0)
+    reference = AudioLDM2UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, norm_num_groups=8, block_out_channels=(16, 24, 32),
+        **{"layers_per_block": 1, "attention_head_dim": 2, **fields},
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    )
+    perturb_vectors(reference).save_pretrained(tmp_path / "unet")
+    (tmp_path / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "AudioLDM2UNet2DConditionModel"]}))
+    inputs = unet_inputs({"in_channels": 4, "cross_attention_dim": [None, [24, 32]]}, 13)
+    ours, reference = run_both(tmp_path, inputs)
+    assert max_rel_error(ours, reference) <= 1e-5  # float32 rounding only
+
+
+def test_cross_attention_dim_it_cannot_read_is_one_line():
+    from audioldm2_lite.generation.loading import UnsupportedConfigError
+
+    hub = {"block_out_channels": [8, 16], "cross_attention_dim": [[None, 8, 16, 16, 8], 8]}
+    with pytest.raises(UnsupportedConfigError, match="cross_attention_dim") as error:
+        unet.cross_attention_dims(hub, 2)
+    assert "\n" not in str(error.value)
+
+
 def test_sdpa_matches_explicit_math(tiny_checkpoint, monkeypatch):
     model = load_component(tiny_checkpoint, "unet")
     inputs = unet_inputs(config_of(tiny_checkpoint), 24)

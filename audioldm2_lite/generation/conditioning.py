@@ -81,12 +81,13 @@ class TextConditioner(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, device="cpu", dtype=torch.float32, **kwargs
+        cls, checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, device="cpu", dtype=torch.float32,
+        variant: str | None = None, **kwargs
     ) -> "TextConditioner":
-        root = resolve_checkpoint(checkpoint, COMPONENTS)
+        root = resolve_checkpoint(checkpoint, COMPONENTS, variant)
 
         def load(name):
-            return load_component(root, name, dtype=dtype, device=device)
+            return load_component(root, name, dtype=dtype, device=device, variant=variant)
 
         return cls(
             load_tokenizer(root, "tokenizer"), load_tokenizer(root, "tokenizer_2"), load("text_encoder"),

@@ -7,7 +7,8 @@ An AudioLDM 2 checkpoint in hub layout (cvssp/audioldm2, -large, -music) is a fo
 - resolves a checkpoint given as a hub id or a local folder (`resolve_checkpoint`), downloading from
   the hub only the files the requested components need (configs and one weight format);
 - reads configs and weights (safetensors preferred, `.bin` only through `torch.load(weights_only=True)`,
-  sharded `*.index.json` supported) and casts them to the requested dtype;
+  sharded `*.index.json` supported, `variant="fp16"` files as diffusers names them) and casts them to the
+  requested dtype;
 - builds our module for a component from its config and loads the weights strictly
   (`load_component`): every checkpoint tensor is used or matches the stage's `UNUSED_KEYS`, and a
   missing, unexpected or misshapen tensor is an error naming the component, the file, the key and
@@ -132,32 +133,63 @@ def _component_patterns(components) -> list[str]:
     return patterns
 
 
-def _choose_hub_files(repo_files: list[str], components) -> list[str]:
-    """Configs of each component plus one weight format (safetensors first; shards with their index)."""
+def weight_file_names(variant: str | None = None) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(single-file names, shard index names) of each weight format, in order of preference.
+
+    A variant is diffusers' and transformers' naming: `model.fp16.safetensors`, indexes
+    `model.safetensors.index.fp16.json` (and the legacy `model.safetensors.fp16.index.json`).
+    """
+    formats = []
+    for names in WEIGHT_FORMATS:
+        if variant is None:
+            formats.append((names, tuple(n + ".index.json" for n in names)))
+        else:
+            singles = tuple(f"{stem}.{variant}.{ext}" for stem, ext in (n.rsplit(".", 1) for n in names))
+            formats.append((singles, tuple(f"{n}.index.{variant}.json" for n in names)
+                            + tuple(f"{n}.{variant}.index.json" for n in names)))
+    return formats
+
+
+def _choose_hub_files(repo_files: list[str], components, variant: str | None = None) -> list[str]:
+    """Configs of each component plus one weight format (safetensors first; shards with their index); with a
+    variant, its files where the component has them, else the component's plain files (as diffusers)."""
     chosen = ["model_index.json"]
     for name in components:
         inside = [f[len(name) + 1:] for f in repo_files if f.startswith(name + "/") and f.count("/") == 1]
         chosen += [f"{name}/{f}" for f in inside if f in CONFIG_NAMES + TOKENIZER_FILES]
         if name in FILE_COMPONENTS:
             continue
-        for single_names in WEIGHT_FORMATS:
+        formats = (weight_file_names(variant) if variant else []) + weight_file_names()
+        for single_names, index_names in formats:
             single = [f for f in inside if f in single_names]
-            index = [f for f in inside if f in tuple(n + ".index.json" for n in single_names)]
+            index = [f for f in inside if f in index_names]
             if single or index:
                 chosen += [f"{name}/{f}" for f in single[:1]]
-                if not single:  # sharded: the index and every shard it names (same stem)
-                    stem = index[0][: -len(".index.json")].rsplit(".", 1)[0]
-                    chosen += [f"{name}/{index[0]}"]
-                    chosen += [f"{name}/{f}" for f in inside if f.startswith(stem + "-") and "-of-" in f]
+                if not single:  # sharded: the index and every shard it names
+                    shard = _shard_name_pattern(index[0])
+                    chosen += [f"{name}/{index[0]}"] + [f"{name}/{f}" for f in inside if shard.fullmatch(f)]
                 break
     return chosen
 
 
-def resolve_checkpoint(checkpoint: str | os.PathLike, components=None) -> Path:
+def _shard_name_pattern(index_name: str) -> re.Pattern:
+    """The names of the shards an index file lists: `model-00001-of-00002.safetensors` for
+    `model.safetensors.index.json`, `model.fp16-00001-of-00002.safetensors` for `...index.fp16.json` and
+    the legacy `model-00001-of-00002.fp16.safetensors` for `...fp16.index.json`."""
+    stem, ext, *rest = index_name.split(".")
+    variant = next((part for part in rest if part not in ("index", "json")), None)
+    if variant is None:
+        return re.compile(rf"{stem}-\d+-of-\d+\.{ext}")
+    if rest[0] == "index":
+        return re.compile(rf"{stem}\.{variant}-\d+-of-\d+\.{ext}")
+    return re.compile(rf"{stem}-\d+-of-\d+\.{variant}\.{ext}")
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike, components=None, variant: str | None = None) -> Path:
     """A local folder in hub layout for `checkpoint` (a folder, or a hub id fetched into the HF cache).
 
     `components` limits a hub download to those components' files (default: every component
-    named in model_index.json).
+    named in model_index.json); `variant` ("fp16") fetches those weight files where a component has them.
     """
     checkpoint = str(checkpoint)
     path = Path(checkpoint).expanduser()
@@ -174,19 +206,19 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, components=None) -> Path:
             f"checkpoint folder '{checkpoint}' does not exist. Pass an existing folder in hub layout or a hub id "
             f"such as '{DEFAULT_CHECKPOINT}'."
         )
-    return _fetch_from_hub(checkpoint, components)
+    return _fetch_from_hub(checkpoint, components, variant)
 
 
-def download_from_hub(repo_id: str, components=None, local_dir=None) -> Path:
+def download_from_hub(repo_id: str, components=None, local_dir=None, variant: str | None = None) -> Path:
     """Fetch the configs and one weight format of `components` (default: all) from the hub; no error handling."""
     from huggingface_hub import HfApi, snapshot_download
 
     wanted = list(components) if components is not None else list(STAGES) + list(FILE_COMPONENTS)
-    files = _choose_hub_files(HfApi().list_repo_files(repo_id), wanted)
+    files = _choose_hub_files(HfApi().list_repo_files(repo_id), wanted, variant)
     return Path(snapshot_download(repo_id, allow_patterns=files, local_dir=local_dir))
 
 
-def _fetch_from_hub(repo_id: str, components) -> Path:
+def _fetch_from_hub(repo_id: str, components, variant: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -194,7 +226,7 @@ def _fetch_from_hub(repo_id: str, components) -> Path:
     offline = _hub_reachable()
     if offline is None:
         try:
-            return download_from_hub(repo_id, wanted)
+            return download_from_hub(repo_id, wanted, variant=variant)
         except RepositoryNotFoundError:
             raise CheckpointError(
                 f"'{repo_id}' is neither a local folder nor a repository on the Hugging Face hub "
@@ -208,7 +240,7 @@ def _fetch_from_hub(repo_id: str, components) -> Path:
         folder = Path(snapshot_download(repo_id, allow_patterns=_component_patterns(wanted), local_files_only=True))
     except Exception:
         raise CheckpointError(_offline_message(repo_id, offline)) from None
-    missing = [c for c in wanted if c in STAGES and not _weight_files(folder / c)]
+    missing = [c for c in wanted if c in STAGES and not _weight_files(folder / c, variant)]
     if missing or not (folder / "model_index.json").is_file():
         raise CheckpointError(_offline_message(repo_id, offline))
     return folder
@@ -233,8 +265,8 @@ def read_json(file: Path) -> dict:
         raise CheckpointError(f"{file} is not valid JSON ({error}); the download may be incomplete.") from None
 
 
-def component_folder(checkpoint: str | os.PathLike, name: str) -> Path:
-    root = resolve_checkpoint(checkpoint, [name])
+def component_folder(checkpoint: str | os.PathLike, name: str, variant: str | None = None) -> Path:
+    root = resolve_checkpoint(checkpoint, [name], variant)
     folder = root / name
     if not folder.is_dir():
         index = read_json(root / "model_index.json")
@@ -255,16 +287,24 @@ def load_config(checkpoint: str | os.PathLike, name: str) -> dict:
     raise CheckpointError(f"component folder {folder} has no config file (looked for {CONFIG_NAMES}).")
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    for names in WEIGHT_FORMATS:
-        for name in names:
+def _weight_files(folder: Path, variant: str | None = None) -> list[Path]:
+    """The weight files of a component folder: the variant's if asked for and present, else the plain ones
+    (diffusers too falls back to a component's plain files when it has no files of the variant)."""
+    for single_names, index_names in (weight_file_names(variant) if variant else []) + weight_file_names():
+        for name in single_names:
             if (folder / name).is_file():
                 return [folder / name]
-            index = folder / (name + ".index.json")
-            if index.is_file():
-                shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        for name in index_names:
+            if (folder / name).is_file():
+                shards = sorted(set(read_json(folder / name).get("weight_map", {}).values()))
                 return [folder / shard for shard in shards]
     return []
+
+
+def has_variant(folder: Path, variant: str) -> bool:
+    """Whether a component folder holds weight files of `variant`."""
+    names = [name for single_names, index_names in weight_file_names(variant) for name in single_names + index_names]
+    return any((folder / name).is_file() for name in names)
 
 
 def _read_weight_file(file: Path) -> dict[str, torch.Tensor]:
@@ -283,13 +323,15 @@ def _read_weight_file(file: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+def read_weights(folder: Path, variant: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     """All tensors of a component folder, and which file each key came from."""
-    files = _weight_files(folder)
+    files = _weight_files(folder, variant)
     if not files:
+        variants = sorted({f.name.split(".")[-2] for f in folder.glob("*.*.*") if f.suffix in (".safetensors", ".bin")})
+        hint = f" It holds the variant(s) {variants}: pass variant='{variants[0]}'." if variants else ""
         raise CheckpointError(
             f"no weights in {folder}: expected one of {[n for names in WEIGHT_FORMATS for n in names]} "
-            f"(or a sharded *.index.json)."
+            f"(or a sharded *.index.json).{hint}"
         )
     state_dict, origin = {}, {}
     for file in files:
@@ -338,15 +380,16 @@ def load_component(
     name: str,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    variant: str | None = None,
 ) -> torch.nn.Module:
     """Our module for component `name` of `checkpoint` (or a stage in PART_STAGES), weights loaded strictly,
-    in eval mode."""
-    folder = component_folder(checkpoint, find_stage(name)[0])
+    in eval mode. `variant` ("fp16") reads the component's weight files of that variant where it has them."""
+    folder = component_folder(checkpoint, find_stage(name)[0], variant)
     hub_config = read_json(folder / "config.json")
     stage = find_stage(name, hub_config)[1]
     module = stage.module
     config = build_config(name, hub_config, folder / "config.json")
-    state_dict, origin = read_weights(folder)
+    state_dict, origin = read_weights(folder, variant)
     convert = getattr(module, "convert_hub_state_dict", None)
     if convert is not None:
         renamed = convert(dict(state_dict), config)

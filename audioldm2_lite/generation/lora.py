@@ -7,10 +7,10 @@ Adaptation of Large Language Models", arXiv:2106.09685, eq. 3):
 
 A starts random (Kaiming-uniform, as nn.Linear), B at zero, so before the first step the adapted
 model is the base model exactly. `scale` (the `lora_scale` at inference) weakens or strengthens the
-update. Merging adds the update to W once; the merged model computes the same function with no
-extra cost. The adapter is applied by walking the module tree and replacing every nn.Linear whose
-name ends in one of `TARGETS`: in our UNet, q, k, v and out of both attentions of every transformer
-block (`...transformer_blocks.N.attn1.to_q`, `...attn2.to_out.0`, ...).
+update; `call_scale` multiplies it for one pipeline call (diffusers' `cross_attention_kwargs={"scale": s}`).
+Merging adds the update to W once; the merged model computes the same function with no extra cost.
+The adapter is applied by walking the module tree and replacing every nn.Linear whose name ends in
+one of `TARGETS`: in our UNet, q, k, v and out of both attentions of every transformer block (`...transformer_blocks.N.attn1.to_q`, `...attn2.to_out.0`, ...).
 
 A saved adapter is one safetensors file holding only the A and B tensors (named after the module
 they adapt, e.g. `down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A`) with
@@ -41,11 +41,11 @@ class LoRALinear(nn.Linear):
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own initialisation
-        self.rank, self.alpha, self.scale = rank, alpha, 1.0
+        self.rank, self.alpha, self.scale, self.call_scale = rank, alpha, 1.0, 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         update = F.linear(F.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))  # (..., out) via rank
-        return F.linear(x, self.weight, self.bias) + (self.scale * self.alpha / self.rank) * update
+        return F.linear(x, self.weight, self.bias) + (self.call_scale * self.scale * self.alpha / self.rank) * update
 
     def merged(self) -> nn.Linear:
         """A plain nn.Linear with W + scale * (alpha / rank) B A: the same function, no extra work."""
@@ -90,6 +90,14 @@ def set_lora_scale(model: nn.Module, scale: float) -> None:
     for module in model.modules():
         if isinstance(module, LoRALinear):
             module.scale = float(scale)
+
+
+def set_lora_call_scale(model: nn.Module, scale: float) -> bool:
+    """Multiply every adapter's update by `scale` until the next call (1 undoes it); whether there is any."""
+    layers = [module for module in model.modules() if isinstance(module, LoRALinear)]
+    for layer in layers:
+        layer.call_scale = float(scale)
+    return bool(layers)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -5,8 +5,9 @@
            --(vae.py decoder)--> log-mel (B, 1, T, 64) --(vocoder.py HiFi-GAN)--> 16 kHz waveform
            --(clap_audio.py, when several candidates per prompt)--> candidates ranked best first
 
-The call takes diffusers' `AudioLDM2Pipeline.__call__` argument names, so switching is a change of import;
-`generate_latents` yields the latent after every step, for readers and research hooks. Classifier-free
+The call takes diffusers' `AudioLDM2Pipeline.__call__` argument names and returns what it returns (an
+output object indexable as diffusers', or a tuple with `return_dict=False`), so switching is a change of
+import; `generate_latents` yields the latent after every step, for readers and research hooks. Classifier-free
 guidance, batching and candidate ranking live here, not in the models.
 """
 
@@ -30,16 +31,27 @@ from .conditioning import TextConditioner
 from .cuda_graphs import CUDAGraphed
 from .devices import default_device, resolve_device  # noqa: F401  (default_device: documented here)
 from .editing import AudioEdit, mel_config
-from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
-from .lora import load_lora
+from .loading import (
+    DEFAULT_CHECKPOINT, STAGES, CheckpointError, has_variant, load_component, load_config, resolve_checkpoint,
+)
+from .lora import load_lora, set_lora_call_scale
 from .request import ModelLimits, Request, RequestError, is_guided
 from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler
 
 
 @dataclass
 class AudioLDM2PipelineOutput:
+    """A call's result. Indexable as diffusers' outputs are: `out[0]` and `out["audios"]` are the audios,
+    `to_tuple()` holds the fields that are set, in order."""
+
     audios: np.ndarray | torch.Tensor  # (batch * num_waveforms_per_prompt, samples) float32, or latents
     scores: torch.Tensor | None = None  # (batch * n,) CLAP similarity of each audio to its prompt, when ranked
+
+    def to_tuple(self) -> tuple:
+        return tuple(value for value in (self.audios, self.scores) if value is not None)
+
+    def __getitem__(self, key):
+        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
 
 
 @dataclass
@@ -79,42 +91,66 @@ def progress_stage(description: str, enabled: bool):
 
 class AudioLDM2Pipeline:
     def __init__(self, conditioner: TextConditioner, unet, vae, vocoder, scheduler_config: SchedulerConfig,
-                 checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False):
+                 checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False, variant: str | None = None):
         self.conditioner, self.unet, self.vae, self.vocoder = conditioner, unet, vae, vocoder
         self.scheduler_config = scheduler_config
         # CLAP's audio tower and its feature extractor's settings: loaded from `checkpoint` when candidates
         # are first ranked (clap_audio_tower), so generation neither loads them nor depends on their configs
-        self.checkpoint, self.clap_audio, self.feature_config = checkpoint, None, None
+        self.checkpoint, self.variant, self.clap_audio, self.feature_config = checkpoint, variant, None, None
         self.device, self.dtype, self.offload = torch.device(device), dtype, offload
-        self.vae_scale_factor = vae.upsampling_factor  # 4: mel frames per latent frame
-        self.sampling_rate = vocoder.config.sampling_rate  # 16 kHz
-        self.hop_length = vocoder.hop_length  # 160 samples per mel frame
         self.runners = self.plain_runners()
+
+    # The stages may be replaced, as diffusers' components are (`pipe.vocoder = ...`): what follows from them is
+    # read from the current ones, and a replaced stage runs as it is (the runners, and any optimize(), reset).
+    STAGE_ATTRIBUTES = ("conditioner", "unet", "vae", "vocoder")
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in self.STAGE_ATTRIBUTES and "runners" in vars(self):
+            super().__setattr__("runners", self.plain_runners())
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.vae.upsampling_factor  # 4: mel frames per latent frame
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.vocoder.config.sampling_rate  # 16 kHz
+
+    @property
+    def hop_length(self) -> int:
+        return self.vocoder.hop_length  # 160 samples per mel frame
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False,
-                        progress: bool = False, lora=None, lora_scale: float = 1.0):
+                        progress: bool = False, lora=None, lora_scale: float = 1.0, variant: str | None = None):
         """Load every stage of a hub id or local hub-layout folder.
 
         device defaults to `default_device()` (CUDA, then MPS, then CPU); dtype to float16 on CUDA and
         float32 elsewhere. With `offload=True` the weights stay in CPU memory and each stage visits `device`
         only while it runs (model CPU offload). `progress` names each component as it loads (a hub
         download shows huggingface_hub's own bars). `lora`: a LoRA adapter file from audioldm2-lite-train,
-        applied to the UNet with `lora_scale`.
+        applied to the UNet with `lora_scale`. `variant` ("fp16"): the weight files of that variant, where a
+        component has them (as diffusers). The folder's scheduler class picks the sampler a call uses by
+        default (samplers.py `SCHEDULER_CLASSES`).
         """
         device = resolve_device(device)
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        root = resolve_checkpoint(model)
+        root = resolve_checkpoint(model, variant=variant)
         home = torch.device("cpu") if offload else device
+        if variant is not None and not any(has_variant(root / name, variant) for name in STAGES):
+            raise CheckpointError(f"no component of '{root}' has weight files of the variant '{variant}' "
+                                  f"(such as unet/diffusion_pytorch_model.{variant}.safetensors).")
 
         def load(name):
             with progress_stage(f"loading {name}", progress):
-                return load_component(root, name, dtype=dtype, device=home)
+                return load_component(root, name, dtype=dtype, device=home, variant=variant)
 
         # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
         # masked, so the features agree to float rounding, at a fraction of the cost
         with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
-            conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, clap_pad_to_max_length=False)
+            conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, variant=variant,
+                                                          clap_pad_to_max_length=False)
         if lora is not None and Path(lora).resolve().parent == root.resolve():
             # audioldm2-lite-train exports OUT/ with the adapter merged into OUT/unet and the adapter alone beside it
             warnings.warn(f"{lora} lies in the checkpoint {root}, an export whose UNet has this adapter merged in "
@@ -124,6 +160,7 @@ class AudioLDM2Pipeline:
         return cls(
             conditioner, unet, load("vae"), load("vocoder"),
             SchedulerConfig.from_hub(load_config(root, "scheduler")), root, device=device, dtype=dtype, offload=offload,
+            variant=variant,
         )
 
     def plain_runners(self) -> Runners:
@@ -198,16 +235,19 @@ class AudioLDM2Pipeline:
         return latents.to(self.device, self.dtype)
 
     def generate_latents(self, latents, conditioning, num_inference_steps=200, guidance_scale=3.5,
-                         scheduler="ddim", eta=0.0, generator=None, karras_sigmas=False, edit: AudioEdit | None = None):
+                         scheduler=None, eta=0.0, generator=None, karras_sigmas=None, edit: AudioEdit | None = None):
         """Denoise `latents` (the starting noise), yielding (timestep, latent) after every step: the one loop of
         every mode (samplers.denoise). With `edit`, an edit of its source: from the step `strength` gives, the
         source noised there as the start (SDEdit), and outside its mask the source kept (inpainting, bandwidth).
 
-        `karras_sigmas` puts DPM-Solver++'s steps on Karras et al.'s noise levels (diffusers'
-        `use_karras_sigmas=True`), often better at few steps.
+        `scheduler` defaults to the checkpoint's ("ddim" or "dpmsolver++"). `karras_sigmas` puts
+        DPM-Solver++'s steps on Karras et al.'s noise levels (diffusers' `use_karras_sigmas=True`), often
+        better at few steps; None keeps the scheduler config's setting.
         """
-        config = dataclasses.replace(self.scheduler_config, use_karras_sigmas=karras_sigmas)
-        sampler = make_sampler(scheduler, config, num_inference_steps, device=self.device, eta=eta)
+        config = self.scheduler_config
+        if karras_sigmas is not None:
+            config = dataclasses.replace(config, use_karras_sigmas=karras_sigmas)
+        sampler = make_sampler(scheduler or config.sampler, config, num_inference_steps, device=self.device, eta=eta)
         with self._running(self.unet):
             context = self.unet.cross_attention_context(*conditioning)  # the same at every step
 
@@ -265,26 +305,33 @@ class AudioLDM2Pipeline:
             scheduler=self.scheduler_config, sampling_rate=self.sampling_rate,
             samples_per_latent_frame=self.hop_length * self.vae_scale_factor, mel_top_hz=mel.fmax,
             default_seconds=self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate,
-            default_scheduler=self.default_scheduler, speech=self.conditioner.speaks,
+            speech=self.conditioner.speaks,
         )
-
-    default_scheduler = "ddim"  # the sampler when a call names none
 
     @torch.no_grad()
     def __call__(self, prompt=None, audio_length_in_s: float | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float = 3.5, negative_prompt=None, num_waveforms_per_prompt: int = 1,
-                 eta: float = 0.0, generator: torch.Generator | list | None = None, latents: torch.Tensor | None = None,
+                 eta: float = 0.0, generator: torch.Generator | list[torch.Generator] | None = None,
+                 latents: torch.Tensor | None = None,
                  prompt_embeds=None, negative_prompt_embeds=None, generated_prompt_embeds=None,
                  negative_generated_prompt_embeds=None, attention_mask=None, negative_attention_mask=None,
                  max_new_tokens: int | None = None, output_type: str = "np", callback=None,
-                 callback_steps: int = 1, scheduler: str | None = None, karras_sigmas: bool = False,
+                 callback_steps: int = 1, scheduler: str | None = None, karras_sigmas: bool | None = None,
                  progress: bool = False, seed: int | None = None, audio=None, audio_sampling_rate: float | None = None,
                  strength: float = 1.0, regenerate_seconds: tuple[float, float] | None = None,
-                 regenerate_above_hz: float | None = None, transcription=None) -> AudioLDM2PipelineOutput:
+                 regenerate_above_hz: float | None = None, transcription=None, return_dict: bool = True,
+                 cross_attention_kwargs: dict | None = None) -> AudioLDM2PipelineOutput | tuple:
         """Audio for `prompt` (diffusers' argument names). `seed` is the simple way to reproducible output:
         the starting noise is drawn on the CPU, so a seed gives the same audio on every device (to float
         rounding); `generator` takes precedence, one or a list (one per waveform). `progress` shows every stage
         with tqdm. `num_inference_steps` defaults to the scheduler's (request.DEFAULT_STEPS: 200 for DDIM).
+
+        As diffusers: `generator` may be a list with one generator per output waveform (row i's noise is then
+        what a single run with generator i draws); `return_dict=False` returns `(audios,)`;
+        `cross_attention_kwargs={"scale": s}` multiplies a loaded LoRA's update by s for this call;
+        `output_type` "np" (float32 array), "pt" (float32 CPU tensor) or "latent" (the final latents).
+        `scheduler` ("ddim" or "dpmsolver++") defaults to the checkpoint's scheduler class, `karras_sigmas` to
+        its config's `use_karras_sigmas`.
 
         With `audio` (a path, or an array/tensor with `audio_sampling_rate`), an edit of it: style transfer to
         `strength`, inpainting of `regenerate_seconds` (start, end), bandwidth extension above
@@ -292,6 +339,8 @@ class AudioLDM2Pipeline:
         `transcription`: the words to say, for the text-to-speech checkpoints (the prompt describes the voice).
         Every value is checked as a `Request` is (request.py), before any work: a mistake is one RequestError."""
         self.check_inputs(prompt, prompt_embeds, transcription, output_type)
+        if not isinstance(callback_steps, int) or callback_steps < 1:
+            raise RequestError(f"callback_steps must be a positive int, got {callback_steps!r}")
         first = prompt if isinstance(prompt, str) else (prompt[0] if prompt else "(given embeddings)")
         spoken = transcription if transcription is None or isinstance(transcription, str) else transcription[0]
         settings = Request(
@@ -300,7 +349,8 @@ class AudioLDM2Pipeline:
             audio_sampling_rate=audio_sampling_rate, strength=strength, regenerate_seconds=regenerate_seconds,
             regenerate_above_hz=regenerate_above_hz,
         ).check(self.limits() if prompt_embeds is None else dataclasses.replace(self.limits(), speech=False))
-        num_inference_steps, scheduler = settings.steps, settings.scheduler
+        num_inference_steps, scheduler, karras_sigmas = settings.steps, settings.scheduler, settings.karras
+        self.set_cross_attention_kwargs(cross_attention_kwargs)  # diffusers' per-call LoRA scale
         if seed is not None and generator is None:
             generator = torch.Generator("cpu").manual_seed(seed)
         edit = None
@@ -334,14 +384,29 @@ class AudioLDM2Pipeline:
             if callback is not None and i % callback_steps == 0:
                 callback(i, t, latents)
         if output_type == "latent":
-            return AudioLDM2PipelineOutput(audios=latents)
+            return AudioLDM2PipelineOutput(audios=latents) if return_dict else (latents,)
 
         with progress_stage("decoding", progress):
             audio, scores = self.decode(latents, num_samples, edit), None
         if ranking:
             with progress_stage("ranking the candidates", progress):
                 audio, scores = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
-        return AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio, scores=scores)
+        output = AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio, scores=scores)
+        return output if return_dict else (output.audios,)
+
+    def set_cross_attention_kwargs(self, cross_attention_kwargs: dict | None) -> None:
+        """diffusers' per-call `cross_attention_kwargs`: {"scale": s} multiplies the update of the LoRA loaded
+        into the UNet by s (without a LoRA it changes nothing, as in diffusers). Set on every call, so a
+        scale never carries over to the next call."""
+        kwargs = dict(cross_attention_kwargs or {})
+        if set(kwargs) - {"scale"}:
+            raise ValueError(f"cross_attention_kwargs takes only 'scale' (a LoRA's weight for this call), got "
+                             f"{sorted(kwargs)}")
+        scale = kwargs.get("scale", 1.0)
+        if isinstance(self.runners.predict_noise, CUDAGraphed) and scale != 1.0:
+            raise ValueError("cross_attention_kwargs scale with optimize(cuda_graphs=True): the graphs keep the "
+                             "LoRA scale they were captured with. Load the LoRA with lora_scale=s instead.")
+        set_lora_call_scale(self.unet, scale)
 
     def generate(self, requests: Request | list[Request], progress: bool = False, callback=None) -> list[Generated]:
         """Run requests (checked first, all of them, before any work): what every program calls.
@@ -429,7 +494,8 @@ class AudioLDM2Pipeline:
         """(CLAP audio tower, ClapFeatureConfig), loaded from the checkpoint on first use (for ranking)."""
         if self.clap_audio is None:
             home = torch.device("cpu") if self.offload else self.device
-            self.clap_audio, self.feature_config = load_audio_tower(self.checkpoint, self.dtype, home)
+            self.clap_audio, self.feature_config = load_audio_tower(self.checkpoint, self.dtype, home,
+                                                                    self.variant)
         return self.clap_audio, self.feature_config
 
     def rank_candidates(self, prompt, audio: torch.Tensor, num_waveforms_per_prompt: int):

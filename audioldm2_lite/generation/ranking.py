@@ -17,8 +17,8 @@ from .audio_features import ClapFeatureConfig
 from .loading import load_component, load_config
 
 
-def load_audio_tower(checkpoint, dtype: torch.dtype = torch.float32,
-                     device="cpu") -> tuple[ClapAudioTower, ClapFeatureConfig]:
+def load_audio_tower(checkpoint, dtype: torch.dtype = torch.float32, device="cpu",
+                     variant: str | None = None) -> tuple[ClapAudioTower, ClapFeatureConfig]:
     """The audio tower of a checkpoint's `text_encoder`, and the feature extractor settings that feed it.
 
     Refuses a feature extractor whose log-mels per clip are not the ones the tower reads (diffusers
@@ -26,7 +26,7 @@ def load_audio_tower(checkpoint, dtype: torch.dtype = torch.float32,
     """
     hub = load_config(checkpoint, "feature_extractor")
     features = ClapFeatureConfig.from_hub(hub)
-    tower = load_component(checkpoint, "clap_audio", dtype=dtype, device=device)
+    tower = load_component(checkpoint, "clap_audio", dtype=dtype, device=device, variant=variant)
     channels = tower.config.input_channels
     if features.channels != channels:
         modes = {1: "'rand_trunc'", 4: "'fusion'"}.get(channels, "none")

@@ -32,9 +32,9 @@ class RequestError(ValueError):
 
 # The one table of defaults. `None` means "decided by the model or the other fields": seconds -> the UNet's
 # training length (10.24 s for every official checkpoint), steps -> DEFAULT_STEPS of the scheduler, scheduler ->
-# the checkpoint's own (DDIM for the official ones), seed -> drawn at random and recorded.
+# the checkpoint's own (its scheduler class: DDIM for the official ones), karras -> the checkpoint's scheduler
+# config, seed -> drawn at random and recorded.
 DEFAULT_STEPS = {"ddim": 200, "dpmsolver++": 20}  # diffusers' 200; the HF blog's fast recipe: 20 DPM-Solver++
-DEFAULT_SCHEDULER = "ddim"
 DEFAULT_GUIDANCE = 3.5
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
 MIN_SECONDS = 0.01  # one mel frame: 160 samples at 16 kHz in every AudioLDM 2 checkpoint
@@ -50,7 +50,6 @@ class ModelLimits:
     samples_per_latent_frame: int = 640  # hop 160 x the VAE's factor 4
     mel_top_hz: float = 8000.0  # the mel filterbank's upper edge: the model's Nyquist
     default_seconds: float = 10.24  # the UNet's sample_size x 4 x 160 / 16000
-    default_scheduler: str = DEFAULT_SCHEDULER
     speech: bool = False  # a text-to-speech checkpoint (VITS text_encoder_2): a transcription is needed
 
 
@@ -62,7 +61,7 @@ class Request:
     seconds: float | None = None  # None: the model's training length; an edit keeps its input's length
     steps: int | None = None  # None: DEFAULT_STEPS[scheduler]
     scheduler: str | None = None  # "ddim" or "dpmsolver++"; None: the checkpoint's
-    karras: bool = False  # DPM-Solver++ on Karras noise levels
+    karras: bool | None = None  # DPM-Solver++ on Karras noise levels; None: the checkpoint's scheduler config
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance; 1 or below: none
     candidates: int = 1  # waveforms made, ranked by CLAP similarity to the prompt, best first
     seed: int | None = None  # None: drawn; the result records the one used
@@ -83,12 +82,15 @@ class Request:
         return self.audio is not None
 
     def resolved(self, limits: ModelLimits | None = None) -> "Request":
-        """The request with every default filled in: scheduler, steps (and seconds, unless an edit)."""
+        """The request with every default filled in: scheduler, Karras levels, steps (and seconds, unless an edit)."""
         limits = limits or ModelLimits()
-        scheduler = self.scheduler or limits.default_scheduler
+        scheduler = self.scheduler or limits.scheduler.sampler  # the folder's scheduler class names it
+        karras = self.karras
+        if karras is None:
+            karras = scheduler == "dpmsolver++" and limits.scheduler.use_karras_sigmas
         steps = self.steps if self.steps is not None else DEFAULT_STEPS.get(scheduler, 20)
         seconds = self.seconds if self.seconds is not None or self.is_edit else limits.default_seconds
-        return dataclasses.replace(self, scheduler=scheduler, steps=steps, seconds=seconds)
+        return dataclasses.replace(self, scheduler=scheduler, karras=karras, steps=steps, seconds=seconds)
 
     def check(self, limits: ModelLimits | None = None) -> "Request":
         """The request resolved and checked (every value a person can get wrong, before any model loads);

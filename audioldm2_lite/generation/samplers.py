@@ -12,7 +12,9 @@ Two samplers, each a small class that reads like its paper's update rule:
 
 Both are built from the checkpoint's `scheduler/scheduler_config.json` (`SchedulerConfig.from_hub`) and
 match diffusers' `DDIMScheduler` and `DPMSolverMultistepScheduler.from_config(ddim_config)` (see each
-class's docstring for the parity details). The interface the pipeline's loop uses:
+class's docstring for the parity details). The config's class names the sampler a folder runs by default:
+DDIMScheduler DDIM, DPMSolverMultistepScheduler DPM-Solver++ (with its own settings), any other class
+DDIM on its settings, with a warning. The interface the pipeline's loop uses:
 
     sampler = make_sampler("ddim", config, num_inference_steps, device=device)
     x = x * sampler.init_noise_sigma
@@ -27,12 +29,16 @@ in float32 whatever the model's dtype; the result comes back in the sample's dty
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..models.hub_config import hub_field
+from ..models.hub_config import config_source, hub_field
+
+# The diffusers scheduler classes a checkpoint may name, and the sampler here that runs each.
+SCHEDULER_CLASSES = {"DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmsolver++"}
 
 
 @dataclass
@@ -46,6 +52,8 @@ class SchedulerConfig:
     steps_offset: int = 1  # added to "leading" timesteps
     set_alpha_to_one: bool = False  # DDIM's last step lands on alpha_bar = 1 (True) or alpha_bar_0 (False)
     use_karras_sigmas: bool = False  # DPM-Solver++ only: Karras noise levels instead of the spacing rule
+    solver_order: int = 2  # DPM-Solver++ only: 2 = DPM-Solver++(2M), 1 = every step first order
+    sampler: str = "ddim"  # the sampler the config's scheduler class asks for (SCHEDULER_CLASSES)
 
     @classmethod
     def from_hub(cls, config: dict) -> "SchedulerConfig":
@@ -54,6 +62,15 @@ class SchedulerConfig:
             hub_field(config, name, off, supported=(off,))
         hub_field(config, "trained_betas", None, supported=(None,))
         d = cls()
+        class_name = config.get("_class_name", "DDIMScheduler")
+        sampler = SCHEDULER_CLASSES.get(class_name)
+        if sampler is None:  # as diffusers' DDIMScheduler.from_config(this config) would run it
+            warnings.warn(f"{config_source(config)}: audioldm2_lite does not implement {class_name}; it samples "
+                          f"with DDIM on its settings instead (or pass scheduler='dpmsolver++').", stacklevel=2)
+            sampler = "ddim"
+        solver_order = d.solver_order
+        if sampler == "dpmsolver++":
+            solver_order = check_dpmsolver_fields(config)
         return cls(
             num_train_timesteps=hub_field(config, "num_train_timesteps", d.num_train_timesteps),
             beta_start=hub_field(config, "beta_start", d.beta_start),
@@ -66,7 +83,23 @@ class SchedulerConfig:
             steps_offset=hub_field(config, "steps_offset", d.steps_offset),
             set_alpha_to_one=hub_field(config, "set_alpha_to_one", d.set_alpha_to_one),
             use_karras_sigmas=hub_field(config, "use_karras_sigmas", d.use_karras_sigmas),
+            solver_order=solver_order,
+            sampler=sampler,
         )
+
+
+def check_dpmsolver_fields(config: dict) -> int:
+    """The `solver_order` of a DPMSolverMultistepScheduler config, after refusing the variants not implemented
+    here. Its `lower_order_final` and `euler_at_final` need no check: with the final sigma 0 ("zero") the
+    last step is first order whatever they say, and no step is above second order."""
+    hub_field(config, "algorithm_type", "dpmsolver++", supported=("dpmsolver++",))
+    hub_field(config, "solver_type", "midpoint", supported=("midpoint",))
+    hub_field(config, "final_sigmas_type", "zero", supported=("zero",))
+    hub_field(config, "variance_type", None, supported=(None,))
+    hub_field(config, "lambda_min_clipped", -float("inf"), supported=(-float("inf"),))
+    for name in ("use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas"):
+        hub_field(config, name, False, supported=(False,))
+    return hub_field(config, "solver_order", 2, supported=(1, 2))
 
 
 def alphas_cumprod(config: SchedulerConfig) -> torch.Tensor:
@@ -79,18 +112,20 @@ def alphas_cumprod(config: SchedulerConfig) -> torch.Tensor:
 
 
 def draw_noise(shape, generator, device, dtype) -> torch.Tensor:
-    """Standard normal noise of `shape`, the one rule for every random draw of a generation (initial latents,
-    DDIM's eta noise, a VAE posterior sample), as diffusers' `randn_tensor`: drawn where the generator lives
-    (so a CPU generator gives the same numbers for every device), then moved to `device`.
-
-    `generator` may be a list, one per row of shape[0] (diffusers' list-of-generators semantics): row i is
-    drawn from generator i alone, so it equals a one-row draw with that generator."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; give one per waveform")
-        return torch.cat([draw_noise((1, *shape[1:]), g, device, dtype) for g in generator])
-    where = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+    """The one rule for every random draw of a generation (initial latents, DDIM's eta noise, a VAE posterior
+    sample). Standard normal noise as diffusers' `randn_tensor` draws it: where a CPU generator lives (then moved
+    to `device`), else on `device`; with a list of generators, row i from generator i (so each row equals
+    the row a single run with that generator draws)."""
+    generators = generator if isinstance(generator, (list, tuple)) else [generator]
+    if len(generators) not in (1, shape[0]):
+        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}: give one generator, or one per "
+                         f"output waveform (batch x num_waveforms_per_prompt)")
+    first = generators[0]
+    noise_device = first.device if first is not None and first.device.type == "cpu" else device
+    if len(generators) == 1:
+        return torch.randn(shape, generator=first, device=noise_device, dtype=dtype).to(device)
+    rows = [torch.randn((1, *shape[1:]), generator=g, device=noise_device, dtype=dtype) for g in generators]
+    return torch.cat(rows).to(device)  # (B, ...)
 
 
 def spaced_timesteps(config: SchedulerConfig, count: int) -> np.ndarray:
@@ -238,7 +273,7 @@ class DPMSolverPlusPlus2M(Sampler):
       training extremes, then 0; each timestep is the level's position in the training log-sigma table,
       interpolated linearly and rounded to an integer.
     - the first step is first order (no history yet) and so is the last one (final sigma 0: it returns x0);
-      every other step is second order.
+      every other step is second order (first order too with `solver_order` 1).
     - the second-order correction is added as its own term, alpha_{i+1} (1 - e^{-h}) / 2 * (x0_i - x0_{i-1}) / r_i,
       grouped as diffusers groups it (grouped as D_i above, a 50-step run drifted 1.0e-6 from diffusers).
     - the update runs in float32; diffusers forms x0 in the sample's dtype (float16 in, float16 x0), here
@@ -269,7 +304,7 @@ class DPMSolverPlusPlus2M(Sampler):
         h = lam[1:] - lam[:-1]  # (N,)
         r = torch.cat([torch.ones(1), h[:-1] / h[1:]])  # (N,) r_i = h_{i-1} / h_i; unused at i = 0
 
-        self.order = [1 if i == 0 or i == n - 1 else 2 for i in range(n)]
+        self.order = [1 if i == 0 or i == n - 1 or config.solver_order == 1 else 2 for i in range(n)]
         second = torch.tensor(self.order) == 2
         self.timesteps = torch.from_numpy(np.ascontiguousarray(timesteps))
         self.alpha, self.sigma = alpha[:-1], sigma[:-1]  # at the step's own level, for x0

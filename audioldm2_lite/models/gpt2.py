@@ -61,19 +61,38 @@ class GPT2Config:
         )
 
 
-# Hub tensors we deliberately leave out: the token embedding (we are fed embeddings, never token ids),
-# and the causal-mask buffers that old transformers versions saved with each attention layer.
-UNUSED_KEYS = (r"wte\.weight", r"h\.\d+\.attn\.(bias|masked_bias)")
+# Hub tensors we deliberately leave out: the token embedding and the language-model head (we are fed
+# embeddings and read hidden states, never token ids or logits), and the causal-mask buffers that old
+# transformers versions saved with each attention layer.
+UNUSED_KEYS = (r"wte\.weight", r"lm_head\.weight", r"h\.\d+\.attn\.(bias|masked_bias)")
 
 CONV1D_WEIGHTS = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
 
+# The two layouts of the hub component `language_model`: the official checkpoints (and diffusers up to
+# 0.2x) store a bare `GPT2Model` (`h.0.attn...`); current diffusers saves and generates with a
+# `GPT2LMHeadModel`, the same network under `transformer.` plus a head tied to `wte` (`lm_head.weight`,
+# which safetensors files leave out because it is the same tensor).
+LM_HEAD_PREFIX = "transformer."
+
 
 def convert_hub_state_dict(state_dict: dict, config: GPT2Config) -> dict:
+    # GPT2LMHeadModel layout: the network's tensors under `transformer.`; the head stays as it is (unused)
+    state_dict = {k.removeprefix(LM_HEAD_PREFIX): v for k, v in state_dict.items()}
     for key in state_dict:
         if CONV1D_WEIGHTS.fullmatch(key):
             # GPT-2's Conv1D stores its weight as (in, out); nn.Linear wants (out, in)
             state_dict[key] = state_dict[key].t().contiguous()
     return state_dict
+
+
+def lm_head_state_dict(hub_state_dict: dict) -> dict:
+    """A `language_model` state dict of either hub layout in the GPT2LMHeadModel layout (names only): every
+    tensor under `transformer.`. The tied head is left out, as transformers' own `save_pretrained` writes it
+    (the config's `tie_word_embeddings`, true for GPT-2, makes transformers tie it to `wte` when loading), and
+    so are the causal-mask buffers of old files, which current transformers computes instead."""
+    network = {k.removeprefix(LM_HEAD_PREFIX): v for k, v in hub_state_dict.items()}
+    left_out = re.compile(r"lm_head\.weight|h\.\d+\.attn\.(bias|masked_bias)")
+    return {LM_HEAD_PREFIX + k: v for k, v in network.items() if not left_out.fullmatch(k)}
 
 
 class SelfAttention(nn.Module):

@@ -10,7 +10,9 @@ T5's encoder is a pre-norm transformer with three particularities:
   `num_buckets / 4` and logarithmically up to `max_distance`, separately for keys left and right;
 - RMS normalisation with a weight and no bias or mean subtraction (transformers' `T5LayerNorm`);
 - no 1/sqrt(d) scaling of the attention scores (T5 folds it into the initialisation), and a gated
-  feed-forward `wo(gelu_tanh(wi_0 x) * wi_1 x)` for the v1.1 / Flan models.
+  feed-forward `wo(gelu_tanh(wi_0 x) * wi_1 x)` for the v1.1 / Flan models (`feed_forward_proj`
+  "gated-gelu"). The original T5 (v1.0) has the plain `wo(relu(wi x))` ("relu"); the config may name
+  any activation of transformers' table, gated ("gated-silu") or not ("gelu"): `ACTIVATIONS` below.
 
 Float16: T5's activations outgrow float16 (the feed-forward output and the residual stream reach
 beyond 65504 in the later layers of the trained model). transformers keeps `wo` in float32 and clamps the
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention, merge_heads, split_heads
-from .hub_config import hub_field
+from .hub_config import hub_field, unsupported_config
 
 # Hub tensors this module deliberately does not load.
 UNUSED_KEYS = (
@@ -56,12 +58,19 @@ class T5Config:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
+    feed_forward_activation: str = "gelu_new"  # a name in ACTIVATIONS
+    gated_feed_forward: bool = True  # wo(act(wi_0 x) * wi_1 x) (v1.1, Flan-T5), else wo(act(wi x)) (v1.0)
 
     @classmethod
     def from_hub(cls, config: dict) -> "T5Config":
-        # only the gated GELU feed-forward of T5 v1.1 / Flan-T5
-        hub_field(config, "feed_forward_proj", "relu", supported=("gated-gelu",))
-        hub_field(config, "dense_act_fn", "relu", supported=("gelu_new",))
+        # "[gated-]ACT", parsed as transformers' T5Config does: it derives `dense_act_fn` from this field
+        # (and "gated-gelu" means the tanh GELU), so a saved `dense_act_fn` is not read
+        feed_forward_proj = hub_field(config, "feed_forward_proj", "relu")
+        gated, _, activation = feed_forward_proj.rpartition("-")
+        activation = "gelu_new" if feed_forward_proj == "gated-gelu" else activation
+        if gated not in ("", "gated") or activation not in ACTIVATIONS:
+            raise unsupported_config(config, "feed_forward_proj", feed_forward_proj,
+                                     f"'ACT' or 'gated-ACT' with ACT one of {', '.join(ACTIVATIONS)}")
         return cls(
             vocab_size=hub_field(config, "vocab_size"),
             d_model=hub_field(config, "d_model"),
@@ -72,6 +81,8 @@ class T5Config:
             relative_attention_num_buckets=hub_field(config, "relative_attention_num_buckets"),
             relative_attention_max_distance=hub_field(config, "relative_attention_max_distance"),
             layer_norm_epsilon=hub_field(config, "layer_norm_epsilon"),
+            feed_forward_activation=activation,
+            gated_feed_forward=gated == "gated",
         )
 
 
@@ -128,17 +139,41 @@ class SelfAttention(nn.Module):
         return self.o(merge_heads(out))  # (B, L, d_model)
 
 
-class GatedGeluFeedForward(nn.Module):
-    def __init__(self, d_model: int, d_ff: int):
+# The activations transformers' T5 can be configured with (its ACT2FN names), as plain functions.
+# The tanh-approximated GELUs are one formula written several ways: torch's matches them to float rounding.
+def _gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {
+    "relu": F.relu, "gelu": F.gelu, "gelu_python": F.gelu, "gelu_new": _gelu_tanh, "gelu_fast": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh, "gelu_python_tanh": _gelu_tanh, "gelu_accurate": _gelu_tanh,
+    "gelu_10": lambda x: F.gelu(x).clamp(-10, 10), "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "silu": F.silu, "swish": F.silu, "mish": F.mish, "relu2": lambda x: F.relu(x).square(), "relu6": F.relu6,
+    "leaky_relu": F.leaky_relu, "hardswish": F.hardswish, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+    "linear": lambda x: x,
+}
+
+
+class FeedForward(nn.Module):  # hub: DenseReluDense, whatever the activation
+    """wo(act(wi_0 x) * wi_1 x) when gated (T5 v1.1, Flan-T5), else wo(act(wi x)) (T5 v1.0)."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str, gated: bool):
         super().__init__()
-        self.wi_0 = nn.Linear(d_model, d_ff, bias=False)
-        self.wi_1 = nn.Linear(d_model, d_ff, bias=False)
+        self.activation, self.gated = ACTIVATIONS[activation], gated
+        if gated:
+            self.wi_0 = nn.Linear(d_model, d_ff, bias=False)
+            self.wi_1 = nn.Linear(d_model, d_ff, bias=False)
+        else:
+            self.wi = nn.Linear(d_model, d_ff, bias=False)
         self.wo = nn.Linear(d_ff, d_model, bias=False)  # float32 (KEEP_FP32_KEYS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the gate product and wo in wo's dtype (float32): their magnitudes overflow float16
-        gate = F.gelu(self.wi_0(x).to(self.wo.weight.dtype), approximate="tanh")  # "gelu_new"
-        return self.wo(gate * self.wi_1(x).to(self.wo.weight.dtype))
+        # the activation, the gate product and wo in wo's dtype (float32): their magnitudes overflow float16
+        dtype = self.wo.weight.dtype
+        if not self.gated:
+            return self.wo(self.activation(self.wi(x).to(dtype)))
+        return self.wo(self.activation(self.wi_0(x).to(dtype)) * self.wi_1(x).to(dtype))
 
 
 class AttentionSublayer(nn.Module):  # hub: layer.0
@@ -152,7 +187,8 @@ class AttentionSublayer(nn.Module):  # hub: layer.0
 class FeedForwardSublayer(nn.Module):  # hub: layer.1
     def __init__(self, config: T5Config):
         super().__init__()
-        self.DenseReluDense = GatedGeluFeedForward(config.d_model, config.d_ff)
+        self.DenseReluDense = FeedForward(config.d_model, config.d_ff, config.feed_forward_activation,
+                                          config.gated_feed_forward)
         self.layer_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
 
 
@@ -165,7 +201,7 @@ class T5Block(nn.Module):
         attention, feed_forward = self.layer
         # pre-norm self-attention; the residual stream x is float32
         x = x + attention.SelfAttention(attention.layer_norm(x), bias).float()
-        # pre-norm gated-GELU feed-forward
+        # pre-norm feed-forward
         x = x + feed_forward.DenseReluDense(feed_forward.layer_norm(x)).float()
         return x
 

@@ -15,7 +15,8 @@ transformers per ResNet):
   each, every ResNet reading a skip connection concatenated on the channel axis, every level but the
   last ending in a nearest-neighbour upsampling and a conv;
 - after each ResNet of an attention level, one spatial transformer per entry of the level's
-  `cross_attention_dim` list ([None, 768, 1024] for audioldm2, [None, 768, 1024, None] for -large).
+  `cross_attention_dim` list ([None, 768, 1024] for audioldm2, [None, 768, 1024, None] for -large;
+  the config may also give one int for every level, or one int or list per level, as diffusers reads it).
   Each has its own GroupNorm and 1x1 in/out convs around `transformer_layers_per_block` blocks of
   self-attention, a second attention and a GEGLU feed-forward. The second attention is
   self-attention again for a None entry, else cross-attention chosen by the entry's position in the
@@ -74,12 +75,13 @@ class UNetConfig:
     block_out_channels: tuple[int, ...] = (128, 256, 384, 640)
     down_block_types: tuple[str, ...] = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3
     up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",)
-    layers_per_block: int = 2
-    transformer_layers_per_block: int = 1
+    # these three: one int for every level, or a tuple with one per down level (the up levels mirror them)
+    layers_per_block: int | tuple[int, ...] = 2
+    transformer_layers_per_block: int | tuple[int, ...] = 1
+    num_heads: int | tuple[int, ...] = 8  # the hub's `attention_head_dim`, which diffusers uses as the number of heads
     # per level, one spatial transformer per entry: None = self-attention, else the width of the sequence
     # its cross-attention reads (position 0-1: GPT-2, position 2+: T5)
     cross_attention_dim: tuple[tuple[int | None, ...], ...] = ((None, 768, 1024),) * 4
-    num_heads: int = 8  # the hub's `attention_head_dim`, which diffusers uses as the number of heads
     norm_num_groups: int = 32
     norm_eps: float = 1e-5
     flip_sin_to_cos: bool = True
@@ -93,13 +95,9 @@ class UNetConfig:
             unknown = [block for block in hub_field(config, name) if block not in known]
             if unknown:
                 raise unsupported_config(config, name, unknown[0], " and ".join(known))
-        for name in ("layers_per_block", "transformer_layers_per_block", "attention_head_dim"):
-            if not isinstance(hub_field(config, name), int):
-                raise unsupported_config(config, name, config[name], "one int for every level")
-        cross_attention_dim = hub_field(config, "cross_attention_dim")
-        if not (isinstance(cross_attention_dim, list) and all(isinstance(d, list) for d in cross_attention_dim)):
-            # AudioLDM 2 lists, per level, the sequence width each spatial transformer reads
-            raise unsupported_config(config, "cross_attention_dim", cross_attention_dim, "a list of lists, per level")
+        levels = len(hub_field(config, "block_out_channels"))
+        per_level = {name: per_level_field(config, name, levels)
+                     for name in ("layers_per_block", "transformer_layers_per_block", "attention_head_dim")}
         return cls(
             sample_size=hub_field(config, "sample_size"),
             in_channels=hub_field(config, "in_channels"),
@@ -107,15 +105,50 @@ class UNetConfig:
             block_out_channels=tuple(hub_field(config, "block_out_channels")),
             down_block_types=tuple(config["down_block_types"]),
             up_block_types=tuple(config["up_block_types"]),
-            layers_per_block=config["layers_per_block"],
-            transformer_layers_per_block=config["transformer_layers_per_block"],
-            cross_attention_dim=tuple(tuple(dims) for dims in cross_attention_dim),
-            num_heads=config["attention_head_dim"],
+            layers_per_block=per_level["layers_per_block"],
+            transformer_layers_per_block=per_level["transformer_layers_per_block"],
+            cross_attention_dim=cross_attention_dims(config, levels),
+            num_heads=per_level["attention_head_dim"],
             norm_num_groups=hub_field(config, "norm_num_groups"),
             norm_eps=hub_field(config, "norm_eps"),
             flip_sin_to_cos=hub_field(config, "flip_sin_to_cos"),
             freq_shift=hub_field(config, "freq_shift"),
         )
+
+
+def per_level_field(config: dict, name: str, levels: int) -> int | tuple[int, ...]:
+    """A field diffusers takes as one int for every level or a list with one int per down level."""
+    value = hub_field(config, name)
+    if isinstance(value, int):
+        return value
+    if not (isinstance(value, list) and len(value) == levels and all(isinstance(v, int) for v in value)):
+        raise unsupported_config(config, name, value, f"an int, or a list of {levels} ints (one per level)")
+    return tuple(value)
+
+
+def cross_attention_dims(config: dict, levels: int) -> tuple[tuple[int | None, ...], ...]:
+    """`cross_attention_dim` in each form diffusers reads, as one tuple of widths per level.
+
+    An int is every level's single cross-attention (to the GPT-2 states); a list holds one entry per level,
+    an int (one cross-attention) or a list (the official checkpoints: [None, 768, 1024], a spatial
+    transformer per entry, at most four).
+    """
+    value = hub_field(config, "cross_attention_dim")
+    if isinstance(value, int):
+        value = [value] * levels
+    is_width = lambda d: d is None or isinstance(d, int)
+    if not (isinstance(value, list) and len(value) == levels
+            and all(isinstance(d, int) or (isinstance(d, list) and 1 <= len(d) <= 4 and all(map(is_width, d)))
+                    for d in value)):
+        raise unsupported_config(config, "cross_attention_dim", value,
+                                 f"an int, or a list of {levels} entries (one per level), each an int or a list of "
+                                 f"1 to 4 widths or nulls")
+    return tuple((d,) if isinstance(d, int) else tuple(d) for d in value)
+
+
+def level_values(value: int | tuple[int, ...], levels: int) -> tuple[int, ...]:
+    """A per-level config field as one value per down level."""
+    return (value,) * levels if isinstance(value, int) else tuple(value)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> torch.Tensor:
@@ -343,8 +376,10 @@ class UNet(nn.Module):
         self.config = c = config
         channels, levels = c.block_out_channels, len(c.block_out_channels)
         time_channels = 4 * channels[0]
-        common = dict(transformer_layers=c.transformer_layers_per_block, num_heads=c.num_heads,
-                      groups=c.norm_num_groups, eps=c.norm_eps)
+        layers = level_values(c.layers_per_block, levels)
+        transformer_layers = level_values(c.transformer_layers_per_block, levels)
+        heads = level_values(c.num_heads, levels)
+        common = dict(groups=c.norm_num_groups, eps=c.norm_eps)
         has_attention = lambda block_type: block_type.startswith("CrossAttn")
 
         self.conv_in = nn.Conv2d(c.in_channels, channels[0], 3, padding=1)
@@ -354,18 +389,22 @@ class UNet(nn.Module):
 
         self.down_blocks = nn.ModuleList([
             DownBlock(
-                channels[max(i - 1, 0)], channels[i], time_channels, c.layers_per_block,
-                c.cross_attention_dim[i] if has_attention(block_type) else (), downsample=i < levels - 1, **common,
+                channels[max(i - 1, 0)], channels[i], time_channels, layers[i],
+                c.cross_attention_dim[i] if has_attention(block_type) else (), transformer_layers[i], heads[i],
+                downsample=i < levels - 1, **common,
             )
             for i, block_type in enumerate(c.down_block_types)
         ])
-        self.mid_block = MidBlock(channels[-1], time_channels, c.cross_attention_dim[-1], **common)
-        up_channels, up_dims = channels[::-1], c.cross_attention_dim[::-1]
+        self.mid_block = MidBlock(channels[-1], time_channels, c.cross_attention_dim[-1], transformer_layers[-1],
+                                  heads[-1], **common)
+        # the up levels mirror the down levels, each with one more ResNet (it reads the downsampler's skip)
+        up_channels, up_layers, up_dims = channels[::-1], layers[::-1], c.cross_attention_dim[::-1]
+        up_transformer_layers, up_heads = transformer_layers[::-1], heads[::-1]
         self.up_blocks = nn.ModuleList([
             UpBlock(
                 up_channels[min(i + 1, levels - 1)], up_channels[i], up_channels[max(i - 1, 0)], time_channels,
-                c.layers_per_block + 1, up_dims[i] if has_attention(block_type) else (), upsample=i < levels - 1,
-                **common,
+                up_layers[i] + 1, up_dims[i] if has_attention(block_type) else (), up_transformer_layers[i],
+                up_heads[i], upsample=i < levels - 1, **common,
             )
             for i, block_type in enumerate(c.up_block_types)
         ])
