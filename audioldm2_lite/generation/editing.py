@@ -46,6 +46,7 @@ import torch
 
 from .audio_io import read_audio
 from .mel import MelConfig, mel_frequencies, waveform_to_mel
+from .memory import TilePlan, plan_decode, plan_encode
 from .samplers import Sampler, make_sampler
 
 
@@ -71,9 +72,12 @@ def encode_audio(pipe, audio, sampling_rate=None, generator=None, sample_posteri
         raise ValueError(f"the audio is {len(waveform)} samples at {config.sampling_rate} Hz, shorter than one "
                          f"latent frame ({samples_per_latent_frame} samples, "
                          f"{1000 * samples_per_latent_frame / config.sampling_rate:g} ms)")
-    mel = waveform_to_mel(waveform.to(pipe.device), config)  # (1, T, n_mels)
+    mel = waveform_to_mel(waveform.to(pipe.device), config)[:, None].to(pipe.dtype)  # (1, 1, T, n_mels)
+    # in one pass when it fits, else layer by layer over time tiles: the same latent (memory.py)
+    plan = plan_encode(pipe.vae, mel.shape, pipe.dtype, pipe.device, pipe.max_memory)
     with pipe._running(pipe.vae):
-        mean, logvar = pipe.vae.encode_distribution(mel[:, None].to(pipe.dtype))  # (1, C, T/4, F/4) each
+        mean, logvar = pipe.vae.encode_distribution(mel, plan.tile_frames, plan.storage)  # (1, C, T/4, F/4) each
+    mean, logvar = mean.to(pipe.device), logvar.to(pipe.device)
     latent = mean
     if sample_posterior:  # drawn where the generator lives, as diffusers' randn_tensor
         noise_device = generator.device if generator is not None else pipe.device
@@ -216,14 +220,19 @@ class AudioEdit:
             yield from denoise(sampler, predict_noise, noise, self.source, start, self.regenerate, generator,
                                start_from_noise=self.strength == 1.0)
 
-    def mel(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_plan(self, latents: torch.Tensor) -> TilePlan:
+        """One pass or tiles (memory.py) for decoding `latents` and the reconstruction with them."""
+        batch, channels, frames, bins = latents.shape
+        return plan_decode(self.pipe.vae, self.pipe.vocoder, (batch + 1, channels, frames, bins), self.pipe.dtype,
+                           self.pipe.device, self.pipe.max_memory)
+
+    def mel(self, latents: torch.Tensor, plan: TilePlan | None = None) -> torch.Tensor:
         """Latents (B, C, T/4, F/4) -> the log-mel the vocoder reads (B, T, n_mels): decoded inside the
         mask, the reconstruction decode(source) outside it."""
-        pipe = self.pipe
-        scale, chunk = pipe.vae.config.scaling_factor, pipe.DECODE_CHUNK_LATENT_FRAMES
-        with pipe._running(pipe.vae):  # chunked for long audio, as pipe.decode
-            mel = pipe.vae.decode(torch.cat([latents, self.source.to(latents.dtype)]) / scale,
-                                  chunk_frames=chunk if latents.shape[2] > chunk else None)  # (B + 1, 1, T, F)
+        pipe, plan = self.pipe, plan or self.decode_plan(latents)
+        with pipe._running(pipe.vae):
+            mel = pipe.vae.decode(torch.cat([latents, self.source.to(latents.dtype)]) / pipe.vae.config.scaling_factor,
+                                  plan.tile_frames, plan.storage).to(latents.device)  # (B + 1, 1, T, F)
         generated, reconstruction = mel[:-1, 0], mel[-1:, 0]  # (B, T, F), (1, T, F)
         f = self.mel_factor
         regenerate = self.regenerate[:, 0].repeat_interleave(f, dim=1).repeat_interleave(f, dim=2)  # (1, T, F)
@@ -234,10 +243,10 @@ class AudioEdit:
         pipe = self.pipe
         if self.regenerate is None:
             return pipe.decode(latents, self.num_samples)
-        mel = self.mel(latents)  # (B, T, F)
-        chunk = pipe.DECODE_CHUNK_LATENT_FRAMES * self.mel_factor
+        plan = self.decode_plan(latents)
+        mel = self.mel(latents, plan)  # (B, T, F)
         with pipe._running(pipe.vocoder):
-            audio = pipe.vocoder(mel, chunk_frames=chunk if mel.shape[1] > chunk else None)
+            audio = pipe.vocoder(mel, chunk_frames=plan.vocoder_chunk_frames)
         return audio[:, :self.num_samples].float().cpu()
 
 

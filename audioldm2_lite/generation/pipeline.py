@@ -28,6 +28,7 @@ from .cuda_graphs import CUDAGraphed
 from .editing import AudioEdit
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .lora import load_lora
+from .memory import plan_decode
 from .samplers import SAMPLERS, SchedulerConfig, make_sampler
 
 
@@ -220,21 +221,32 @@ class AudioLDM2Pipeline:
             noise = uncond + guidance_scale * (cond - uncond)
         return noise
 
-    # Audio longer than this is decoded in overlapping chunks along time (the same result, see long_audio.py),
-    # so the largest activations exist for one chunk at a time: 30.72 s per chunk. Chunking costs the VAE
-    # decoder about 9x its one-pass time (measured on CPU; its GroupNorms gather whole-input statistics first).
-    DECODE_CHUNK_LATENT_FRAMES = 768
+    # The most memory decoding may take, in bytes; None: most of what is free on the device when it starts.
+    # Set it (`pipe.max_memory = 4 * 2**30`, or per call) to bound decoding on a small or shared GPU.
+    max_memory: int | None = None
 
-    def decode(self, latents: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
-        """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU."""
-        chunk = self.DECODE_CHUNK_LATENT_FRAMES
-        long_audio = latents.shape[2] > chunk
+    def decode(self, latents: torch.Tensor, num_samples: int | None = None,
+               max_memory: int | None = None) -> torch.Tensor:
+        """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU.
+
+        In one pass when its estimated memory fits in `max_memory` (default: `self.max_memory`, else most of
+        the memory free on the device); past that the VAE runs layer by layer over time tiles and the vocoder
+        over windows, for the same result at the same cost per second (memory.py, long_audio.py).
+        """
+        plan = plan_decode(self.vae, self.vocoder, latents.shape, self.dtype, self.device,
+                           self.max_memory if max_memory is None else max_memory)
+        latents = latents / self.vae.config.scaling_factor
         with self._running(self.vae):
-            mel = self.runners.decode_mel(latents / self.vae.config.scaling_factor,
-                                          chunk_frames=chunk if long_audio else None)  # (B, 1, T, 64)
+            if plan.one_pass:
+                mel = self.runners.decode_mel(latents)  # (B, 1, T, 64)
+            else:  # not through the runners: a CUDA graph cannot hold the tiles' host copies
+                mel = self.vae.decode(latents, tile_frames=plan.tile_frames, storage=plan.storage)
+        mel = mel.squeeze(1).to(self.device)  # (B, T, 64)
         with self._running(self.vocoder):
-            audio = self.runners.vocode(mel.squeeze(1),
-                                        chunk_frames=chunk * self.vae_scale_factor if long_audio else None)
+            if plan.vocoder_chunk_frames is None:
+                audio = self.runners.vocode(mel)
+            else:
+                audio = self.vocoder(mel, chunk_frames=plan.vocoder_chunk_frames)
         return audio[:, :num_samples].float().cpu()
 
     # ------------------------------------------------------------------------------------------
