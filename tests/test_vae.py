@@ -1,4 +1,4 @@
-"""Parity of audioldm2_lite.models.vae with diffusers' AutoencoderKL, and its chunked decoding."""
+"""Parity of audioldm2_lite.models.vae with diffusers' AutoencoderKL, and its tiled decoding and encoding."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from reference import max_rel_error
 
 import audioldm2_lite.models.attention as attention_module
 from audioldm2_lite import load_component
-from audioldm2_lite.models.vae import VAEConfig, up_path_receptive_field
+from audioldm2_lite.models.long_audio import TimeTiles
+from audioldm2_lite.models.vae import VAEConfig
 
 
 def reference_vae(checkpoint):
@@ -29,7 +30,7 @@ def tiny_vaes(tiny_checkpoint):
 def uneven_latent(batch, channels, frames, bins, dtype=torch.float32):
     """A latent whose loudness changes along time: quiet, then shifted, then plain noise.
 
-    Per-window GroupNorm statistics would differ strongly between its parts, so chunked decoding only
+    Per-tile GroupNorm statistics would differ strongly between its parts, so tiled decoding only
     matches one pass if it uses the whole input's statistics.
     """
     latent = torch.randn(batch, channels, frames, bins, dtype=dtype)
@@ -70,7 +71,6 @@ def test_config_reads_every_official_checkpoint():
         config = VAEConfig.from_hub(hub)
         assert config.scaling_factor == hub["scaling_factor"]  # per checkpoint; the pipeline divides by it
         assert config.latent_channels == 8 and config.block_out_channels == (128, 256, 512)
-        assert up_path_receptive_field(config) == 12
 
 
 @torch.no_grad()
@@ -97,36 +97,44 @@ def test_legacy_attention_names_load(tiny_checkpoint, tiny_vaes, tmp_path):
 
 
 @torch.no_grad()
-def test_chunked_decode_30_seconds_matches_one_pass(tiny_checkpoint):
-    """30 s (750 latent frames, 3000 mel frames) in 3 chunks, on a latent whose loudness changes.
+def test_tiled_decode_30_seconds_matches_one_pass(tiny_checkpoint):
+    """30 s (750 latent frames, 3000 mel frames) in tiles of 256, on a latent whose loudness changes.
 
-    Tiny VAE: the full-size decoder needs minutes of 2-core CPU for 30 s (and the chunked path about
-    ten up-path runs more), far over the slow-test budget; the full-size test below uses 2 s.
+    Tiny VAE: the full-size decoder needs minutes of 2-core CPU for 30 s, far over the slow-test budget;
+    the full-size test below uses 2 s.
     """
     ours = load_component(tiny_checkpoint, "vae")
     latents = uneven_latent(1, 4, 750, 16)
-    one_pass, chunked = ours.decode(latents), ours.decode(latents, chunk_frames=256)
-    # The attention runs on the whole latent and the overlap covers the convolutions' reach, and the
-    # GroupNorms use whole-input statistics: what remains is float32 rounding in the windows' different
-    # summation orders (measured 1.5e-6).
-    assert max_rel_error(chunked, one_pass) <= 1e-5
+    one_pass, tiled = ours.decode(latents), ours.decode(latents, tile_frames=256)
+    # The attention runs on the whole latent, each tile overlaps its layer's reach, and the GroupNorms
+    # use whole-input statistics: what remains is float32 rounding in the tiles' other summation
+    # orders (measured 1.5e-6).
+    assert max_rel_error(tiled, one_pass) <= 1e-5
 
 
 @torch.no_grad()
-def test_chunked_decode_is_exact_in_float64(tiny_checkpoint):
+def test_tiled_decode_and_encode_are_exact_in_float64(tiny_checkpoint):
     ours = load_component(tiny_checkpoint, "vae", dtype=torch.float64)
-    latents = uneven_latent(1, 4, 120, 16, dtype=torch.float64)
+    latents = uneven_latent(2, 4, 50, 16, dtype=torch.float64)
     one_pass = ours.decode(latents)
-    assert max_rel_error(ours.decode(latents, chunk_frames=40), one_pass) <= 1e-12  # float64 rounding only
-    # the test can fail: less overlap than the convolutions' reach shows at the seams
-    assert up_path_receptive_field(ours.config) == 8
-    assert max_rel_error(ours.decode(latents, chunk_frames=40, overlap=4), one_pass) > 1e-3
+    for tile_frames in (3, 20, 64):  # tiles shorter than a layer's reach in rows, a last short tile, one tile
+        assert max_rel_error(ours.decode(latents, tile_frames=tile_frames), one_pass) <= 1e-12  # float64 rounding
+    # the test can fail: without the overlap the tiles' edges see zero padding
+    x = ours.decoder.lowest_resolution(ours.post_quant_conv(latents))
+    assert max_rel_error(ours.decoder.up_path_in_tiles(x, TimeTiles(50, 20, overlap=0)), one_pass) > 1e-3
+
+    mel = one_pass  # (2, 1, 200, 64): a mel spectrogram with the same loud and quiet parts
+    mean, logvar = ours.encode_distribution(mel)
+    tiled_mean, tiled_logvar = ours.encode_distribution(mel, tile_frames=7)
+    assert max_rel_error(tiled_mean, mean) <= 1e-12 and max_rel_error(tiled_logvar, logvar) <= 1e-12
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ours.encode(mel[:, :, :-1], tile_frames=7)
 
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_full_size_matches_diffusers_and_chunks(full_checkpoint):
-    """Official sizes, random weights, 2 s of audio (50 latent frames): decode, encode, chunked decode."""
+def test_full_size_matches_diffusers_and_tiles(full_checkpoint):
+    """Official sizes, random weights, 2 s of audio (50 latent frames): decode, encode, tiled decode and encode."""
     checkpoint = full_checkpoint("audioldm2", ["vae"])
     ours, reference = load_component(checkpoint, "vae"), reference_vae(checkpoint)
     latents = uneven_latent(1, 8, 50, 16)
@@ -137,16 +145,18 @@ def test_full_size_matches_diffusers_and_chunks(full_checkpoint):
     assert max_rel_error(mean, reference.encode(mel).latent_dist.mean) <= 1e-5
     del reference
     gc.collect()
-    # two chunks of 25 latent frames, overlap 12: float32 rounding only
-    assert max_rel_error(ours.decode(latents, chunk_frames=25), mel) <= 1e-5
+    # tiles of 16 latent frames (4 tiles): float32 rounding only
+    assert max_rel_error(ours.decode(latents, tile_frames=16), mel) <= 1e-5
+    assert max_rel_error(ours.encode(mel, tile_frames=16), mean) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @torch.no_grad()
 def test_half_precision_runs(tiny_checkpoint, dtype):
-    """Weights and activations stay in the requested dtype, chunked path included, and stay finite."""
+    """Weights and activations stay in the requested dtype, tiled paths included, and stay finite."""
     ours = load_component(tiny_checkpoint, "vae", dtype=dtype)
     latents = torch.randn(1, 4, 40, 16, dtype=dtype)
     mel = torch.randn(1, 1, 32, 64, dtype=dtype)
-    for output in (ours.decode(latents), ours.decode(latents, chunk_frames=16), ours.encode(mel)):
+    for output in (ours.decode(latents), ours.decode(latents, tile_frames=16), ours.encode(mel),
+                   ours.encode(mel, tile_frames=4)):
         assert output.dtype == dtype and torch.isfinite(output).all()

@@ -46,6 +46,7 @@ import torch
 
 from .audio_io import read_audio
 from .mel import MelConfig, mel_frequencies, waveform_to_mel
+from .memory import plan_encode
 from .request import RequestError, check_time_range
 from .samplers import denoise, draw_noise  # noqa: F401  (denoise: the loop every mode runs, re-exported)
 
@@ -72,9 +73,12 @@ def encode_audio(pipe, audio, sampling_rate=None, generator=None, sample_posteri
         raise ValueError(f"the audio is {len(waveform)} samples at {config.sampling_rate} Hz, shorter than one "
                          f"latent frame ({samples_per_latent_frame} samples, "
                          f"{1000 * samples_per_latent_frame / config.sampling_rate:g} ms)")
-    mel = waveform_to_mel(waveform.to(pipe.device), config)  # (1, T, n_mels)
+    mel = waveform_to_mel(waveform.to(pipe.device), config)[:, None].to(pipe.dtype)  # (1, 1, T, n_mels)
+    # in one pass when it fits, else layer by layer over time tiles: the same latent (memory.py)
+    plan = plan_encode(pipe.vae, mel.shape, pipe.dtype, pipe.device, pipe.max_memory)
     with pipe._running(pipe.vae):
-        mean, logvar = pipe.vae.encode_distribution(mel[:, None].to(pipe.dtype))  # (1, C, T/4, F/4) each
+        mean, logvar = pipe.vae.encode_distribution(mel, plan.tile_frames, plan.storage)  # (1, C, T/4, F/4) each
+    mean, logvar = mean.to(pipe.device), logvar.to(pipe.device)
     latent = mean
     if sample_posterior:
         latent = mean + torch.exp(0.5 * logvar) * draw_noise(mean.shape, generator, mean.device, mean.dtype)
@@ -160,10 +164,10 @@ class AudioEdit:
             raise RequestError(f"strength={self.strength:g} with {num_inference_steps} steps runs no denoising step")
         return steps
 
-    def mel(self, latents: torch.Tensor) -> torch.Tensor:
+    def mel(self, latents: torch.Tensor, max_memory: int | None = None) -> torch.Tensor:
         """Latents (B, C, T/4, F/4) -> the log-mel the vocoder reads (B, T, n_mels): decoded inside the
-        mask, the reconstruction decode(source) outside it (one VAE call for both)."""
-        mel = self.pipe.decode_mel(torch.cat([latents, self.source.to(latents.dtype)]))  # (B + 1, T, F)
+        mask, the reconstruction decode(source) outside it (one VAE call for both, tiled when long)."""
+        mel = self.pipe.decode_mel(torch.cat([latents, self.source.to(latents.dtype)]), max_memory)  # (B + 1, T, F)
         generated, reconstruction = mel[:-1], mel[-1:]  # (B, T, F), (1, T, F)
         f = self.mel_factor
         regenerate = self.regenerate[:, 0].repeat_interleave(f, dim=1).repeat_interleave(f, dim=2)  # (1, T, F)

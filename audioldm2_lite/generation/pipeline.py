@@ -35,6 +35,7 @@ from .loading import (
     DEFAULT_CHECKPOINT, STAGES, CheckpointError, has_variant, load_component, load_config, resolve_checkpoint,
 )
 from .lora import load_lora, set_lora_call_scale
+from .memory import TilePlan, plan_decode
 from .request import ModelLimits, Request, RequestError, is_guided
 from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler
 
@@ -275,25 +276,40 @@ class AudioLDM2Pipeline:
             noise = uncond + guidance_scale * (cond - uncond)
         return noise
 
-    # Audio longer than this is decoded in overlapping chunks along time (the same result, see long_audio.py),
-    # so the largest activations exist for one chunk at a time: 30.72 s per chunk.
-    DECODE_CHUNK_LATENT_FRAMES = 768
+    # The most memory decoding may take, in bytes; None: most of what is free on the device when it starts.
+    # Set it (`pipe.max_memory = 4 * 2**30`, or per call) to bound decoding on a small or shared GPU.
+    max_memory: int | None = None
 
-    def decode_mel(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latent (B, 8, T/4, 16), times the VAE's scaling factor -> log-mel (B, T, 64)."""
-        chunk = self.DECODE_CHUNK_LATENT_FRAMES
+    def decode_plan(self, shape, max_memory: int | None = None) -> TilePlan:
+        """One pass, or the time tiles and vocoder windows that fit (memory.py), for latents of `shape`."""
+        return plan_decode(self.vae, self.vocoder, shape, self.dtype, self.device,
+                           self.max_memory if max_memory is None else max_memory)
+
+    def decode_mel(self, latents: torch.Tensor, max_memory: int | None = None) -> torch.Tensor:
+        """Latent (B, 8, T/4, 16), times the VAE's scaling factor -> log-mel (B, T, 64): in one pass when its
+        estimated memory fits, else layer by layer over time tiles, for the same result (long_audio.py)."""
+        plan = self.decode_plan(latents.shape, max_memory)
+        latents = latents / self.vae.config.scaling_factor
         with self._running(self.vae):
-            mel = self.runners.decode_mel(latents / self.vae.config.scaling_factor,
-                                          chunk_frames=chunk if latents.shape[2] > chunk else None)  # (B, 1, T, 64)
-        return mel[:, 0]
+            if plan.one_pass:
+                mel = self.runners.decode_mel(latents)  # (B, 1, T, 64)
+            else:  # not through the runners: a CUDA graph cannot hold the tiles' host copies
+                mel = self.vae.decode(latents, tile_frames=plan.tile_frames, storage=plan.storage)
+        return mel.squeeze(1).to(self.device)  # (B, T, 64)
 
-    def decode(self, latents: torch.Tensor, num_samples: int | None = None, edit: AudioEdit | None = None) -> torch.Tensor:
-        """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU. With an `edit` that keeps a region,
-        the reconstruction's mel outside its mask (AudioEdit.mel)."""
-        mel = edit.mel(latents) if edit is not None and edit.regenerate is not None else self.decode_mel(latents)
-        chunk = self.DECODE_CHUNK_LATENT_FRAMES * self.vae_scale_factor
+    def decode(self, latents: torch.Tensor, num_samples: int | None = None, edit: AudioEdit | None = None,
+               max_memory: int | None = None) -> torch.Tensor:
+        """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU, for every mode: with an `edit` that
+        keeps a region, the reconstruction's mel outside its mask (AudioEdit.mel). `max_memory` bounds it
+        (default `self.max_memory`, else most of the memory free on the device)."""
+        keeps = edit is not None and edit.regenerate is not None
+        mel = edit.mel(latents, max_memory) if keeps else self.decode_mel(latents, max_memory)
+        plan = self.decode_plan(latents.shape, max_memory)
         with self._running(self.vocoder):
-            audio = self.runners.vocode(mel, chunk_frames=chunk if mel.shape[1] > chunk else None)
+            if plan.vocoder_chunk_frames is None:
+                audio = self.runners.vocode(mel)
+            else:
+                audio = self.vocoder(mel, chunk_frames=plan.vocoder_chunk_frames)
         return audio[:, :num_samples].float().cpu()
 
     # ------------------------------------------------------------------------------------------

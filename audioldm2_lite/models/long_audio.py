@@ -1,23 +1,22 @@
-"""Long audio: the VAE decoder's up path and the vocoder run on overlapping windows of the time axis,
-so their largest activations exist for one window at a time, and the result still matches one pass.
+"""Long audio: the VAE and the vocoder run over tiles of the time axis and still match one pass.
 
-A stack of convolutions along time changes an output frame only from input frames within its
-receptive field (`receptive_field`). So the input is cut into chunks, each chunk is run with
-`overlap` >= that many extra frames on either side, and each window keeps the output of its own chunk
-(`windows`, `run_in_windows`). Used by `HifiGan.forward(mel, chunk_frames=...)` as it is.
+A convolution changes an output frame only from input frames within its reach, so a network of
+convolutions can run on pieces of the time axis that overlap by that reach, each piece keeping the
+output of its own frames. Two ways, for two kinds of network:
 
-The VAE's up path also has GroupNorms, which normalise with the mean and variance of the whole time
-axis: a window alone does not know them. `decode_up_path_in_windows` first computes them, then
-decodes:
-
-1. statistics pass: for each GroupNorm in the order they run, one sweep over the windows runs the up
-   path up to that GroupNorm (earlier GroupNorms use their whole-input statistics, known by then) and
-   adds the window's kept frames to a running mean and variance (Chan et al.'s pairwise combination);
-2. decoding pass: every window runs to the end with all statistics known, as `run_in_windows`.
-
-Cost: sweep k runs the windows up to GroupNorm k, so the up path runs about (GroupNorms + 1) / 2
-times (about 10 for the official decoder), plus the overlaps; `AutoencoderKL.decode` gives measured
-times. Use it when memory, not time, is what runs out.
+- Windows, for the vocoder (convolutions only): the whole network runs on each window, a chunk plus
+  `overlap` >= `receptive_field` frames on either side (`windows`, `run_in_windows`). Memory is one
+  window's; the cost is one pass plus the overlaps.
+- Layer by layer, for the VAE (`TimeTiles`), whose GroupNorms normalise with the mean and variance of
+  the whole time axis, which no window knows alone. The VAE's blocks are written as layers that each
+  begin with at most one GroupNorm (half a resnet block, an up- or downsampler, the output layer). Each
+  layer runs over tiles of its input with one latent frame of overlap either side, and its output is
+  kept at full length; the next layer's GroupNorm takes its statistics from that kept tensor, then runs
+  its tiles with them. So every layer runs once, exactly (its GroupNorm sees the whole input's
+  statistics), at the cost of one pass plus 2 / `tile_frames` for the overlaps; the memory is the
+  layer's input and output at full length (the resnet's skip input too) plus one tile's temporaries,
+  where one pass holds three to four full-length tensors at its widest layer. With `storage` (the CPU
+  while a GPU decodes) the kept tensors live there and the device holds one tile's.
 
 Why not each window's own statistics, as tiled image decoders do: on random weights that was 3% to
 11% off one pass for a steady latent and up to 75% for one whose loudness changes along time.
@@ -30,7 +29,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # ----------------------------------------------------------------------------------------------
@@ -84,7 +82,7 @@ def run_in_windows(fn, x: torch.Tensor, dim: int, chunk_frames: int, overlap: in
 
 
 # ----------------------------------------------------------------------------------------------
-# The VAE's up path with whole-input GroupNorm statistics
+# Layer by layer, with whole-input GroupNorm statistics
 
 
 class RunningMoments:
@@ -96,8 +94,9 @@ class RunningMoments:
     def add(self, x: torch.Tensor) -> None:
         """x (B, G, N): N more values of each group."""
         x = x.to(torch.promote_types(x.dtype, torch.float32))
-        count, mean = x.shape[-1], x.mean(dim=-1)  # (B, G)
-        m2 = (x - mean[..., None]).square().sum(dim=-1)
+        count = x.shape[-1]
+        variance, mean = torch.var_mean(x, dim=-1, correction=0)  # (B, G) each
+        m2 = variance * count
         if self.mean is not None:
             delta = mean - self.mean
             mean = self.mean + delta * (count / (self.count + count))
@@ -109,59 +108,54 @@ class RunningMoments:
         return self.mean, torch.rsqrt(self.m2 / self.count + eps)  # biased variance, as F.group_norm
 
 
-def group_norm_with(norm: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
-    """`norm(x)` with the given statistics (B, G) instead of x's own."""
-    batch, groups = x.shape[0], norm.num_groups
-    mean, inv_std = (t[..., None].to(x.dtype) for t in (mean, inv_std))  # (B, G, 1)
-    normalized = ((x.reshape(batch, groups, -1) - mean) * inv_std).reshape(x.shape)  # (B, C, H, W)
-    return normalized * norm.weight[:, None, None] + norm.bias[:, None, None]
+# Every VAE layer reaches at most one latent frame beyond its own: a 3x3 conv one row, and a stride-2
+# conv two rows where there are at least 2 rows per latent frame (the encoder downsamples from 4 and 2).
+LAYER_OVERLAP_FRAMES = 1
 
 
-def up_path_group_norms(decoder) -> list[nn.GroupNorm]:
-    """The up path's GroupNorms in the order they run (modules are registered in that order)."""
-    return [m for m in (*decoder.up_blocks.modules(), decoder.conv_norm_out) if isinstance(m, nn.GroupNorm)]
+class TimeTiles:
+    """Runs a network's layers one at a time over tiles of the time axis of full-length tensors.
 
+    Tensors are (B, C, rows, W) with time along dim 2 and a whole number of rows per latent frame
+    (1 at the latent's resolution, 4 at the mel spectrogram's): tiles are counted in latent frames, so
+    one tiling serves every resolution. `device` is where the layers run (their weights' device),
+    `storage` where the full-length outputs are kept (default: `device`).
+    """
 
-def up_path_in_window(decoder, x: torch.Tensor, statistics: dict, until: nn.GroupNorm | None = None) -> torch.Tensor:
-    """`vae.Decoder.up_path` on one window (B, 512, window, 16), every GroupNorm using the whole input's
-    `statistics`; with `until`, stop at that GroupNorm and return its input. Step for step as
-    `ResnetBlock.forward`, `UpBlock.forward` and `Decoder.up_path` in vae.py."""
+    def __init__(self, frames: int, tile_frames: int, overlap: int = LAYER_OVERLAP_FRAMES,
+                 device=None, storage=None):
+        self.frames, self.tile_frames, self.overlap = frames, tile_frames, overlap
+        self.device = device
+        self.storage = storage if storage is not None else device
 
-    def norm_silu(norm, h):
-        h = group_norm_with(norm, h, *statistics[norm])
-        return F.silu(h, inplace=not h.requires_grad)
+    def rows(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Latent frames start .. stop of x, on the device the layers run on."""
+        per_frame = x.shape[2] // self.frames
+        return x[:, :, start * per_frame:stop * per_frame].to(self.device)
 
-    for block in decoder.up_blocks:
-        for resnet in block.resnets:
-            if resnet.norm1 is until:
-                return x
-            h = resnet.conv1(norm_silu(resnet.norm1, x))
-            if resnet.norm2 is until:
-                return h
-            h = resnet.conv2(norm_silu(resnet.norm2, h))
-            x = h + (x if resnet.conv_shortcut is None else resnet.conv_shortcut(x))
-        if block.upsamplers is not None:
-            x = block.upsamplers[0](x)  # (B, C, 2 * window, 2 * F)
-    if decoder.conv_norm_out is until:
-        return x
-    return decoder.conv_out(norm_silu(decoder.conv_norm_out, x))  # (B, 1, 4 * window, 64)
-
-
-def decode_up_path_in_windows(decoder, x: torch.Tensor, chunk_frames: int, overlap: int,
-                              upsampling_factor: int) -> torch.Tensor:
-    """`decoder.up_path(x)` for x (B, 512, T/4, 16), window by window: (B, 1, T, 64)."""
-    statistics = {}  # GroupNorm -> whole-input (mean, 1 / std), each (B, G)
-
-    # 1. statistics pass: one sweep over the windows per GroupNorm, each window stopping at that GroupNorm
-    for norm in up_path_group_norms(decoder):
+    def statistics(self, x: torch.Tensor, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and 1 / std per (batch, group) that `norm` takes of the whole of x, each (B, G)."""
         moments = RunningMoments()
-        for window in windows(x.shape[2], chunk_frames, overlap):
-            h = up_path_in_window(decoder, x[:, :, window.start:window.stop], statistics, until=norm)  # (B, C, R, F)
-            rows_per_frame = h.shape[2] // (window.stop - window.start)
-            kept = window.crop(h, dim=2, per_frame=rows_per_frame)
-            moments.add(kept.reshape(kept.shape[0], norm.num_groups, -1))  # (B, G, N)
-        statistics[norm] = moments.mean_and_inv_std(norm.eps)
+        for start in range(0, self.frames, self.tile_frames):
+            tile = self.rows(x, start, min(start + self.tile_frames, self.frames))
+            moments.add(tile.reshape(tile.shape[0], norm.num_groups, -1))  # (B, G, C / G * rows * W)
+        return moments.mean_and_inv_std(norm.eps)
 
-    # 2. decoding pass: every window to the end
-    return run_in_windows(lambda window: up_path_in_window(decoder, window, statistics), x, dim=2,
-                          chunk_frames=chunk_frames, overlap=overlap, per_frame=upsampling_factor)
+    def map(self, layer, *inputs: torch.Tensor, norm: nn.GroupNorm | None = None) -> torch.Tensor:
+        """layer(*inputs) at full length, computed tile by tile; inputs share the time axis.
+
+        With `norm` (the layer's GroupNorm, applied to the first input) the layer is called as
+        `layer(*tiles, statistics=...)` with that GroupNorm's statistics over the whole first input.
+        """
+        statistics = {} if norm is None else {"statistics": self.statistics(inputs[0], norm)}
+        output = None
+        for window in windows(self.frames, self.tile_frames, self.overlap):
+            result = layer(*(self.rows(x, window.start, window.stop) for x in inputs), **statistics)
+            per_frame = result.shape[2] // (window.stop - window.start)  # output rows per latent frame
+            if output is None:  # (B, C', frames * per_frame, W'), filled tile by tile
+                output = result.new_empty((*result.shape[:2], self.frames * per_frame, result.shape[3]),
+                                          device=self.storage)
+            first = (window.start + window.keep_start) * per_frame
+            kept = window.crop(result, dim=2, per_frame=per_frame)
+            output[:, :, first:first + kept.shape[2]] = kept
+        return output

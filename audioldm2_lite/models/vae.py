@@ -22,8 +22,9 @@ Parity with diffusers' `AutoencoderKL` (same names, so its checkpoints load stri
 - the attention is one head of width C, softmax scale 1/sqrt(C), residual added after `to_out.0`;
 - log-variance is clamped to [-30, 20] before use.
 
-Long audio: `decode(latents, chunk_frames=...)` runs the up path in overlapping windows of the time
-axis and still matches one pass (long_audio.py; `AutoencoderKL.decode` says what it costs).
+Long audio: `decode(latents, tile_frames=...)` and `encode(mel, tile_frames=...)` run the convolutional
+layers one at a time over tiles of the time axis, each GroupNorm with its whole input's statistics, and
+match one pass at the cost of one pass (long_audio.py; `AutoencoderKL.decode` says what it holds).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from torch import nn
 
 from .attention import attention
 from .hub_config import hub_field
-from .long_audio import decode_up_path_in_windows, receptive_field
+from .long_audio import TimeTiles
 
 GROUP_NORM_EPS = 1e-6
 
@@ -101,23 +102,57 @@ def silu_(x: torch.Tensor) -> torch.Tensor:
 # Blocks
 
 
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm with eps 1e-6; given `statistics`, (mean, 1 / std) per (batch, group), it normalises
+    with those instead of x's own, so that a time tile of a long input is normalised as the whole input
+    is (long_audio.TimeTiles)."""
+
+    def __init__(self, groups: int, channels: int):
+        super().__init__(groups, channels, eps=GROUP_NORM_EPS)
+
+    def forward(self, x: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if statistics is None:
+            return super().forward(x)
+        # (x - mean) / std * weight + bias as one multiply-add per value, x * scale + shift, with scale
+        # and shift per (batch, channel), as PyTorch's own GroupNorm kernels apply it
+        mean, inv_std = (s.repeat_interleave(x.shape[1] // self.num_groups, dim=1) for s in statistics)  # (B, C)
+        scale = inv_std * self.weight.float()
+        shift = self.bias.float() - mean * scale
+        # in float32 at least, as PyTorch's kernels compute half-precision GroupNorm
+        return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None]).to(x.dtype)  # (B, C, H, W)
+
+
 class ResnetBlock(nn.Module):
-    """x + conv(SiLU(norm(conv(SiLU(norm(x)))))), with a 1x1 conv on x when the width changes."""
+    """x + conv(SiLU(norm(conv(SiLU(norm(x)))))), with a 1x1 conv on x when the width changes.
+
+    Written as two layers, each one GroupNorm then a conv, so that long audio can run them one at a
+    time over the whole time axis (`forward_in_tiles`); `forward` is the two in a row.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=GROUP_NORM_EPS)
+        self.norm1 = GroupNorm(groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=GROUP_NORM_EPS)
+        self.norm2 = GroupNorm(groups, out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(silu_(self.norm1(x)))
-        h = self.conv2(silu_(self.norm2(h)))
+    def first_layer(self, x: torch.Tensor, statistics=None) -> torch.Tensor:
+        return self.conv1(silu_(self.norm1(x, statistics)))  # (B, out, H, W)
+
+    def second_layer(self, h: torch.Tensor, x: torch.Tensor, statistics=None) -> torch.Tensor:
+        """The second conv on the first layer's output h, plus the block's input x."""
+        h = self.conv2(silu_(self.norm2(h, statistics)))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         h += shortcut  # in place: h is a fresh conv output, and an addition's gradient needs neither input
         return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second_layer(self.first_layer(x), x)
+
+    def forward_in_tiles(self, x: torch.Tensor, tiles: TimeTiles) -> torch.Tensor:
+        h = tiles.map(self.first_layer, x, norm=self.norm1)
+        return tiles.map(self.second_layer, h, x, norm=self.norm2)
 
 
 class SelfAttention(nn.Module):
@@ -126,7 +161,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.group_norm = nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS)
+        self.group_norm = GroupNorm(groups, channels)
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
@@ -190,6 +225,11 @@ class DownBlock(nn.Module):
             x = resnet(x)
         return x if self.downsamplers is None else self.downsamplers[0](x)
 
+    def forward_in_tiles(self, x: torch.Tensor, tiles: TimeTiles) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet.forward_in_tiles(x, tiles)
+        return x if self.downsamplers is None else tiles.map(self.downsamplers[0], x)
+
 
 class UpBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, upsample: bool):
@@ -202,6 +242,11 @@ class UpBlock(nn.Module):
         for resnet in self.resnets:
             x = resnet(x)
         return x if self.upsamplers is None else self.upsamplers[0](x)
+
+    def forward_in_tiles(self, x: torch.Tensor, tiles: TimeTiles) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet.forward_in_tiles(x, tiles)
+        return x if self.upsamplers is None else tiles.map(self.upsamplers[0], x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,19 +265,29 @@ class Encoder(nn.Module):
             for i in range(len(widths))
         ])
         self.mid_block = MidBlock(widths[-1], groups)
-        self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=GROUP_NORM_EPS)
+        self.conv_norm_out = GroupNorm(groups, widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(silu_(self.conv_norm_out(x)))  # (B, 16, T/4, 16)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(mel)  # (B, 128, T, 64)
         for block in self.down_blocks:
             x = block(x)  # (B, 512, T/4, 16) after the last
-        x = self.mid_block(x)
-        return self.conv_out(silu_(self.conv_norm_out(x)))  # (B, 16, T/4, 16)
+        return self.output(self.mid_block(x))
+
+    def forward_in_tiles(self, mel: torch.Tensor, tiles: TimeTiles) -> torch.Tensor:
+        """forward(mel) with the down path one layer at a time over time tiles (long_audio.py); the mid
+        block, whose attention spans the whole T/4 x 16 map, and the output run in one piece."""
+        x = tiles.map(self.conv_in, mel)
+        for block in self.down_blocks:
+            x = block.forward_in_tiles(x, tiles)
+        return self.output(self.mid_block(x.to(tiles.device)))
 
 
 class Decoder(nn.Module):
-    """z (B, latent, T/4, 16) -> log-mel (B, 1, T, 64), in two halves so the up path can run in chunks."""
+    """z (B, latent, T/4, 16) -> log-mel (B, 1, T, 64), in two halves so the up path can run in tiles."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
@@ -243,18 +298,27 @@ class Decoder(nn.Module):
             UpBlock(widths[max(i - 1, 0)], widths[i], config.layers_per_block + 1, groups, upsample=i < len(widths) - 1)
             for i in range(len(widths))
         ])
-        self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=GROUP_NORM_EPS)
+        self.conv_norm_out = GroupNorm(groups, widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], config.out_channels, 3, padding=1)
 
     def lowest_resolution(self, z: torch.Tensor) -> torch.Tensor:
         """conv_in and the mid block: (B, latent, T/4, 16) -> (B, 512, T/4, 16); attention sees all of it."""
         return self.mid_block(self.conv_in(z))
 
+    def output(self, x: torch.Tensor, statistics=None) -> torch.Tensor:
+        return self.conv_out(silu_(self.conv_norm_out(x, statistics)))  # (B, 1, T, 64)
+
     def up_path(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 512, T/4, 16) -> (B, 1, T, 64): convolutions and GroupNorms only."""
         for block in self.up_blocks:
             x = block(x)  # (B, 512, T/2, 32), (B, 256, T, 64), (B, 128, T, 64)
-        return self.conv_out(silu_(self.conv_norm_out(x)))
+        return self.output(x)
+
+    def up_path_in_tiles(self, x: torch.Tensor, tiles: TimeTiles) -> torch.Tensor:
+        """up_path(x), one layer at a time over time tiles (long_audio.py)."""
+        for block in self.up_blocks:
+            x = block.forward_in_tiles(x, tiles)
+        return tiles.map(self.output, x, norm=self.conv_norm_out)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.up_path(self.lowest_resolution(z))
@@ -262,22 +326,6 @@ class Decoder(nn.Module):
 
 # ----------------------------------------------------------------------------------------------
 # The autoencoder
-
-
-def up_path_receptive_field(config: VAEConfig) -> int:
-    """Latent frames on either side that the decoder's up path convolutions reach (12 for the official config).
-
-    Every conv is 3x3 (one row each side): per up block, two per resnet at the block's resolution,
-    then the upsampling conv at twice that resolution; conv_out at the final resolution.
-    """
-    layers, rows_per_latent_frame = [], 1  # (rows a conv reaches, rows per latent frame there)
-    for level in range(len(config.block_out_channels)):
-        layers += [(1, rows_per_latent_frame)] * 2 * (config.layers_per_block + 1)  # the block's resnets
-        if level < len(config.block_out_channels) - 1:
-            rows_per_latent_frame *= 2
-            layers.append((1, rows_per_latent_frame))  # the upsampling conv
-    layers.append((1, rows_per_latent_frame))  # conv_out
-    return receptive_field(layers)
 
 
 class AutoencoderKL(nn.Module):
@@ -295,44 +343,64 @@ class AutoencoderKL(nn.Module):
         """Mel frames (and mel bins) per latent frame (bin): 4."""
         return 2 ** (len(self.config.block_out_channels) - 1)
 
-    def encode_distribution(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def widest_activation(self, latent_bins: int, encoder: bool = False) -> int:
+        """Values per latent frame (and batch item) of the decoder's (encoder's) largest activation, the
+        unit of `generation/memory.py`'s estimates: the decoder's is the last upsampler's output,
+        256 channels x 4 rows x 64 bins = 65536 for the official config; the encoder's, its first level,
+        128 x 4 x 64 = 32768.
+
+        Level i of the decoder runs at 2^i rows and 2^i x latent_bins columns per latent frame, on the
+        wider of its input and output widths; the encoder's levels run the other way.
+        """
+        widths = self.config.block_out_channels
+        levels = len(widths)
+        if encoder:
+            return max(max(widths[max(i - 1, 0)], widths[i]) * 4 ** (levels - 1 - i) for i in range(levels)) * latent_bins
+        widths = widths[::-1]
+        return max(max(widths[max(i - 1, 0)], widths[i]) * 4 ** i for i in range(levels)) * latent_bins
+
+    def time_tiles(self, frames: int, tile_frames: int, storage=None) -> TimeTiles:
+        """Tiles of `tile_frames` latent frames over `frames`, run where the weights are."""
+        return TimeTiles(frames, tile_frames, device=self.post_quant_conv.weight.device, storage=storage)
+
+    def encode_distribution(self, mel: torch.Tensor, tile_frames: int | None = None,
+                            storage=None) -> tuple[torch.Tensor, torch.Tensor]:
         """log-mel (B, 1, T, 64) -> posterior (mean, logvar), each (B, 8, T/4, 16).
 
         A sample is `mean + exp(logvar / 2) * noise`; the diffusion model sees `sample * scaling_factor`.
+        `tile_frames` and `storage`: as for `decode` (T must then be a multiple of 4).
         """
-        moments = self.quant_conv(self.encoder(mel))  # (B, 16, T/4, 16)
+        if tile_frames is None:
+            hidden = self.encoder(mel)
+        else:
+            frames, remainder = divmod(mel.shape[2], self.upsampling_factor)
+            if remainder:
+                raise ValueError(f"tiled encoding needs whole latent frames: {mel.shape[2]} mel frames is not "
+                                 f"a multiple of {self.upsampling_factor}")
+            hidden = self.encoder.forward_in_tiles(mel, self.time_tiles(frames, tile_frames, storage))
+        moments = self.quant_conv(hidden)  # (B, 16, T/4, 16)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
-    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+    def encode(self, mel: torch.Tensor, tile_frames: int | None = None, storage=None) -> torch.Tensor:
         """log-mel (B, 1, T, 64) -> posterior mean (B, 8, T/4, 16), not yet multiplied by scaling_factor."""
-        return self.encode_distribution(mel)[0]
+        return self.encode_distribution(mel, tile_frames, storage)[0]
 
-    def decode(self, latents: torch.Tensor, chunk_frames: int | None = None,
-               overlap: int | None = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, tile_frames: int | None = None, storage=None) -> torch.Tensor:
         """Latents already divided by `scaling_factor` (B, 8, T/4, 16) -> log-mel (B, 1, T, 64).
 
-        With `chunk_frames` (latent frames; 4 mel frames each), the up path runs on windows of
-        `chunk_frames + 2 * overlap` latent frames and keeps each window's middle `chunk_frames`, so
-        the full-resolution activations exist for one window at a time (long_audio.py). It matches
-        one pass:
-        - the mid block, whose attention spans the whole T/4 x 16 map, runs once on the whole latent
-          (cheap at that resolution);
-        - the up path's convolutions reach `up_path_receptive_field(config)` latent frames to either
-          side (12 for the official config), the default `overlap`, which makes them exact;
-        - its GroupNorms need their statistics over the whole input: an explicit statistics pass
-          gathers them first, one sweep over the windows per GroupNorm.
-        The price is compute: the up path runs about 10 times for the official model (19 GroupNorms).
-        Measured on a 2-core CPU, float32, chunked / one-pass time (scripts/benchmark_long_audio.py):
-        full-size decoder, 8 s (200 latent frames) in windows of 100: 9.1x (234 s vs 25.7 s); tiny
-        decoder, 40.96 s (1024 latent frames) in windows of 768 (the pipeline's setting): 6.6x.
-        Use it when memory, not time, is what runs out.
+        With `tile_frames` (latent frames; 4 mel frames each) the up path runs one layer at a time over
+        tiles of the time axis, keeping each layer's output at full length and normalising with the
+        whole input's statistics (long_audio.py): the same result as one pass, for the same work plus
+        two overlap frames per tile, while the widest layer holds `decode_memory(tiled=True)`
+        instead of `decode_memory(tiled=False)`. The mid block, whose attention spans the whole
+        T/4 x 16 map, runs in one piece. With `storage`, the kept full-length tensors (and the
+        returned mel) live there: the CPU while a GPU decodes, so the GPU holds one tile's.
         """
         x = self.decoder.lowest_resolution(self.post_quant_conv(latents))  # (B, 512, T/4, 16)
-        if chunk_frames is None:
+        if tile_frames is None:
             return self.decoder.up_path(x)
-        overlap = up_path_receptive_field(self.config) if overlap is None else overlap
-        return decode_up_path_in_windows(self.decoder, x, chunk_frames, overlap, self.upsampling_factor)
+        return self.decoder.up_path_in_tiles(x, self.time_tiles(latents.shape[2], tile_frames, storage))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decode(latents)

@@ -165,6 +165,15 @@ class HifiGan(nn.Module):
     def hop_length(self) -> int:
         return math.prod(self.config.upsample_rates)  # 160 samples per mel frame
 
+    def widest_activation(self) -> int:
+        """Values per mel frame (and batch item) of the largest activation, a stage's width times its samples
+        per frame (5120 for the official config), the unit of `generation/memory.py`'s estimates."""
+        widest, samples_per_frame = self.config.upsample_initial_channel, 1  # conv_pre's output
+        for i, rate in enumerate(self.config.upsample_rates):
+            samples_per_frame *= rate
+            widest = max(widest, self.config.upsample_initial_channel // 2 ** (i + 1) * samples_per_frame)
+        return widest
+
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
         """One pass: log-mel (B, T, 64) -> waveform (B, 160 T + 32) in [-1, 1]."""
         if self.config.normalize_before:
