@@ -434,7 +434,7 @@ def generate_and_write(pipe, batch: list[Row], settings: dict, out_dir: Path, ma
     for row, (audio, score) in zip(batch, results):
         metadata = settings_metadata(row.prompt, row.negative_prompt, row.seed, settings["steps"],
                                      settings["scheduler"], settings["karras"], row.guidance, row.seconds,
-                                     settings["model"])
+                                     settings["model"], pipe.precision.describe())
         write_audio(out_dir / row.file_name, audio, pipe.sampling_rate, metadata)
         append_line(manifest, manifest_line(row, settings, score))  # after its file: never a line without one
         yield [row], None

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-scale", type=float, default=1.0, help="strength of the --lora adapter (default: 1)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,
-                        help="weights and activations (default: float16 on CUDA, float32 elsewhere)")
+                        help="every stage's weights and activations (default, measured: float16 on CUDA; on a CPU "
+                             "with native bf16 the UNet and text stages in bfloat16, the VAE and vocoder in float32; "
+                             "float32 elsewhere; --dtype float32 opts out)")
     parser.add_argument("--compile", action="store_true",
                         help="on CUDA, torch.compile the UNet, VAE and vocoder first (minutes of compiling)")
     parser.add_argument("--offload", action="store_true",
@@ -227,9 +229,9 @@ def resolve_device(name: str | None):
 
 def check_device(args) -> None:
     device = resolve_device(args.device)
-    if device.type == "cpu" and args.dtype in ("float16", "bfloat16"):
-        raise UsageError(f"--dtype {args.dtype} is for GPUs: on the CPU use float32 (the default); torch's CPU "
-                         "half-precision kernels are tens of times slower")
+    if device.type == "cpu" and args.dtype == "float16":
+        raise UsageError("--dtype float16 is for GPUs: on the CPU use float32 or bfloat16; torch's CPU float16 "
+                         "kernels are tens of times slower")
     if args.compile and device.type != "cuda":
         raise UsageError(f"--compile applies on CUDA only; here the device is {device}")
     if args.offload and device.type == "cpu":
@@ -316,13 +318,13 @@ def write_audio(path: Path, audio, sampling_rate: int, metadata: dict[str, str] 
 
 
 def settings_metadata(prompt: str, negative_prompt: str, seed: int, steps: int, scheduler: str, karras: bool,
-                      guidance: float, seconds: float, model: str) -> dict[str, str]:
-    """How the file was made, in soundfile's text fields."""
+                      guidance: float, seconds: float, model: str, precision: str | None = None) -> dict[str, str]:
+    """How the file was made, in soundfile's text fields (`precision`: `Precision.describe()` of the run)."""
     from . import __version__
 
     settings = [f"negative prompt: {negative_prompt!r}", f"seed: {seed}", f"steps: {steps}",
                 f"scheduler: {scheduler}{' (karras)' if karras else ''}", f"guidance: {guidance:g}",
-                f"seconds: {seconds:g}", f"model: {model}"]
+                f"seconds: {seconds:g}", f"model: {model}"] + ([f"precision: {precision}"] if precision else [])
     return {"title": prompt, "comment": "; ".join(settings), "software": f"{PROG} {__version__}"}
 
 
@@ -343,6 +345,8 @@ def generate(args) -> int:
         args.model, device=resolve_device(args.device), dtype=getattr(torch, args.dtype) if args.dtype else None,
         offload=args.offload, progress=not args.quiet, lora=args.lora, lora_scale=args.lora_scale,
     )
+    if not args.quiet:
+        print(f"{PROG}: precision: {pipe.precision.describe()} [{pipe.precision.why}]", file=sys.stderr)
     seed = args.seed
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
@@ -358,7 +362,7 @@ def generate(args) -> int:
     )
     audios = result.audios if args.all else result.audios[:1]  # ranked best first
     metadata = settings_metadata(args.prompt, args.negative_prompt, seed, steps, args.scheduler, args.karras,
-                                 args.guidance, args.seconds, args.model)
+                                 args.guidance, args.seconds, args.model, pipe.precision.describe())
     for path, audio in zip(output_paths(args.output, len(audios)), audios):
         write_audio(path, audio, pipe.sampling_rate, metadata)
         print(path)

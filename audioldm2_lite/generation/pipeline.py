@@ -28,6 +28,7 @@ from .cuda_graphs import CUDAGraphed
 from .editing import AudioEdit
 from .loading import DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint
 from .lora import load_lora
+from .precision import Precision, resolve_precision
 from .samplers import SAMPLERS, SchedulerConfig, make_sampler
 
 
@@ -73,13 +74,16 @@ def progress_stage(description: str, enabled: bool):
 
 class AudioLDM2Pipeline:
     def __init__(self, conditioner: TextConditioner, unet, vae, vocoder, scheduler_config: SchedulerConfig,
-                 checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False):
+                 checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False,
+                 precision: Precision | None = None):
         self.conditioner, self.unet, self.vae, self.vocoder = conditioner, unet, vae, vocoder
         self.scheduler_config = scheduler_config
         # CLAP's audio tower and its feature extractor's settings: loaded from `checkpoint` when candidates
         # are first ranked (clap_audio_tower), so generation neither loads them nor depends on their configs
         self.checkpoint, self.clap_audio, self.feature_config = checkpoint, None, None
-        self.device, self.dtype, self.offload = torch.device(device), dtype, offload
+        # each stage's dtype (precision.py); `dtype` is the UNet's, which the latents are drawn and denoised in
+        self.precision = precision or Precision.uniform(dtype)
+        self.device, self.dtype, self.offload = torch.device(device), self.precision.unet, offload
         self.vae_scale_factor = vae.upsampling_factor  # 4: mel frames per latent frame
         self.sampling_rate = vocoder.config.sampling_rate  # 16 kHz
         self.hop_length = vocoder.hop_length  # 160 samples per mel frame
@@ -90,29 +94,35 @@ class AudioLDM2Pipeline:
                         progress: bool = False, lora=None, lora_scale: float = 1.0):
         """Load every stage of a hub id or local hub-layout folder.
 
-        device defaults to `default_device()` (CUDA, then MPS, then CPU); dtype to float16 on CUDA and
-        float32 elsewhere. With `offload=True` the weights stay in CPU memory and each stage visits `device`
+        device defaults to `default_device()` (CUDA, then MPS, then CPU). dtype: None for the measured default
+        of the device (precision.py: float16 on CUDA; on a CPU with native bfloat16 the UNet and text stages in
+        bfloat16, the VAE and vocoder in float32; float32 elsewhere), a torch dtype for every stage in it, or a
+        `Precision` naming each stage's; `pipe.precision` says what was chosen. With `offload=True` the weights stay in CPU memory and each stage visits `device`
         only while it runs (model CPU offload). `progress` names each component as it loads (a hub
         download shows huggingface_hub's own bars). `lora`: a LoRA adapter file from audioldm2-lite-train,
         applied to the UNet with `lora_scale`.
         """
         device = torch.device(device) if device is not None else default_device()
-        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        precision = resolve_precision(device, dtype)
         root = resolve_checkpoint(model)
         home = torch.device("cpu") if offload else device
 
-        def load(name):
+        def load(name, dtype):
             with progress_stage(f"loading {name}", progress):
                 return load_component(root, name, dtype=dtype, device=home)
 
         # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
         # masked, so the features agree to float rounding, at a fraction of the cost
         with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
-            conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, clap_pad_to_max_length=False)
-        unet = load("unet") if lora is None else load_lora(load("unet"), lora, lora_scale)
+            conditioner = TextConditioner.from_pretrained(root, device=home, dtype=precision.text,
+                                                          clap_pad_to_max_length=False)
+        unet = load("unet", precision.unet)
+        if lora is not None:
+            unet = load_lora(unet, lora, lora_scale)
         return cls(
-            conditioner, unet, load("vae"), load("vocoder"),
-            SchedulerConfig.from_hub(load_config(root, "scheduler")), root, device=device, dtype=dtype, offload=offload,
+            conditioner, unet, load("vae", precision.vae), load("vocoder", precision.vocoder),
+            SchedulerConfig.from_hub(load_config(root, "scheduler")), root, device=device, offload=offload,
+            precision=precision,
         )
 
     def plain_runners(self) -> Runners:
@@ -229,11 +239,12 @@ class AudioLDM2Pipeline:
         """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU."""
         chunk = self.DECODE_CHUNK_LATENT_FRAMES
         long_audio = latents.shape[2] > chunk
+        latents = latents.to(self.precision.vae)  # the latents are in the UNet's dtype (precision.py)
         with self._running(self.vae):
             mel = self.runners.decode_mel(latents / self.vae.config.scaling_factor,
                                           chunk_frames=chunk if long_audio else None)  # (B, 1, T, 64)
         with self._running(self.vocoder):
-            audio = self.runners.vocode(mel.squeeze(1),
+            audio = self.runners.vocode(mel.squeeze(1).to(self.precision.vocoder),
                                         chunk_frames=chunk * self.vae_scale_factor if long_audio else None)
         return audio[:, :num_samples].float().cpu()
 
@@ -310,7 +321,8 @@ class AudioLDM2Pipeline:
         """(CLAP audio tower, ClapFeatureConfig), loaded from the checkpoint on first use (for ranking)."""
         if self.clap_audio is None:
             home = torch.device("cpu") if self.offload else self.device
-            self.clap_audio, self.feature_config = load_audio_tower(self.checkpoint, self.dtype, home)
+            # CLAP's audio tower in the text stages' dtype, as CLAP's text tower it is compared with
+            self.clap_audio, self.feature_config = load_audio_tower(self.checkpoint, self.precision.text, home)
         return self.clap_audio, self.feature_config
 
     def rank_candidates(self, prompt, audio: torch.Tensor, num_waveforms_per_prompt: int):

@@ -300,6 +300,7 @@ class AutoencoderKL(nn.Module):
 
         A sample is `mean + exp(logvar / 2) * noise`; the diffusion model sees `sample * scaling_factor`.
         """
+        mel = mel.to(self.quant_conv.weight.dtype)  # a pipeline may run the stages around it in another dtype
         moments = self.quant_conv(self.encoder(mel))  # (B, 16, T/4, 16)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
@@ -328,6 +329,7 @@ class AutoencoderKL(nn.Module):
         decoder, 40.96 s (1024 latent frames) in windows of 768 (the pipeline's setting): 6.6x.
         Use it when memory, not time, is what runs out.
         """
+        latents = latents.to(self.post_quant_conv.weight.dtype)  # the UNet's latents may be in another dtype
         x = self.decoder.lowest_resolution(self.post_quant_conv(latents))  # (B, 512, T/4, 16)
         if chunk_frames is None:
             return self.decoder.up_path(x)
