@@ -174,9 +174,9 @@ def batches(rows: list[Row], batch_size: int) -> list[list[Row]]:
 # The manifest: one JSON line per finished row, appended after its audio file is in place
 
 
-def manifest_line(row: Row, model: str, score: float | None = None) -> dict:
+def manifest_line(row: Row, model: str, score: float | None = None, precision: str | None = None) -> dict:
     """A finished row: its file, its place in the prompt file and its request, complete (as the file's metadata)."""
-    line = dict(file=row.file_name, row=row.index, **row.request.record(), model=model)
+    line = dict(file=row.file_name, row=row.index, **json.loads(file_metadata(row.request, model, precision)["comment"]))
     return line if score is None else {**line, "clap_score": score}
 
 
@@ -373,6 +373,7 @@ def generate_and_write(pipe, batch: list[Row], model: str, out_dir: Path, manife
             yield batch, f"{type(error).__name__}: {error}"
         return
     for row, (audio, score) in zip(batch, results):
-        write_audio(out_dir / row.file_name, audio, pipe.sampling_rate, file_metadata(row.request, model))
-        append_line(manifest, manifest_line(row, model, score))  # after its file: never a line without one
+        precision = pipe.precision.describe()
+        write_audio(out_dir / row.file_name, audio, pipe.sampling_rate, file_metadata(row.request, model, precision))
+        append_line(manifest, manifest_line(row, model, score, precision))  # after its file: never a line without one
         yield [row], None

@@ -205,9 +205,9 @@ def resolve_device(name: str | None):
 
 def check_device(args) -> None:
     device = resolve_device(args.device)
-    if device.type == "cpu" and args.dtype in ("float16", "bfloat16"):
-        raise UsageError(f"--dtype {args.dtype} is for GPUs: on the CPU use float32 (the default); torch's CPU "
-                         "half-precision kernels are tens of times slower")
+    if device.type == "cpu" and args.dtype == "float16":
+        raise UsageError("--dtype float16 is for GPUs: on the CPU use float32 or bfloat16; torch's CPU float16 "
+                         "kernels are tens of times slower")
     if args.compile and device.type != "cuda":
         raise UsageError(f"--compile applies on CUDA only; here the device is {device}")
     if args.offload and device.type == "cpu":
@@ -227,14 +227,15 @@ def check_local_model(model: str) -> None:
                          f"hub id such as cvssp/audioldm2")
 
 
-def file_metadata(request: Request, model: str) -> dict[str, str]:
+def file_metadata(request: Request, model: str, precision: str | None = None) -> dict[str, str]:
     """How a file was made, in soundfile's text fields: the prompt as its title, the complete request (and the
-    model) as JSON in its comment, so the file alone says how to make it again."""
+    model, and the precision each stage ran in) as JSON in its comment, so the file alone says how to make it
+    again."""
     import json
 
     from . import __version__
 
-    record = {**request.record(), "model": model}
+    record = {**request.record(), "model": model} | ({"precision": precision} if precision else {})
     return {"title": request.prompt, "comment": json.dumps(record, ensure_ascii=False),
             "software": f"audioldm2-lite {__version__}"}
 

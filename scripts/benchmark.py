@@ -1,14 +1,19 @@
 """Time audioldm2_lite against diffusers' AudioLDM2Pipeline with identical settings, side by side.
 
-    python scripts/benchmark.py [--checkpoint DIR | --tiny] [--device cuda] [--dtype float16]
+    python scripts/benchmark.py [--checkpoint DIR | --tiny] [--device cuda] [--dtype float16 | --runs ...]
         [--steps 20] [--scheduler dpmsolver++] [--seconds 10.24] [--candidates 1] [--rounds 2] [--repeats 3]
         [--compile] [--cuda-graphs] [--threads N]
 
-Each side runs in its own process (so peak RSS is its own), alternating ours / diffusers for `--rounds`
-rounds; each process warms up, then times `--repeats` full calls (prompt to waveform) and one more call with
-per-stage hooks (text encoders, GPT-2, UNet steps, VAE, vocoder, ranking). Printed last:
-`speedup_vs_diffusers: X.XX` = diffusers' median total / ours. Without --checkpoint a full-size random-weight
-checkpoint is built from scripts/checkpoint_configs/audioldm2 (same shapes as cvssp/audioldm2).
+A run is a side and a precision, `ours:default` (the pipeline's measured default, generation/precision.py),
+`ours:float32`, `diffusers:bfloat16`, ... On the CPU the default table is the four runs ours float32 / ours
+default / diffusers float32 / diffusers bfloat16 (`--dtype D` instead runs both sides in D only). Each run is
+its own process (so peak RSS is its own), the runs alternating for `--rounds` rounds; each process warms up,
+then times `--repeats` full calls (prompt to waveform) and one more call with per-stage hooks (text encoders,
+GPT-2, UNet steps, VAE, vocoder, ranking). The warm-up call's waveform (seed 0) of every run that is not
+float32 is compared with its side's float32 run: the drift is the relative L2 distance. Printed last:
+`speedup_vs_diffusers: X.XX` = diffusers' fastest run (median total) / ours' headline run (`ours:default` when
+it ran). Without --checkpoint a full-size random-weight checkpoint is built from
+scripts/checkpoint_configs/audioldm2 (same shapes as cvssp/audioldm2).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -84,14 +90,15 @@ def time_stages(stages: dict, device: str, totals: dict):
     return undo
 
 
-def load(side: str, args):
+def load(side: str, precision: str, args):
     import torch
 
-    dtype = getattr(torch, args.dtype)
+    dtype = None if precision == "default" else getattr(torch, precision)
     if side == "ours":
         from audioldm2_lite import AudioLDM2Pipeline
 
         pipe = AudioLDM2Pipeline.from_pretrained(args.checkpoint, device=args.device, dtype=dtype)
+        print(f"PRECISION {pipe.precision.describe()} [{pipe.precision.why}]", flush=True)
         if args.compile or args.cuda_graphs:
             pipe.optimize(compile=args.compile, cuda_graphs=args.cuda_graphs)
         return pipe, {"scheduler": args.scheduler}
@@ -99,7 +106,7 @@ def load(side: str, args):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
     from reference import diffusers_pipeline
 
-    pipe = diffusers_pipeline(args.checkpoint, dtype=dtype).to(args.device)
+    pipe = diffusers_pipeline(args.checkpoint, dtype=dtype or torch.float32).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     scheduler_class = DPMSolverMultistepScheduler if args.scheduler == "dpmsolver++" else DDIMScheduler
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
@@ -108,13 +115,13 @@ def load(side: str, args):
     return pipe, {}
 
 
-def child(side: str, args) -> dict:
+def child(side: str, precision: str, args) -> dict:
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    pipe, extra = load(side, args)
+    pipe, extra = load(side, precision, args)
     load_s = time.perf_counter() - started
 
     def call():
@@ -128,6 +135,7 @@ def child(side: str, args) -> dict:
         output = call()
     audio = output.audios if output is not None else call().audios
     finite = bool(np.isfinite(np.asarray(audio)).all())
+    np.save(args.waveform, np.asarray(audio, dtype=np.float32))  # for the parent's drift between runs
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -144,7 +152,41 @@ def child(side: str, args) -> dict:
         undo = time_stages(stage_callables(side, pipe), args.device, stages)
         call()
         undo()
-    return {"side": side, "finite": finite, "times": times, "peak_bytes": peak, "load_s": load_s, "stages": stages}
+    return {"side": side, "precision": precision, "finite": finite, "times": times, "peak_bytes": peak,
+            "load_s": load_s, "stages": stages, "threads": torch.get_num_threads()}
+
+
+def machine() -> str:
+    """The CPU (and GPU) in words, for the README's table."""
+    import torch
+
+    from audioldm2_lite.generation.precision import native_bf16_cpu
+
+    name = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        name = names[0] if names else name
+    flags = [f for f in ("avx512_bf16", "amx_bf16") if torch.cpu.get_capabilities().get(f)] \
+        if hasattr(torch.cpu, "get_capabilities") else []
+    text = (f"{name}, {os.cpu_count()} logical CPUs, native bf16: {native_bf16_cpu()} ({', '.join(flags) or '-'}), "
+            f"PyTorch {torch.__version__}")
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name()}"
+    return text
+
+
+def default_runs(args) -> list[str]:
+    if args.dtype:
+        return [f"ours:{args.dtype}", f"diffusers:{args.dtype}"]
+    if args.device.startswith("cuda"):
+        return ["ours:default", "diffusers:float16"]
+    return ["ours:float32", "ours:default", "diffusers:float32", "diffusers:bfloat16"]
+
+
+def drift(waveform: np.ndarray, reference: np.ndarray) -> float:
+    """Relative L2 distance of two runs' waveforms (the same seed and settings)."""
+    return float(np.linalg.norm(waveform - reference) / np.linalg.norm(reference))
 
 
 def main():
@@ -152,7 +194,11 @@ def main():
     parser.add_argument("--checkpoint", help="hub-layout folder (default: build a full-size random one)")
     parser.add_argument("--tiny", action="store_true", help="build and use the tiny random checkpoint (CI-sized)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="run both sides in this dtype only (default: see --runs)")
+    parser.add_argument("--runs", default=None,
+                        help="comma-separated SIDE:PRECISION (ours|diffusers : default|float32|bfloat16|float16); "
+                             "default on the CPU: ours:float32,ours:default,diffusers:float32,diffusers:bfloat16")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scheduler", default="dpmsolver++", choices=["ddim", "dpmsolver++"])
     parser.add_argument("--seconds", type=float, default=10.24)
@@ -164,11 +210,13 @@ def main():
     parser.add_argument("--cuda-graphs", action="store_true", help="ours: replay every stage as a CUDA graph")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--side", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--waveform", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="also write all numbers as JSON to stdout's last line")
     args = parser.parse_args()
 
     if args.side:  # a child process: one side, one JSON line
-        print("RESULT " + json.dumps(child(args.side, args)), flush=True)
+        print("RESULT " + json.dumps(child(args.side, args.precision, args)), flush=True)
         return
 
     if not args.checkpoint:
@@ -185,43 +233,81 @@ def main():
     forwarded = [a for a in sys.argv[1:] if a != "--tiny"]
     if "--checkpoint" not in forwarded:
         forwarded += ["--checkpoint", args.checkpoint]
+    runs = args.runs.split(",") if args.runs else default_runs(args)
+    for run in runs:
+        side, _, precision = run.partition(":")
+        if side not in ("ours", "diffusers") or precision not in ("default", "float32", "bfloat16", "float16") or \
+                (side == "diffusers" and precision == "default"):
+            sys.exit(f"unknown run '{run}': use ours:default, ours:float32, diffusers:bfloat16, ...")
+    waveforms = Path(tempfile.mkdtemp(prefix="audioldm2-bench-waveforms-"))
 
-    results = {"ours": [], "diffusers": []}
+    results = {run: [] for run in runs}
+    precisions = {}
     for round_index in range(args.rounds):
-        for side in ("ours", "diffusers"):
-            process = subprocess.run([sys.executable, __file__, *forwarded, "--side", side], capture_output=True,
-                                     text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        for run in runs:
+            side, _, precision = run.partition(":")
+            wave = waveforms / f"{run.replace(':', '-')}.npy"
+            process = subprocess.run([sys.executable, __file__, *forwarded, "--side", side, "--precision", precision,
+                                      "--waveform", str(wave)], capture_output=True, text=True,
+                                     env={**os.environ, "TQDM_DISABLE": "1"})
             lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
             if process.returncode != 0 or not lines:
-                sys.exit(f"{side} failed:\n{process.stderr[-3000:]}")
-            results[side].append(json.loads(lines[-1][len("RESULT "):]))
-            print(f"round {round_index + 1} {side:9s} " + " ".join(f"{t:.3f}s" for t in results[side][-1]["times"]),
+                sys.exit(f"{run} failed:\n{process.stderr[-3000:]}")
+            results[run].append(json.loads(lines[-1][len("RESULT "):]))
+            described = [line[len("PRECISION "):] for line in process.stdout.splitlines() if line.startswith("PRECISION ")]
+            precisions[run] = described[0] if described else precision
+            print(f"round {round_index + 1} {run:18s} " + " ".join(f"{t:.3f}s" for t in results[run][-1]["times"]),
                   flush=True)
 
-    summary = {}
-    print(f"\ncheckpoint {args.checkpoint}\ndevice {args.device}  dtype {args.dtype}  steps {args.steps} "
+    threads = results[runs[0]][-1]["threads"]
+    print(f"\nmachine: {machine()}\ncheckpoint {args.checkpoint}\ndevice {args.device}  steps {args.steps} "
           f"({args.scheduler})  audio {args.seconds}s  candidates {args.candidates}  guidance 3.5 with negative prompt"
-          f"  compile {args.compile}  cuda_graphs {args.cuda_graphs}  threads {args.threads or 'default'}")
-    print(f"{'stage':12s} {'ours (s)':>10s} {'diffusers (s)':>14s} {'ratio':>7s}")
-    last = {side: runs[-1]["stages"] for side, runs in results.items()}
-    for stage in last["diffusers"]:
-        ours = last["ours"].get(stage, {"seconds": float("nan")})["seconds"]
-        theirs = last["diffusers"][stage]["seconds"]
-        print(f"{stage:12s} {ours:10.4f} {theirs:14.4f} {theirs / ours if ours else float('nan'):7.2f}")
-    if not last["diffusers"]:
+          f"  compile {args.compile}  cuda_graphs {args.cuda_graphs}  threads {threads}")
+    for run in runs:
+        print(f"  {run}: {precisions[run]}")
+    summary = {}
+    for run in runs:
+        side = run.partition(":")[0]
+        times = [t for result in results[run] for t in result["times"]]
+        reference = waveforms / f"{side}-float32.npy"
+        run_drift = None
+        if not run.endswith(":float32") and reference.exists():
+            run_drift = drift(np.load(waveforms / f"{run.replace(':', '-')}.npy"), np.load(reference))
+        summary[run] = {"median_s": statistics.median(times), "peak_bytes": max(r["peak_bytes"] for r in results[run]),
+                        "drift": run_drift, "finite": all(r["finite"] for r in results[run])}
+    diffusers_runs = [run for run in runs if run.startswith("diffusers:")]
+    ours_runs = [run for run in runs if run.startswith("ours:")]
+    best = min(diffusers_runs, key=lambda run: summary[run]["median_s"]) if diffusers_runs else None
+    headline = "ours:default" if "ours:default" in runs else (ours_runs[0] if ours_runs else None)
+
+    # per stage (seconds, from the instrumented eager call of the last round)
+    stages = {run: results[run][-1]["stages"] for run in runs}
+    names = list(next((s for s in stages.values() if s), {}))
+    if names:
+        print("\n" + f"{'stage':12s}" + "".join(f"{run:>20s}" for run in runs))
+        for stage in names:
+            row = [stages[run].get(stage, {"seconds": float("nan")})["seconds"] for run in runs]
+            print(f"{stage:12s}" + "".join(f"{value:20.4f}" for value in row))
+    else:
         print("(per-stage times come from eager runs only)")
-    for side, runs in results.items():
-        times = [t for run in runs for t in run["times"]]
-        summary[side] = {"median_s": statistics.median(times), "peak_bytes": max(run["peak_bytes"] for run in runs)}
     memory = "peak_gpu_memory" if args.device.startswith("cuda") else "peak_rss"
-    for side in ("ours", "diffusers"):
-        if not all(run["finite"] for run in results[side]):
-            print(f"WARNING: {side} produced NaN or inf audio")
-        print(f"total_{side}: {summary[side]['median_s']:.4f} s   {memory}_{side}: "
-              f"{summary[side]['peak_bytes'] / 2**30:.2f} GiB")
+    print(f"\n{'run':20s} {'median (s)':>11s} {'vs ' + (best or '-'):>26s} {memory + ' (GiB)':>22s} {'drift':>8s}")
+    for run in runs:
+        entry = summary[run]
+        ratio = summary[best]["median_s"] / entry["median_s"] if best else float("nan")
+        shown_drift = "-" if entry["drift"] is None else f"{entry['drift']:.4f}"
+        print(f"{run:20s} {entry['median_s']:11.3f} {ratio:25.2f}x {entry['peak_bytes'] / 2**30:22.2f} {shown_drift:>8s}")
+        if not entry["finite"]:
+            print(f"WARNING: {run} produced NaN or inf audio")
+    for side, run in (("ours", headline), ("diffusers", best)):
+        if run:
+            print(f"total_{side}: {summary[run]['median_s']:.4f} s ({run})   {memory}_{side}: "
+                  f"{summary[run]['peak_bytes'] / 2**30:.2f} GiB")
     if args.json:
-        print(json.dumps({"args": vars(args), "results": results, "summary": summary}))
-    print(f"speedup_vs_diffusers: {summary['diffusers']['median_s'] / summary['ours']['median_s']:.2f}")
+        print(json.dumps({"args": vars(args), "machine": machine(), "precisions": precisions, "results": results,
+                          "summary": summary}))
+    if headline and best:
+        print(f"speedup_vs_diffusers: {summary[best]['median_s'] / summary[headline]['median_s']:.2f}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from .loading import (
 )
 from .lora import load_lora, set_lora_call_scale
 from .memory import TilePlan, plan_decode
+from .precision import Precision, resolve_precision
 from .request import ModelLimits, Request, RequestError, is_guided
 from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler
 
@@ -92,13 +93,16 @@ def progress_stage(description: str, enabled: bool):
 
 class AudioLDM2Pipeline:
     def __init__(self, conditioner: TextConditioner, unet, vae, vocoder, scheduler_config: SchedulerConfig,
-                 checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False, variant: str | None = None):
+                 checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False, variant: str | None = None,
+                 precision: Precision | None = None):
         self.conditioner, self.unet, self.vae, self.vocoder = conditioner, unet, vae, vocoder
         self.scheduler_config = scheduler_config
         # CLAP's audio tower and its feature extractor's settings: loaded from `checkpoint` when candidates
         # are first ranked (clap_audio_tower), so generation neither loads them nor depends on their configs
         self.checkpoint, self.variant, self.clap_audio, self.feature_config = checkpoint, variant, None, None
-        self.device, self.dtype, self.offload = torch.device(device), dtype, offload
+        # each stage's dtype (precision.py); `dtype` is the UNet's, which the latents are drawn and denoised in
+        self.precision = precision or Precision.uniform(dtype)
+        self.device, self.dtype, self.offload = torch.device(device), self.precision.unet, offload
         self.runners = self.plain_runners()
 
     # The stages may be replaced, as diffusers' components are (`pipe.vocoder = ...`): what follows from them is
@@ -127,8 +131,10 @@ class AudioLDM2Pipeline:
                         progress: bool = False, lora=None, lora_scale: float = 1.0, variant: str | None = None):
         """Load every stage of a hub id or local hub-layout folder.
 
-        device defaults to `default_device()` (CUDA, then MPS, then CPU); dtype to float16 on CUDA and
-        float32 elsewhere. With `offload=True` the weights stay in CPU memory and each stage visits `device`
+        device defaults to `default_device()` (CUDA, then MPS, then CPU). dtype: None for the measured default
+        of the device (precision.py: float16 on CUDA; on a CPU with native bfloat16 the UNet and text stages in
+        bfloat16, the VAE and vocoder in float32; float32 elsewhere), a torch dtype for every stage in it, or a
+        `Precision` naming each stage's; `pipe.precision` says what was chosen. With `offload=True` the weights stay in CPU memory and each stage visits `device`
         only while it runs (model CPU offload). `progress` names each component as it loads (a hub
         download shows huggingface_hub's own bars). `lora`: a LoRA adapter file from audioldm2-lite-train,
         applied to the UNet with `lora_scale`. `variant` ("fp16"): the weight files of that variant, where a
@@ -136,32 +142,34 @@ class AudioLDM2Pipeline:
         default (samplers.py `SCHEDULER_CLASSES`).
         """
         device = resolve_device(device)
-        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        precision = resolve_precision(device, dtype)
         root = resolve_checkpoint(model, variant=variant)
         home = torch.device("cpu") if offload else device
         if variant is not None and not any(has_variant(root / name, variant) for name in STAGES):
             raise CheckpointError(f"no component of '{root}' has weight files of the variant '{variant}' "
                                   f"(such as unet/diffusion_pytorch_model.{variant}.safetensors).")
 
-        def load(name):
+        def load(name, dtype):
             with progress_stage(f"loading {name}", progress):
                 return load_component(root, name, dtype=dtype, device=home, variant=variant)
 
         # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
         # masked, so the features agree to float rounding, at a fraction of the cost
         with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
-            conditioner = TextConditioner.from_pretrained(root, device=home, dtype=dtype, variant=variant,
+            conditioner = TextConditioner.from_pretrained(root, device=home, dtype=precision.text, variant=variant,
                                                           clap_pad_to_max_length=False)
         if lora is not None and Path(lora).resolve().parent == root.resolve():
             # audioldm2-lite-train exports OUT/ with the adapter merged into OUT/unet and the adapter alone beside it
             warnings.warn(f"{lora} lies in the checkpoint {root}, an export whose UNet has this adapter merged in "
                           f"already: applying it again doubles it. Load the base model with --lora, or the export "
                           f"without it")
-        unet = load("unet") if lora is None else load_lora(load("unet"), lora, lora_scale)
+        unet = load("unet", precision.unet)
+        if lora is not None:
+            unet = load_lora(unet, lora, lora_scale)
         return cls(
-            conditioner, unet, load("vae"), load("vocoder"),
-            SchedulerConfig.from_hub(load_config(root, "scheduler")), root, device=device, dtype=dtype, offload=offload,
-            variant=variant,
+            conditioner, unet, load("vae", precision.vae), load("vocoder", precision.vocoder),
+            SchedulerConfig.from_hub(load_config(root, "scheduler")), root, device=device, offload=offload,
+            variant=variant, precision=precision,
         )
 
     def plain_runners(self) -> Runners:
@@ -282,14 +290,15 @@ class AudioLDM2Pipeline:
 
     def decode_plan(self, shape, max_memory: int | None = None) -> TilePlan:
         """One pass, or the time tiles and vocoder windows that fit (memory.py), for latents of `shape`."""
-        return plan_decode(self.vae, self.vocoder, shape, self.dtype, self.device,
+        return plan_decode(self.vae, self.vocoder, shape, self.precision.vae, self.device,
                            self.max_memory if max_memory is None else max_memory)
 
     def decode_mel(self, latents: torch.Tensor, max_memory: int | None = None) -> torch.Tensor:
         """Latent (B, 8, T/4, 16), times the VAE's scaling factor -> log-mel (B, T, 64): in one pass when its
         estimated memory fits, else layer by layer over time tiles, for the same result (long_audio.py)."""
         plan = self.decode_plan(latents.shape, max_memory)
-        latents = latents / self.vae.config.scaling_factor
+        # the latents are in the UNet's dtype, the VAE may run in another (precision.py)
+        latents = latents.to(self.precision.vae) / self.vae.config.scaling_factor
         with self._running(self.vae):
             if plan.one_pass:
                 mel = self.runners.decode_mel(latents)  # (B, 1, T, 64)
@@ -306,6 +315,7 @@ class AudioLDM2Pipeline:
         mel = edit.mel(latents, max_memory) if keeps else self.decode_mel(latents, max_memory)
         plan = self.decode_plan(latents.shape, max_memory)
         with self._running(self.vocoder):
+            mel = mel.to(self.precision.vocoder)
             if plan.vocoder_chunk_frames is None:
                 audio = self.runners.vocode(mel)
             else:
@@ -510,7 +520,8 @@ class AudioLDM2Pipeline:
         """(CLAP audio tower, ClapFeatureConfig), loaded from the checkpoint on first use (for ranking)."""
         if self.clap_audio is None:
             home = torch.device("cpu") if self.offload else self.device
-            self.clap_audio, self.feature_config = load_audio_tower(self.checkpoint, self.dtype, home,
+            # CLAP's audio tower in the text stages' dtype, as CLAP's text tower it is compared with
+            self.clap_audio, self.feature_config = load_audio_tower(self.checkpoint, self.precision.text, home,
                                                                     self.variant)
         return self.clap_audio, self.feature_config
 

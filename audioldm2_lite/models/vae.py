@@ -370,6 +370,7 @@ class AutoencoderKL(nn.Module):
         A sample is `mean + exp(logvar / 2) * noise`; the diffusion model sees `sample * scaling_factor`.
         `tile_frames` and `storage`: as for `decode` (T must then be a multiple of 4).
         """
+        mel = mel.to(self.quant_conv.weight.dtype)  # a pipeline may run the stages around it in another dtype
         if tile_frames is None:
             hidden = self.encoder(mel)
         else:
@@ -397,6 +398,7 @@ class AutoencoderKL(nn.Module):
         T/4 x 16 map, runs in one piece. With `storage`, the kept full-length tensors (and the
         returned mel) live there: the CPU while a GPU decodes, so the GPU holds one tile's.
         """
+        latents = latents.to(self.post_quant_conv.weight.dtype)  # the UNet's latents may be in another dtype
         x = self.decoder.lowest_resolution(self.post_quant_conv(latents))  # (B, 512, T/4, 16)
         if tile_frames is None:
             return self.decoder.up_path(x)

@@ -199,6 +199,7 @@ class HifiGan(nn.Module):
         starts at frame s produces the samples of the whole input from 160 s on, because every layer
         commutes with a shift by its stride; only the last chunk keeps the 32-sample tail.
         """
+        mel = mel.to(self.conv_pre.weight.dtype)  # the VAE's mel may be in another dtype
         if chunk_frames is None:
             return self.vocode(mel)
         overlap = receptive_field_frames(self.config) if overlap is None else overlap
