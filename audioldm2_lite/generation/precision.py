@@ -5,14 +5,15 @@ AudioLDM 2 has four stages with different needs. The UNet does nearly all the wo
 HiFi-GAN vocoder run once on the whole spectrogram. Each can run in its own dtype: the pipeline casts the
 latents to the UNet's dtype and to the VAE's at decoding, and the mel to the vocoder's.
 
-The default is chosen by measurement (README, "CPU"):
+The default:
 - CUDA: float16 everywhere (T5 keeps its overflowing feed-forward in float32 by itself, t5.py).
-- A CPU that multiplies bfloat16 natively (x86 AVX512-BF16 or AMX-BF16: Intel Xeon since Cooper / Sapphire
-  Rapids, AMD Zen 4 and later; Arm cores with the BF16 extension): the UNet and the text stages in bfloat16,
-  the VAE decoder and the vocoder in float32 (see `CPU_BF16_RECIPE` for why).
-- Any other CPU, and MPS: float32 everywhere. Without native bf16 instructions torch emulates bfloat16
-  matmuls through float32 conversions, which is slower than float32 itself.
-An explicit `dtype=` runs every stage in it; a `Precision` gives each stage its own.
+- The CPU and MPS: float32 everywhere, for now. On a CPU that multiplies bfloat16 natively (x86 AVX512-BF16 or
+  AMX-BF16: Intel Xeon since Cooper / Sapphire Rapids, AMD Zen 4 and later; Arm cores with the BF16
+  extension; `native_bf16_cpu()`), `CPU_BF16_RECIPE` (the UNet and the text stages in bfloat16, the VAE
+  decoder and the vocoder in float32) is the candidate default: it becomes the default once
+  scripts/benchmark.py has measured it against diffusers' bfloat16 on a quiet machine (issue #25). Without
+  native bf16 instructions torch emulates bfloat16 matmuls through float32 conversions, slower than float32.
+An explicit `dtype=` runs every stage in it; a `Precision` (such as `CPU_BF16_RECIPE`) gives each stage its own.
 """
 
 from __future__ import annotations
@@ -67,11 +68,8 @@ def native_bf16_cpu() -> bool:
     return False
 
 
-# The default recipe on a CPU with native bf16. Measured on the full-size checkpoint, 2 AMD EPYC cores with
-# AVX512-BF16, at the README's settings (scripts/benchmark.py):
-# - UNet in bfloat16: the loop runs about 3x faster than in float32 (oneDNN's bf16 kernels);
-# - text stages in bfloat16: a few tokens, so little time either way, but they hold half the weights;
-# - VAE decoder and vocoder in float32: TODO numbers
+# The recipe for a CPU with native bf16: the UNet (nearly all the work) and the text stages (a few tokens, but
+# half the weights) in bfloat16; the VAE decoder and the vocoder, which turn the latent into samples, in float32.
 CPU_BF16_RECIPE = Precision(text=torch.bfloat16, unet=torch.bfloat16, vae=torch.float32, vocoder=torch.float32,
                             why="native bf16 CPU")
 
@@ -80,9 +78,7 @@ def default_precision(device: torch.device) -> Precision:
     """The measured default for `device` (see the module's docstring)."""
     if device.type == "cuda":
         return Precision.uniform(torch.float16, "CUDA")
-    if device.type == "cpu" and native_bf16_cpu():
-        return CPU_BF16_RECIPE
-    return Precision.uniform(torch.float32, f"{'CPU without native bf16' if device.type == 'cpu' else device.type}")
+    return Precision.uniform(torch.float32, device.type)
 
 
 def resolve_precision(device: torch.device, dtype: torch.dtype | Precision | None = None) -> Precision:
