@@ -3,18 +3,21 @@
     audioldm2-lite-app [--model cvssp/audioldm2|PATH] [--host 127.0.0.1] [--port 7860] [--device D] [--dtype T] [--share]
                        [--auth USER:PASSWORD] [--auth-file FILE] [--max-upload-mb 20] [--max-input-seconds 30]
                        [--max-prompt-chars 1000] [--cache-hours 24]
+                       [--max-batch 8] [--batch-window 0.1] [--max-queue 64] [--time-limit 600]
 
-The app loads the model once and is a thin shell over the pipeline: each event makes a `Request` and calls
-`AudioLDM2Pipeline.generate`, so what the page makes is what the Python API and the command line make with the
-same request, the same 16-bit samples the command line writes. A speech checkpoint shows a "Words to say" field. Requests wait
-in Gradio's queue and run one at a time on the one model (`concurrency_id="model"` joins the page and the
-API). A person's mistake (an empty prompt, a bad length) comes back as a message on the page, never a stack
-trace, and a failed request leaves the app serving.
+The app loads the model once and is a thin shell over the pipeline: each event makes a `Request` and hands it to
+the queue (serving.py), which runs requests arriving together as one `AudioLDM2Pipeline.generate` call, each with
+its own seed, so what the page makes is what the Python API and the command line make with the same request: the
+same 16-bit samples the command line writes, in a WAV named after the prompt and the seed, shown beside its log-mel
+spectrogram. A speech checkpoint shows a "Words to say" field. A person's mistake (an empty prompt, a bad length)
+comes back as a message on the page, as does a full queue ("busy") or a request past its time limit; the server
+logs one line per request, never a stack trace, and keeps serving. `/healthz` and `/readyz` answer a load balancer.
 
 Serving strangers: Gradio serves the files in its cache folder, so the app gives it a private one for this run
 (`tempfile.mkdtemp`: mode 0700, removed at exit) and allows no other path: what the page serves is what it
 wrote and what was uploaded to it. Uploads, recordings, prompts and cache age are bounded (the options above);
-`--auth` puts a login in front of everything, and serving beyond this machine without it prints a warning.
+`--auth` puts a login in front of everything but the health routes, and serving beyond this machine without it
+prints a warning.
 
 API: the named endpoint `/generate` takes (prompt, negative_prompt, seconds, steps, guidance, seed) and, for a
 speech checkpoint, the transcription, and returns a WAV file:
@@ -27,16 +30,23 @@ speech checkpoint, the transcription, and returns a WAV file:
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import ipaddress
 import os
+import re
 import signal
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
-from .console import OneLineParser, UsageError, pcm16, report_errors
-from .generation.editing import steps_to_run
+from .console import OneLineParser, UsageError, file_metadata, pcm16, report_errors, write_audio
+from .generation.editing import mel_config, steps_to_run
+from .generation.pipeline import Generated
 from .generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, Request
+from .serving import BatchingQueue, ServingError
+from .spectrogram import spectrogram_image
 
 # Gradio phones home at import (analytics, version check) unless told not to; this machine may be offline.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -56,6 +66,11 @@ MAX_UPLOAD_MB = 20.0  # 30 s of 48 kHz stereo float WAV is 11 MB
 MAX_INPUT_SECONDS = 30.0  # the longest recording the Edit tab takes, as long as the Length slider goes
 MAX_PROMPT_CHARS = 1000  # the encoders read 77 and 512 tokens; a longer prompt only costs tokenizing time
 CACHE_HOURS = 24.0  # generated and uploaded files are deleted this long after they were written
+# Serving many people (serving.py); each is a command-line option
+MAX_BATCH = 8  # waveforms in one pipeline call; raise it where the GPU's memory allows
+BATCH_WINDOW = 0.1  # seconds a lone request waits for others to share its batch: small beside any generation
+MAX_QUEUE = 64  # requests waiting; one more is refused at once ("busy")
+TIME_LIMIT = 600.0  # seconds from joining the queue to the result; later, the request is answered "timed out"
 
 
 def make_request(prompt, negative_prompt="", seconds=None, steps=None, scheduler=None, guidance=3.5, seed=None,
@@ -110,50 +125,77 @@ def recording_seconds(path: str) -> float:
 
 
 def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHARS,
-              max_input_seconds: float = MAX_INPUT_SECONDS, cache_hours: float = CACHE_HOURS):
-    """The page (gr.Blocks) for a loaded pipeline; `launch()` it or test its functions."""
+              max_input_seconds: float = MAX_INPUT_SECONDS, cache_hours: float = CACHE_HOURS,
+              queue: BatchingQueue | None = None):
+    """The page (gr.Blocks) for a loaded pipeline, its requests run by `queue` (default: a BatchingQueue with its
+    defaults over `pipe`); `launch()` it or test its functions."""
     import gradio as gr
 
-    def checked(call, *prompts):
-        """Run a generation on prompts within the page's limit; a ValueError (bad input) becomes a message on the
-        page, not a stack trace, and leaves none in the server's log either: a refusal is not a fault."""
-        try:
+    queue = queue or batching_queue(pipe)
+    mel = mel_config(pipe)
+
+    async def answer(kind: str, make, prompts, progress=None) -> Generated:
+        """One request through the queue: its result, or a message on the page (gr.Error) that leaves no stack
+        trace in the server's log either: the queue logs one line per request."""
+        def checked_request():
             for text in prompts:
                 if text and len(text) > max_prompt_chars:
                     raise ValueError(f"the prompt has {len(text)} characters; this page takes at most "
                                      f"{max_prompt_chars}")
-            return call()
-        except ValueError as error:
+            return make()
+
+        on_wait = on_step = None
+        if progress is not None:
+            def on_wait(ahead):
+                progress(None, desc=f"waiting for the model: {ahead} ahead" if ahead else "starting")
+
+            def on_step(i, total):
+                progress((i, total), desc="denoising", unit="steps")
+        try:
+            return await queue.run(kind, checked_request, on_wait, on_step, client_still_waiting())
+        except (ValueError, ServingError) as error:
             raise gr.Error(str(error), print_exception=False) from None
+        except Exception:  # noqa: BLE001  (the queue's log line says what failed)
+            raise gr.Error("the server failed on this request (its log says why); try again",
+                           print_exception=False) from None
 
-    def page_generate(prompt, negative_prompt, seconds, steps, scheduler, guidance, seed, random_seed, candidates,
-                      transcription="", progress=gr.Progress()):
-        def on_step(i, total):
-            progress((i, total), desc="denoising", unit="steps")
+    def saved(result: Generated, index: int = 0) -> str:
+        """The result's `index`-th waveform as a WAV in Gradio's cache, named after its prompt and seed (what a
+        download is called), carrying the request as the command line's files do."""
+        folder = Path(gr.utils.get_upload_folder()) / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        path = folder / result_name(result.request, index)
+        request = result.request
+        if request.is_edit:  # the upload's name, not its path in the server's private folder
+            request = dataclasses.replace(request, audio=Path(str(request.audio)).name)
+        write_audio(path, result.audios[index], pipe.sampling_rate, file_metadata(request, model_name))
+        return str(path)
 
-        audios, used_seed = checked(lambda: generate(pipe, make_request(
+    async def picture(result: Generated):
+        return await asyncio.to_thread(spectrogram_image, result.audios[0], mel)
+
+    async def page_generate(prompt, negative_prompt, seconds, steps, scheduler, guidance, seed, random_seed,
+                            candidates, transcription="", progress=gr.Progress()):
+        result = await answer("page", lambda: make_request(
             prompt, negative_prompt, seconds, steps, SCHEDULERS[scheduler], guidance, None if random_seed else seed,
-            candidates, transcription), on_step), prompt, negative_prompt)
-        players = [gr.update(value=audio, visible=True) for audio in audios]
-        players += [gr.update(value=None, visible=i == 0) for i in range(len(audios), MAX_CANDIDATES)]
-        return (*players, used_seed)
+            candidates, transcription), (prompt, negative_prompt), progress)
+        players = [gr.update(value=saved(result, i), visible=True) for i in range(len(result.audios))]
+        players += [gr.update(value=None, visible=i == 0) for i in range(len(result.audios), MAX_CANDIDATES)]
+        return (*players, result.request.seed, await picture(result))
 
-    def page_edit(audio, strength, start, end, above, prompt, negative_prompt, steps, scheduler, guidance, seed,
-                  random_seed, transcription="", progress=gr.Progress()):
-        def on_step(i, total):
-            progress((i, total), desc="denoising", unit="steps")
-
-        audios, used_seed = checked(lambda: generate(pipe, make_request(
+    async def page_edit(audio, strength, start, end, above, prompt, negative_prompt, steps, scheduler, guidance, seed,
+                        random_seed, transcription="", progress=gr.Progress()):
+        result = await answer("edit", lambda: make_request(
             prompt, negative_prompt, None, steps, SCHEDULERS[scheduler], guidance, None if random_seed else seed, 1,
-            transcription, edit_arguments(audio, strength, start, end, above, max_input_seconds)), on_step),
-            prompt, negative_prompt)
-        return audios[0], used_seed
+            transcription, edit_arguments(audio, strength, start, end, above, max_input_seconds)),
+            (prompt, negative_prompt), progress)
+        return saved(result), result.request.seed, await picture(result)
 
-    def api_generate(prompt, negative_prompt, seconds, steps, guidance, seed, transcription=""):
-        audios, _ = checked(lambda: generate(pipe, make_request(
-            prompt, negative_prompt, seconds, steps, "dpmsolver++", guidance, seed, 1, transcription)),
-            prompt, negative_prompt)
-        return audios[0]
+    async def api_generate(prompt, negative_prompt, seconds, steps, guidance, seed, transcription=None):
+        result = await answer("api", lambda: make_request(
+            prompt, negative_prompt, seconds, steps, "dpmsolver++", guidance, seed, 1, transcription),
+            (prompt, negative_prompt))
+        return saved(result)
 
     def steps_for(scheduler):  # the table's default for the sampler chosen
         return gr.update(value=DEFAULT_STEPS[SCHEDULERS[scheduler]])
@@ -195,9 +237,10 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
                     gr.Examples(EXAMPLES, inputs=[prompt, negative])
                 with gr.Column():
-                    players = [gr.Audio(label="Result" if i == 0 else f"Candidate {i + 1}", type="numpy",
+                    players = [gr.Audio(label="Result" if i == 0 else f"Candidate {i + 1}", type="filepath",
                                         format="wav", interactive=False, visible=i == 0, elem_id=f"result-{i}")
                                for i in range(MAX_CANDIDATES)]
+                    spectrogram = spectrogram_view("spectrogram")
                     used_seed = gr.Number(label="Seed used (untick 'Random seed' and enter it to make this again)",
                                           precision=0, interactive=False, elem_id="seed-used")
 
@@ -218,23 +261,79 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
                                       elem_id="above")
                     edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
                 with gr.Column():
-                    edited = gr.Audio(label="Edited", type="numpy", format="wav", interactive=False, elem_id="edited")
+                    edited = gr.Audio(label="Edited", type="filepath", format="wav", interactive=False,
+                                      elem_id="edited")
+                    edited_spectrogram = spectrogram_view("edited-spectrogram")
                     edited_seed = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="edited-seed")
 
+        # the generating events have no concurrency limit of Gradio's: each waits in `queue`, which bounds them,
+        # batches them, and is the only one to run the model
         scheduler.change(steps_for, scheduler, steps, api_visibility="private")
         button.click(page_generate, [prompt, negative, seconds, steps, scheduler, guidance, seed, random_seed,
-                                     candidates, transcription], [*players, used_seed], api_visibility="private",
-                     concurrency_id="model")
+                                     candidates, transcription], [*players, used_seed, spectrogram],
+                     api_visibility="private", concurrency_limit=None)
         edit_button.click(page_edit, [source, strength, start, end, above, prompt, negative, steps, scheduler,
-                                      guidance, seed, random_seed, transcription], [edited, edited_seed],
-                          api_visibility="private", concurrency_id="model")
+                                      guidance, seed, random_seed, transcription], [edited, edited_seed,
+                                                                                    edited_spectrogram],
+                          api_visibility="private", concurrency_limit=None)
         # the programmatic endpoint: six plain arguments (a seventh, the transcription, for speech), one WAV back
-        api_output = gr.Audio(type="numpy", format="wav", visible=False)
+        api_output = gr.Audio(type="filepath", format="wav", visible=False)
         api_button = gr.Button(visible=False)
         api_button.click(api_generate, [prompt, negative, seconds, steps, guidance, seed, transcription], api_output,
-                         api_name="generate", concurrency_id="model")
+                         api_name="generate", concurrency_limit=None)
     app.queue(default_concurrency_limit=1)
     return app
+
+
+def spectrogram_view(elem_id: str):
+    import gradio as gr
+
+    return gr.Image(label="Log-mel spectrogram (what the model works in)", type="numpy", format="png",
+                    interactive=False, show_label=True, elem_id=elem_id)
+
+
+def batching_queue(pipe, max_batch: int = MAX_BATCH, window: float = BATCH_WINDOW, max_queue: int = MAX_QUEUE,
+                   time_limit: float = TIME_LIMIT, log=None) -> BatchingQueue:
+    """The queue that runs the page's and the API's requests on `pipe` (serving.py)."""
+    limits = pipe.limits()
+    return BatchingQueue(lambda requests, callback: pipe.generate(requests, callback=callback),
+                         lambda request: pipe.with_seed(request.check(limits)), max_batch, window, max_queue,
+                         time_limit, log)
+
+
+def result_name(request: Request, index: int = 0) -> str:
+    """A result's file name: its prompt's first words, its seed, and its rank among candidates after the first
+    ("rain-on-a-tin-roof_seed42.wav", "..._seed42_2.wav"), so a download says how to make it again."""
+    words = re.sub(r"[^a-z0-9]+", "-", request.prompt.lower()).strip("-")[:40].rstrip("-") or "audio"
+    return f"{words}_seed{request.seed}" + (f"_{index + 1}" if index else "") + ".wav"
+
+
+def client_still_waiting():
+    """A check that the event now running still has its client. Gradio marks an event not `alive` once its
+    client's stream closes (queueing.Queue.clean_events) but offers no public call for it; this reads that flag,
+    and where Gradio's internals differ, says yes (the request then runs to its end)."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    event = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", {}).get(event_id)
+    return (lambda: bool(getattr(event, "alive", True))) if event is not None else (lambda: True)
+
+
+def health_routes(queue: BatchingQueue) -> list:
+    """Routes for a load balancer, open without a login (they tell only the queue's length): /healthz answers
+    200 while the app serves (liveness); /readyz 200 while it takes requests, 503 while its queue is full
+    (readiness: send new users elsewhere). Both return the queue's state as JSON."""
+    from fastapi.responses import JSONResponse
+    from fastapi.routing import APIRoute
+
+    def healthz():
+        return JSONResponse(queue.health())
+
+    def readyz():
+        state = queue.health()
+        return JSONResponse(state, status_code=200 if state["accepting"] else 503)
+
+    return [APIRoute("/healthz", healthz, methods=["GET"]), APIRoute("/readyz", readyz, methods=["GET"])]
 
 
 def build_parser() -> OneLineParser:
@@ -260,6 +359,14 @@ def build_parser() -> OneLineParser:
                         help=f"longest prompt or negative prompt (default: {MAX_PROMPT_CHARS})")
     parser.add_argument("--cache-hours", type=float, default=CACHE_HOURS,
                         help=f"delete results and uploads this long after they were written (default: {CACHE_HOURS:g})")
+    parser.add_argument("--max-batch", type=int, default=MAX_BATCH,
+                        help=f"most waveforms generated in one batch (default: {MAX_BATCH}; 1: one request at a time)")
+    parser.add_argument("--batch-window", type=float, default=BATCH_WINDOW, metavar="SECONDS",
+                        help=f"how long a request waits for others to share its batch (default: {BATCH_WINDOW:g})")
+    parser.add_argument("--max-queue", type=int, default=MAX_QUEUE,
+                        help=f"most requests waiting; more are refused at once as busy (default: {MAX_QUEUE})")
+    parser.add_argument("--time-limit", type=float, default=TIME_LIMIT, metavar="SECONDS",
+                        help=f"answer a request 'timed out' this long after it arrived (default: {TIME_LIMIT:g})")
     return parser
 
 
@@ -309,9 +416,12 @@ def main(argv=None) -> int:
 
 
 def serve(args) -> int:
-    for option in ("max_upload_mb", "max_input_seconds", "max_prompt_chars", "cache_hours"):
+    for option in ("max_upload_mb", "max_input_seconds", "max_prompt_chars", "cache_hours", "max_batch", "max_queue",
+                   "time_limit"):
         if not 0 < getattr(args, option) < float("inf"):
             raise UsageError(f"--{option.replace('_', '-')} must be a positive number, got {getattr(args, option)}")
+    if not 0 <= args.batch_window < float("inf"):
+        raise UsageError(f"--batch-window must be 0 or more seconds, got {args.batch_window}")
     if args.lora_scale is not None and args.lora is None:
         raise UsageError("--lora-scale needs --lora (the adapter it scales)")
     if args.lora is not None and not Path(args.lora).is_file():
@@ -342,10 +452,16 @@ def serve(args) -> int:
         pipe = AudioLDM2Pipeline.from_pretrained(args.model, device=args.device,
                                                  dtype=getattr(torch, args.dtype) if args.dtype else None,
                                                  lora=args.lora, lora_scale=args.lora_scale or 1.0)
-        app = build_app(pipe, args.model, args.max_prompt_chars, args.max_input_seconds, args.cache_hours)
-        print(f"{PROG}: serving {args.model} on http://{args.host}:{args.port}/", flush=True)
+        queue = batching_queue(pipe, args.max_batch, args.batch_window, args.max_queue, args.time_limit)
+        app = build_app(pipe, args.model, args.max_prompt_chars, args.max_input_seconds, args.cache_hours, queue)
+        print(f"{PROG}: serving {args.model} on http://{args.host}:{args.port}/ (batches of up to {args.max_batch}, "
+              f"at most {args.max_queue} waiting)", flush=True)
         app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, show_error=False,
-                   auth=logins or None, max_file_size=round(args.max_upload_mb * 2**20))
+                   auth=logins or None, max_file_size=round(args.max_upload_mb * 2**20),
+                   app_kwargs=dict(routes=health_routes(queue)),
+                   # Gradio runs at most max_threads events at once, the rest wait in its own unbounded queue:
+                   # room for every request ours holds, so that ours is the one that bounds and refuses
+                   max_threads=max(40, args.max_queue + args.max_batch + 8))
     return 0
 
 

@@ -72,7 +72,7 @@ def test_generate_edits_audio_as_the_pipeline_does(pipe, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(prompt="   "), "non-empty"),
+    (dict(prompt="   "), "the prompt is empty"),
     (dict(seconds=0.0), "seconds must be positive"),
     (dict(candidates=MAX_CANDIDATES + 1), "candidates must be between"),
 ])
@@ -140,7 +140,7 @@ def test_api_generate_returns_a_wav_and_survives_a_bad_request(server):
     path = client.predict("rain on a tin roof", "low quality", SECONDS, 3, 3.5, 0, api_name="/generate")
     audio, rate = soundfile.read(path)
     assert rate == 16000 and audio.shape == (int(SECONDS * 16000),)
-    with pytest.raises(Exception, match="non-empty string"):  # the message, not a stack trace
+    with pytest.raises(Exception, match="the prompt is empty"):  # the message, not a stack trace
         client.predict("   ", "", SECONDS, 3, 3.5, 0, api_name="/generate")
     again, _ = soundfile.read(client.predict("rain on a tin roof", "low quality", SECONDS, 3, 3.5, 0,
                                              api_name="/generate"))
@@ -194,7 +194,10 @@ def test_page_in_a_real_browser(server, tmp_path):
         page.locator("#generate").click()
         audio, rate = played_audio(page, "#result-0")
         assert rate == 16000 and audio.shape == (int(SECONDS * 16000),)
-        assert int(page.locator("#seed-used input").input_value()) >= 0  # the seed is shown
+        seed = int(page.locator("#seed-used input").input_value())  # the seed is shown
+        download = page.locator("#result-0 a[download]").first.get_attribute("download")
+        assert download == f"rain-on-a-tin-roof_seed{seed}.wav"  # and names the download
+        assert_spectrogram_shown(page, "#spectrogram")
         screenshot = Path(os.environ.get("AUDIOLDM2_LITE_SCREENSHOT", tmp_path / "app.png"))
         page.screenshot(path=str(screenshot), full_page=True)
         assert screenshot.stat().st_size > 0
@@ -213,3 +216,19 @@ def test_edit_tab_in_a_real_browser(server, tmp_path):
         page.locator("#edit").click()
         audio, rate = played_audio(page, "#edited")
         assert rate == 16000 and audio.shape == (16000,)  # the upload's 1 s, at the model's rate
+        assert_spectrogram_shown(page, "#edited-spectrogram")
+
+
+def assert_spectrogram_shown(page, image_id: str):
+    """The picture beside the player is the result's spectrogram (spectrogram.py's size), served as a PNG."""
+    from PIL import Image
+
+    from audioldm2_lite.spectrogram import SIZE
+
+    image = page.locator(f"{image_id} img[src]").first
+    image.wait_for(state="attached", timeout=60_000)
+    encoded = page.evaluate("""async (src) => {
+        const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
+        let text = ''; for (const b of bytes) text += String.fromCharCode(b); return btoa(text); }""",
+                            image.get_attribute("src"))
+    assert Image.open(io.BytesIO(base64.b64decode(encoded))).size == SIZE

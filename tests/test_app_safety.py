@@ -131,7 +131,7 @@ def test_the_edit_tab_takes_only_uploaded_files(exposed):
     assert event == "error" and message is None  # refused by Gradio before our function runs; no detail leaked
     status, body = upload(url, "in.wav", wav(1.0))
     assert status == 200
-    event, [result, _] = edit(url, json.loads(body)[0])
+    event, [result, *_] = edit(url, json.loads(body)[0])
     assert event == "complete" and fetch(result["url"])[0] == 200
 
 
@@ -149,7 +149,7 @@ def test_too_long_recording_is_refused_before_it_is_read(exposed):
     assert status == 200
     assert edit(url, json.loads(body)[0]) == ("error", "the recording is 3.0 s long; this page edits at most 2 s")
     status, body = upload(url, "short.wav", wav(1.5))
-    event, [result, _] = edit(url, json.loads(body)[0])
+    event, [result, *_] = edit(url, json.loads(body)[0])
     assert event == "complete"
 
 
@@ -218,7 +218,7 @@ def test_a_login_guards_the_page_the_api_and_the_files(guarded):
 
 def test_old_files_are_deleted_from_the_cache(guarded):
     cookie = login(guarded, "grace", "second")
-    event, [result] = call(guarded, "generate", *GOOD_REQUEST[:-1], 1, headers=cookie)  # seed 1: a new file
+    event, [result] = call(guarded, "generate", *GOOD_REQUEST[:5], 1, "", headers=cookie)  # seed 1: a new file
     assert fetch(result["url"], cookie)[0] == 200
     for _ in range(60):  # --cache-hours 0.001: 4 s old, swept every 4 s
         if fetch(result["url"], cookie)[0] != 200:
