@@ -168,7 +168,8 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
         request = result.request
         if request.is_edit:  # the upload's name, not its path in the server's private folder
             request = dataclasses.replace(request, audio=Path(str(request.audio)).name)
-        write_audio(path, result.audios[index], pipe.sampling_rate, file_metadata(request, model_name))
+        write_audio(path, result.audios[index], pipe.sampling_rate,
+                    file_metadata(request, model_name, pipe.precision.describe()))
         return str(path)
 
     async def picture(result: Generated):
