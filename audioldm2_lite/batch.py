@@ -164,7 +164,7 @@ def safe_file_name(name: str, suffix: str) -> str:
 def batches(rows: list[Row], batch_size: int) -> list[list[Row]]:
     """Rows that can share a pipeline call together (the pipeline's rule, `batchable`), in row order, at most
     `batch_size` per batch."""
-    from .generation.pipeline import batchable
+    from .generation.requests import batchable
 
     groups = batchable([row.request for row in rows])
     return [[rows[i] for i in group[k:k + batch_size]] for group in groups for k in range(0, len(group), batch_size)]

@@ -1,7 +1,7 @@
 """Serving many people from one loaded model: a bounded queue that runs requests arriving together as one batch.
 
     web request --check (a mistake: refused at once)--> Job in the queue (full: refused at once, "busy")
-      --one worker thread: the oldest job and those that can share its batch (pipeline.batchable: same length,
+      --one worker thread: the oldest job and those that can share its batch (requests.batchable: same length,
         steps, sampler, guidance, candidates), collected for `window` seconds, at most `max_batch` waveforms-->
       AudioLDM2Pipeline.generate(requests) --> each job its own result --> one log line per request
 
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .generation.editing import steps_to_run
-from .generation.pipeline import Generated, batchable
+from .generation.requests import Generated, batchable
 from .generation.request import Request
 
 POLL_SECONDS = 0.05  # how often a waiting request looks at its job: progress, time limit, client still there

@@ -288,7 +288,7 @@ def test_cli_bad_edits_end_with_one_line_and_no_file(tiny_checkpoint, tmp_path):
         (["--audio", good, "--regenerate-seconds", "0.8:0.2"], "reversed or empty"),
         (["--audio", good, "--regenerate-seconds", "0.3:0.3"], "reversed or empty"),
         (["--audio", good, "--regenerate-seconds", "0.5:3"], "outside the audio (0 to 1 s)"),
-        (["--audio", good, "--regenerate-seconds", "half"], "expected START:END"),
+        (["--audio", good, "--regenerate-seconds", "half"], "expects START:END"),
         (["--audio", good, "--regenerate-above-hz", "0"], "--regenerate-above-hz must be in (0, 8000) Hz"),
         (["--audio", good, "--seconds", "5"], "--seconds=5 disagrees with the audio's 1 s"),
         # the model's limits, read from the checkpoint's configs: checked before it loads, usage mistakes too

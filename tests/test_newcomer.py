@@ -95,7 +95,7 @@ def test_every_step_count_up_to_the_training_steps():
             reference[name].set_timesteps(n)
             if reference[name].timesteps.max() <= total - 1:  # where diffusers stays inside its table
                 assert torch.equal(timesteps, reference[name].timesteps), (name, n)
-        with pytest.raises(ValueError, match=f"takes 1 to {limit} steps"):
+        with pytest.raises(ValueError, match=f"takes at least 1 and at most {limit} steps"):
             make_sampler(name, config, limit + 1)
     # the largest counts run to a finite result (a smooth fake noise model stands in for the UNet)
     for name, n in (("ddim", total), ("dpmsolver++", total - 1)):

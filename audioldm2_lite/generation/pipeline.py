@@ -38,6 +38,7 @@ from .lora import load_lora, set_lora_call_scale
 from .memory import TilePlan, plan_decode
 from .precision import Precision, resolve_precision
 from .request import ModelLimits, Request, RequestError, is_guided
+from .requests import Generated, batchable, run_requests  # noqa: F401  (re-exported)
 from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler
 
 
@@ -54,16 +55,6 @@ class AudioLDM2PipelineOutput:
 
     def __getitem__(self, key):
         return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
-
-
-@dataclass
-class Generated:
-    """One request's result: its waveforms (candidates ranked best first), their CLAP scores when ranked, and
-    the request as it ran (defaults filled in, the seed used)."""
-
-    request: Request
-    audios: np.ndarray  # (candidates, samples) float32 at `sampling_rate`
-    scores: np.ndarray | None = None  # (candidates,)
 
 
 @dataclass
@@ -443,78 +434,12 @@ class AudioLDM2Pipeline:
         share a batch (text to audio with the same length, steps, sampler, guidance and candidates) run as one
         pipeline call; edits run one at a time. `callback(i, t, latents)` after every denoising step.
         """
-        requests = [requests] if isinstance(requests, Request) else list(requests)
-        limits = self.limits()
-        checked = [self.with_seed(request.check(limits)) for request in requests]
-        results: list[Generated | None] = [None] * len(checked)
-        for group in batchable(checked):
-            for index, result in zip(group, self.generate_batch([checked[i] for i in group], progress, callback)):
-                results[index] = result
-        return results
+        return run_requests(self, [requests] if isinstance(requests, Request) else list(requests), progress, callback)
 
     @staticmethod
     def with_seed(request: Request) -> Request:
         """The request with a seed: its own, or one drawn from the system's entropy (then recorded)."""
         return request if request.seed is not None else dataclasses.replace(request, seed=secrets.randbelow(2**32))
-
-    def generate_batch(self, requests: list[Request], progress: bool = False, callback=None) -> list[Generated]:
-        """Requests that share one pipeline call (see `batchable`); each with its own noise and text encoding."""
-        first = requests[0]
-        n, guided = first.candidates, first.guided
-        edit = dict(audio=first.audio, audio_sampling_rate=first.audio_sampling_rate, strength=first.strength,
-                    regenerate_seconds=first.regenerate_seconds,
-                    regenerate_above_hz=first.regenerate_above_hz) if first.is_edit else {}
-        embeds, latents = {}, None
-        if len(requests) > 1:  # each row encoded alone, its noise from its own generator
-            embeds = self.conditioning_per_row(requests, guided)
-            frames, _ = self.latent_frames(first.seconds)
-            latents = torch.cat([self.prepare_latents(n, frames, torch.Generator().manual_seed(r.seed))
-                                 for r in requests])  # (B * n, 8, T/4, 16)
-        result = self(
-            None if embeds else first.prompt, negative_prompt=None if embeds else first.negative_prompt,
-            audio_length_in_s=None if first.is_edit else first.seconds, num_inference_steps=first.steps,
-            guidance_scale=first.guidance, num_waveforms_per_prompt=n, latents=latents,
-            generator=None if embeds else torch.Generator().manual_seed(first.seed), scheduler=first.scheduler,
-            karras_sigmas=first.karras, progress=progress, callback=callback,
-            transcription=None if embeds else first.transcription, **edit, **embeds,
-        )
-        if embeds and n > 1:  # ranked here, each row against its own prompt
-            audio, scores = self.rank_candidates([r.prompt for r in requests], torch.from_numpy(result.audios), n)
-            result = AudioLDM2PipelineOutput(audios=audio.numpy(), scores=scores)
-        scores = None if result.scores is None else result.scores.numpy()
-        return [Generated(r, result.audios[i * n:(i + 1) * n], None if scores is None else scores[i * n:(i + 1) * n])
-                for i, r in enumerate(requests)]
-
-    def conditioning_per_row(self, requests: list[Request], guided: bool) -> dict:
-        """Each request's conditioning encoded alone, stacked as the call's `*prompt_embeds` arguments.
-
-        Encoded together, the text stages pad a batch to its longest prompt and cut each negative prompt to
-        that length, which moves a row's audio by ~1e-5 (relative) with the batch's other prompts. Encoded
-        alone, only the UNet sees padding, masked in its cross-attention: the same audio to float rounding.
-        Every batch is padded to the T5 tokenizer's maximum (128 tokens), not to its longest prompt, so that the
-        UNet sees one shape per batch size and length: one CUDA graph each (cuda_graphs.py), not one per length.
-        """
-        import torch.nn.functional as F
-
-        encoded = [self.encode_prompt(r.prompt, r.negative_prompt, 1, guided, transcription=r.transcription)
-                   for r in requests]  # [uncond, cond] each; the call repeats them per candidate
-        length = max(s.shape[1] for _, s, _ in encoded)
-        if not self.conditioner.speaks:  # VITS fills its tokenizer's slots already
-            length = max(length, self.conditioner.tokenizer_2.model_max_length)
-
-        def half(h: int):  # one half (0: uncond, 1: cond) of every row, T5 padded to `length` with a zero mask
-            generated = torch.cat([g[h:h + 1] for g, _, _ in encoded])  # (B, N, 768)
-            t5 = torch.cat([F.pad(s[h:h + 1], (0, 0, 0, length - s.shape[1])) for _, s, _ in encoded])  # (B, L, 1024)
-            mask = torch.cat([F.pad(m[h:h + 1], (0, length - m.shape[1])) for _, _, m in encoded])  # (B, L)
-            return generated, t5, mask
-
-        generated, t5, mask = half(1 if guided else 0)
-        embeds = dict(generated_prompt_embeds=generated, prompt_embeds=t5, attention_mask=mask)
-        if guided:
-            generated, t5, mask = half(0)
-            embeds.update(negative_generated_prompt_embeds=generated, negative_prompt_embeds=t5,
-                          negative_attention_mask=mask)
-        return embeds
 
     def clap_audio_tower(self):
         """(CLAP audio tower, ClapFeatureConfig), loaded from the checkpoint on first use (for ranking)."""
@@ -551,13 +476,3 @@ class AudioLDM2Pipeline:
             raise RequestError(f"every transcription must be a non-empty string, got {transcription!r}")
         if output_type not in ("np", "pt", "latent"):
             raise RequestError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
-
-
-def batchable(requests: list[Request]) -> list[list[int]]:
-    """Indices of requests that can share one pipeline call, in order: text to audio with the same length and
-    settings together; every edit alone (each has its own input)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(requests):
-        key = ("edit", i) if r.is_edit else (r.seconds, r.steps, r.scheduler, r.karras, r.guidance, r.candidates)
-        groups.setdefault(key, []).append(i)
-    return list(groups.values())
