@@ -22,14 +22,16 @@ import torch
 
 # Peak memory above what was allocated before the call, in tensors of the widest activation (RSS,
 # measured with scripts/benchmark_long_audio.py on the full-size model, float32, CPU; the CPU allocator's
-# retained free blocks included). One pass of the VAE decoder: 3.9 at 40.96 s, 3.5 at 163.84 s.
+# retained free blocks included). One pass of the VAE decoder (and then the vocoder): 3.6 at 10.24 s,
+# 3.8 at 40.96 s.
 VAE_ONE_PASS = 4.0
-# Tiled: the full-length tensors of the widest layer (its input, its output and the resnet's skip input,
-# 2 by count) and those the allocator keeps, plus about five per tile: 2.5 + 5 x tile / length was
-# measured within 10% from 40.96 s to 163.84 s.
+# Tiled: the full-length tensors of the widest layer (its input, its output and the resnet's skip input:
+# 2 by count, more with what the allocator keeps), plus about five of one tile. Measured 3.0 at 40.96 s
+# in tiles of 256 (estimate 3.75), and 3.4 at 10.24 s in tiles of 64 (estimate 3.75).
 VAE_TILED_FULL_LENGTH = 2.5
 VAE_TILED_PER_TILE = 5.0
-# The vocoder in one pass, in its own widest activation (5120 values per mel frame for the official model).
+# The vocoder in one pass, in its own widest activation (5120 values per mel frame for the official model):
+# measured 6.7 at 40.96 s, most of it a constant of its first call; 1.5 per added frame. Below the VAE's.
 VOCODER_ONE_PASS = 3.0
 # The encoder, by the same counts as the decoder (the same blocks, mirrored).
 ENCODER_ONE_PASS, ENCODER_TILED_FULL_LENGTH, ENCODER_TILED_PER_TILE = VAE_ONE_PASS, VAE_TILED_FULL_LENGTH, VAE_TILED_PER_TILE

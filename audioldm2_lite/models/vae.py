@@ -393,10 +393,11 @@ class AutoencoderKL(nn.Module):
         With `tile_frames` (latent frames; 4 mel frames each) the up path runs one layer at a time over
         tiles of the time axis, keeping each layer's output at full length and normalising with the
         whole input's statistics (long_audio.py): the same result as one pass, for the same work plus
-        two overlap frames per tile, while the widest layer holds `decode_memory(tiled=True)`
-        instead of `decode_memory(tiled=False)`. The mid block, whose attention spans the whole
-        T/4 x 16 map, runs in one piece. With `storage`, the kept full-length tensors (and the
-        returned mel) live there: the CPU while a GPU decodes, so the GPU holds one tile's.
+        two overlap frames per tile. At its peak it holds about 2.5 full-length tensors of the widest
+        activation (`widest_activation`) plus a few of one tile, where one pass holds about 4
+        (measured: generation/memory.py). The mid block, whose attention spans the whole T/4 x 16 map,
+        runs in one piece. With `storage`, the kept full-length tensors (and the returned mel) live
+        there: the CPU while a GPU decodes, so the GPU holds one tile's.
         """
         latents = latents.to(self.post_quant_conv.weight.dtype)  # the UNet's latents may be in another dtype
         x = self.decoder.lowest_resolution(self.post_quant_conv(latents))  # (B, 512, T/4, 16)
