@@ -144,13 +144,14 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
                                      f"{max_prompt_chars}")
             return make()
 
-        on_wait = on_step = None
-        if progress is not None:
-            def on_wait(ahead):
+        def on_wait(ahead):
+            if progress is not None:
                 progress(None, desc=f"waiting for the model: {ahead} ahead" if ahead else "starting")
 
-            def on_step(i, total):
+        def on_step(i, total):
+            if progress is not None:
                 progress((i, total), desc="denoising", unit="steps")
+
         try:
             return await queue.run(kind, checked_request, on_wait, on_step, client_still_waiting())
         except (ValueError, ServingError) as error:

@@ -27,8 +27,10 @@ FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 class OneLineParser(argparse.ArgumentParser):
     """argparse that raises UsageError (one line) instead of printing its usage and exiting."""
 
-    # values such as "-1:2" (--regenerate-seconds) are values, not options: none of our options looks like one
-    _negative_number_matcher = re.compile(r"^-\d*\.?\d+(:-?\d*\.?\d*)?$")
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # values such as "-1:2" (--regenerate-seconds) are values, not options: none of our options looks like one
+        self._negative_number_matcher = re.compile(r"^-\d*\.?\d+(:-?\d*\.?\d*)?$")
 
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")

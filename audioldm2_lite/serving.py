@@ -24,6 +24,7 @@ still wanted; otherwise the others' batch runs on and the result is dropped.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import sys
 import threading
 import time
@@ -186,6 +187,7 @@ class BatchingQueue:
     def work(self) -> None:
         while (batch := self.next_batch()) is not None:
             self.run_jobs(batch)
+            release_freed_memory()
 
     def next_batch(self) -> list[Job] | None:
         """The oldest job with those that can share its pipeline call, once that batch is full or the oldest
@@ -251,6 +253,26 @@ class BatchingQueue:
         for job in batch:
             job.finished = time.monotonic()
             job.done.set()
+
+
+def release_freed_memory() -> None:
+    """Hand the memory a batch freed back to the system (glibc's `malloc_trim`; elsewhere nothing). glibc keeps
+    freed heap for reuse, so the server's RSS would otherwise stay at the largest batches it ran: in the load test
+    at 4 s and 8 steps on the tiny checkpoint, 508 MiB after 10 requests and 653 MiB (+28 %) from the 80th on;
+    trimmed after each batch, 516 and 564 MiB (+9 %)."""
+    if GLIBC is not None:
+        GLIBC.malloc_trim(0)
+
+
+def load_glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not Linux with glibc
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+GLIBC = load_glibc()
 
 
 def log_line(kind: str, request: Request | None, job: Job | None, outcome: str) -> str:

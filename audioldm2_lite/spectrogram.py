@@ -20,7 +20,7 @@ from .generation.mel import MelConfig, mel_frequencies, waveform_to_mel
 
 # the plot area inside the picture, in pixels: (left, top, width, height); the rest holds the axes, and the top
 # margin room for the label and buttons Gradio lays over an image
-PLOT = (52, 30, 640, 192)
+PLOT = (52, 42, 640, 192)
 SIZE = (PLOT[0] + PLOT[2] + 14, PLOT[1] + PLOT[3] + 36)  # (width, height) of the whole picture
 DYNAMIC_RANGE_DB = 80.0  # shown below the loudest bin; quieter is the darkest colour
 COLOURS = np.array([(0, 0, 4), (81, 18, 124), (183, 55, 121), (252, 137, 97), (252, 253, 191)], dtype=np.float64)

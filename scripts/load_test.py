@@ -55,6 +55,7 @@ class Report:
     p95: float = 0.0
     rss_after_10: int = 0  # bytes
     rss_after_100: int = 0
+    rss_every_10: list[int] = field(default_factory=list)  # bytes after 10, 20, ... answers under load
     failures: list[str] = field(default_factory=list)  # one line per failed check
 
     def check(self, ok: bool, what: str) -> None:
@@ -175,16 +176,16 @@ def run_load_test(model: str, clients: int = 16, requests: int = 112, seconds: f
                         wrong.append(f"bad request {index}: expected a refusal saying {expected!r}, got {outcome!r}")
                     with lock:
                         answered[0] += 1
-                        if answered[0] == 10:
-                            report.rss_after_10 = rss(server.pid)
-                        if answered[0] == 100:
-                            report.rss_after_100 = rss(server.pid)
+                        if answered[0] % 10 == 0:
+                            report.rss_every_10.append(rss(server.pid))
 
             start = time.perf_counter()
             with concurrent.futures.ThreadPoolExecutor(clients) as pool:
                 list(pool.map(send, range(clients)))
             wall = time.perf_counter() - start
             report.batched_rps = len(latencies) / wall
+            report.rss_after_10 = report.rss_every_10[0]
+            report.rss_after_100 = report.rss_every_10[min(9, len(report.rss_every_10) - 1)]
             report.p50, report.p95 = percentile(latencies, 50), percentile(latencies, 95)
             report.check(not wrong, f"{len(latencies)} good requests answered with their single-request audio, "
                                     f"{requests - len(latencies)} bad ones refused with their message"
@@ -251,7 +252,8 @@ def main(argv=None) -> int:
     print(f"under load ({args.clients} clients, batches of up to {args.max_batch}): {report.batched_rps:.2f} "
           f"requests/s, latency p50 {report.p50:.2f} s, p95 {report.p95:.2f} s")
     print(f"server RSS: {report.rss_after_10 / 2**20:.0f} MiB after 10 requests, "
-          f"{report.rss_after_100 / 2**20:.0f} MiB after 100")
+          f"{report.rss_after_100 / 2**20:.0f} MiB after 100 (every 10: "
+          f"{', '.join(f'{r / 2**20:.0f}' for r in report.rss_every_10)} MiB)")
     return 1 if report.failures else 0
 
 
