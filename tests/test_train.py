@@ -524,4 +524,4 @@ def test_bad_lora_files_are_one_clear_error(tiny_checkpoint, tmp_path):
         load_lora(load_component(tiny_checkpoint, "unet"), not_an_adapter)
     result = subprocess.run([sys.executable, "-m", "audioldm2_lite.cli", "rain", "--lora", str(tmp_path / "none")],
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "--lora: no adapter file" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "no LoRA adapter file" in result.stderr and "Traceback" not in result.stderr
