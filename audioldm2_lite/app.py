@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     parser.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                         help="every stage in it (default, measured: float16 on CUDA; on a CPU with native bf16 the "
-                             "UNet and text stages in bfloat16, the VAE and vocoder in float32; float32 elsewhere)")
+                             "UNet, text stages and vocoder in bfloat16, the VAE in float32; float32 elsewhere)")
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
     return parser
 

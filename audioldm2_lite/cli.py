@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,
                         help="every stage's weights and activations (default, measured: float16 on CUDA; on a CPU "
-                             "with native bf16 the UNet and text stages in bfloat16, the VAE and vocoder in float32; "
+                             "with native bf16 the UNet, text stages and vocoder in bfloat16, the VAE in float32; "
                              "float32 elsewhere; --dtype float32 opts out)")
     parser.add_argument("--compile", action="store_true",
                         help="on CUDA, torch.compile the UNet, VAE and vocoder first (minutes of compiling)")
