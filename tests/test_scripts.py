@@ -33,9 +33,9 @@ def test_benchmark_reports_a_ratio(tiny_checkpoint):
         assert re.search(rf"^{stage}\s+\d+\.\d+\s+\d+\.\d+", out, re.M), stage
     assert "NaN or inf" not in out
     # the CPU table: four runs, each with its time, ratio to diffusers' fastest, RSS; drift for the non-float32 ones
-    for run in ("ours:float32", "ours:default", "diffusers:float32", "diffusers:bfloat16"):
-        drift = r"-" if run.endswith("float32") else r"\d+\.\d{4}"
-        assert re.search(rf"^{run}\s+\d+\.\d+\s+\d+\.\d+x\s+\d+\.\d+\s+{drift}$", out, re.M), run
+    for name in ("ours:float32", "ours:default", "diffusers:float32", "diffusers:bfloat16"):
+        drift = r"-" if name.endswith("float32") else r"\d+\.\d{4}"
+        assert re.search(rf"^{name}\s+\d+\.\d+\s+\d+\.\d+x\s+\d+\.\d+\s+{drift}$", out, re.M), name
     assert re.search(r"^speedup_vs_diffusers: \d+\.\d\d$", out, re.M)
 
 

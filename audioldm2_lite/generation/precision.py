@@ -75,9 +75,9 @@ def native_bf16_cpu() -> bool:
 #   memory;
 # - vocoder in bfloat16: 1.9x faster (13.6 -> 7.1 CPU-s), waveform drift from the same mel only 0.0019;
 # - VAE decoder in float32: bfloat16 is 1.8x faster (7.6 -> 4.2 CPU-s; 3.7 channels-last) but its mel drifts
-#   0.012, the most of any single stage; with it in bfloat16 too the waveform drifted 0.0178 from float32, a
-#   hair under diffusers' own bf16 drift (0.0181, the bound), so it stays float32 until a quiet-machine run
-#   shows the margin. The tiny checkpoint's VAE is finite in bfloat16 (tests/test_precision.py).
+#   0.012, the most of any single stage: every stage in bfloat16 drifts 0.0178 from float32 (issue #25), a hair
+#   under diffusers' own bf16 drift (0.0181, the bound), while this recipe drifts 0.0019 (waveform relative L2,
+#   README case, tests/test_precision.py). The tiny checkpoint's VAE is finite in bfloat16 too (same file).
 CPU_BF16_RECIPE = Precision(text=torch.bfloat16, unet=torch.bfloat16, vae=torch.float32, vocoder=torch.bfloat16,
                             why="native bf16 CPU")
 
