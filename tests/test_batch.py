@@ -230,7 +230,8 @@ def two_hundred_rows() -> list[str]:
 
 def command(prompts: Path, out_dir: Path, checkpoint: Path, batch_size: int) -> list[str]:
     return ["--prompts-file", str(prompts), "--output-dir", str(out_dir), "--model", str(checkpoint),
-            "--seconds", "0.32", "--steps", "2", "--seed", "7", "--device", "cpu", "--batch-size", str(batch_size)]
+            "--seconds", "0.32", "--steps", "2", "--seed", "7", "--device", "cpu", "--batch-size", str(batch_size),
+            "--dtype", "float32"]  # the batching tolerances below are float32's (bfloat16 rounds per batch shape)
 
 
 def cli(args, **kwargs) -> subprocess.Popen:

@@ -392,10 +392,12 @@ def test_pipeline_and_cli_take_a_lora(tiny_checkpoint, lora_run, tmp_path):
     inputs = unet_inputs(tiny_checkpoint)
     with torch.no_grad():
         merged = load_component(lora_run, "unet")(*inputs)
-        pipe = AudioLDM2Pipeline.from_pretrained(tiny_checkpoint, device="cpu", lora=lora_run / "lora.safetensors")
+        # float32: the 1e-5 comparison with the merged float32 UNet (the CPU default may be bfloat16)
+        pipe = AudioLDM2Pipeline.from_pretrained(tiny_checkpoint, device="cpu", dtype=torch.float32,
+                                                 lora=lora_run / "lora.safetensors")
         adapted = pipe.unet(*inputs)
-        half = AudioLDM2Pipeline.from_pretrained(tiny_checkpoint, device="cpu", lora=lora_run / "lora.safetensors",
-                                                 lora_scale=0.5).unet(*inputs)
+        half = AudioLDM2Pipeline.from_pretrained(tiny_checkpoint, device="cpu", dtype=torch.float32,
+                                                 lora=lora_run / "lora.safetensors", lora_scale=0.5).unet(*inputs)
         base = load_component(tiny_checkpoint, "unet")(*inputs)
     assert max_rel_error(adapted, merged) <= 1e-5  # as test_lora_merged_equals_unmerged
     # the update is linear in the scale only through the UNet's nonlinearities: between base and full

@@ -123,10 +123,11 @@ class AudioLDM2Pipeline:
         """Load every stage of a hub id or local hub-layout folder.
 
         device defaults to `default_device()` (CUDA, then MPS, then CPU). dtype: None for the measured default
-        of the device (precision.py: float16 on CUDA; on a CPU with native bfloat16 the UNet and text stages in
-        bfloat16, the VAE and vocoder in float32; float32 elsewhere), a torch dtype for every stage in it, or a
-        `Precision` naming each stage's; `pipe.precision` says what was chosen. With `offload=True` the weights stay in CPU memory and each stage visits `device`
-        only while it runs (model CPU offload). `progress` names each component as it loads (a hub
+        of the device (precision.py: float16 on CUDA; on a CPU with native bfloat16 the UNet, text stages and vocoder
+        in bfloat16, the VAE in float32; float32 elsewhere), a torch dtype for every stage in it, or a
+        `Precision` naming each stage's; `pipe.precision` says what was chosen. With `offload=True` the weights
+        stay in CPU memory and each stage visits `device` only while it runs (model CPU offload). `progress` names
+        each component as it loads (a hub
         download shows huggingface_hub's own bars). `lora`: a LoRA adapter file from audioldm2-lite-train,
         applied to the UNet with `lora_scale`. `variant` ("fp16"): the weight files of that variant, where a
         component has them (as diffusers). The folder's scheduler class picks the sampler a call uses by
