@@ -132,13 +132,14 @@ def weight_bytes(model: str, dtype_bytes: int) -> float:
 
 def check_memory(args, request: Request) -> None:
     """Refuse a length whose denoising cannot fit in the memory there is, naming the longest that would."""
-    from .generation.devices import available_memory
+    from .generation.memory import available_memory
+    from .generation.precision import dtype_name, resolve_precision
 
     device = resolve_device(args.device)
     free = available_memory(device)
     if free is None or request.seconds is None:  # MPS: unknown; an edit: its input's length, already on disk
         return
-    dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
+    dtype = args.dtype or dtype_name(resolve_precision(device).unet)
     dtype_bytes = 4 if dtype == "float32" else 2
     weights = 0 if args.offload and device.type == "cuda" else weight_bytes(args.model, dtype_bytes)
     batch = request.candidates * (2 if request.guided else 1)

@@ -3,7 +3,6 @@ with one line saying why it cannot be used here, and the memory free on it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
@@ -40,14 +39,3 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     elif device.type != "cpu":
         raise RequestError(f"device {name}: unsupported; use cpu, cuda, cuda:N or mps")
     return device
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes where the work will run: the GPU's, or the machine's for the CPU; None when unknown (MPS)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu" and Path("/proc/meminfo").is_file():  # Linux; MemAvailable counts reclaimable cache
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return None
