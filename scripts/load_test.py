@@ -120,14 +120,17 @@ def start_server(model: str, port: int, options: list[str], log, env=None) -> su
 
 def run_load_test(model: str, clients: int = 16, requests: int = 112, seconds: float = 1.0, steps: int = 2,
                   max_batch: int = 8, max_queue: int = 16, device: str | None = None, port: int = 0,
-                  env: dict | None = None) -> Report:
+                  env: dict | None = None, dtype: str = "float32") -> Report:
     import soundfile
     from gradio_client import Client
 
     report = Report()
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/"
-    options = ["--max-batch", str(max_batch), "--max-queue", str(max_queue)] + (["--device", device] if device else [])
+    # float32 by default: the check that a batched answer equals the single one (to one int16 step) is float32's;
+    # in bfloat16 a batch changes the rounding of every matrix product
+    options = ["--max-batch", str(max_batch), "--max-queue", str(max_queue), "--dtype", dtype] + \
+        (["--device", device] if device else [])
     distinct = max(8, clients)  # distinct good requests; the load repeats them
     with tempfile.TemporaryFile("w+") as log:
         server = start_server(model, port, options, log, env)
@@ -244,10 +247,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-queue", type=int, default=16)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="float32", help="the server's --dtype (default float32: see run_load_test)")
     parser.add_argument("--port", type=int, default=0, help="0: a free one")
     args = parser.parse_args(argv)
     report = run_load_test(args.model, args.clients, args.requests, args.seconds, args.steps, args.max_batch,
-                           args.max_queue, args.device, args.port)
+                           args.max_queue, args.device, args.port, dtype=args.dtype)
     print(f"one at a time: {report.one_at_a_time_rps:.2f} requests/s")
     print(f"under load ({args.clients} clients, batches of up to {args.max_batch}): {report.batched_rps:.2f} "
           f"requests/s, latency p50 {report.p50:.2f} s, p95 {report.p95:.2f} s")

@@ -31,8 +31,9 @@ def test_describe_groups_the_stages_by_dtype():
 def test_default_follows_the_device_and_an_explicit_dtype_wins(monkeypatch, native):
     monkeypatch.setattr(precision_module, "native_bf16_cpu", lambda: native)
     cpu = torch.device("cpu")
-    # float32 on the CPU with or without native bf16, until the recipe is measured the default (precision.py)
-    assert default_precision(cpu) == Precision.uniform(FP32, "cpu")
+    # the measured recipe where the CPU multiplies bf16 natively, float32 where it would be emulated (precision.py)
+    expected = CPU_BF16_RECIPE if native else Precision.uniform(FP32, "CPU without native bf16")
+    assert default_precision(cpu) == expected
     assert default_precision(torch.device("cuda")) == Precision.uniform(torch.float16, "CUDA")
     assert default_precision(torch.device("mps")).describe() == "float32"
     assert resolve_precision(cpu, FP32) == Precision.uniform(FP32, "requested")  # --dtype float32 opts out

@@ -237,7 +237,7 @@ def pipe(tiny_checkpoint):
     # one thread: the tiny model's small tensors gain nothing from more, and on a busy machine they cost a lot
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield AudioLDM2Pipeline.from_pretrained(tiny_checkpoint, device="cpu")
+    yield AudioLDM2Pipeline.from_pretrained(tiny_checkpoint, device="cpu", dtype=torch.float32)  # float32 rounding below
     torch.set_num_threads(threads)
 
 

@@ -299,7 +299,7 @@ def test_validation_audio_scores_and_tensorboard_during_a_run(tiny_checkpoint, t
     # the audio is the pipeline's, with seed i for prompt i: at step 0 from the base checkpoint, at the end
     # from the exported (EMA) weights
     for step, model in ((0, tiny_checkpoint), (4, out)):
-        pipe = AudioLDM2Pipeline.from_pretrained(model, device="cpu")
+        pipe = AudioLDM2Pipeline.from_pretrained(model, device="cpu", dtype=torch.float32)  # validation runs float32
         for seed, (prompt, name) in enumerate(zip(["a steady tone", "A high whistle!"], names)):
             expected = pipe(prompt, audio_length_in_s=SECONDS, num_inference_steps=2, scheduler="dpmsolver++",
                             seed=seed).audios[0]
@@ -445,7 +445,7 @@ def test_export_runs_in_diffusers_as_it_is(tiny_checkpoint, lora_run):
     assert json.loads((tiny_checkpoint / "model_index.json").read_text())["language_model"][1] == "GPT2Model"
     reference = DiffusersPipeline.from_pretrained(str(lora_run))
     reference.set_progress_bar_config(disable=True)
-    ours = AudioLDM2Pipeline.from_pretrained(lora_run, device="cpu")
+    ours = AudioLDM2Pipeline.from_pretrained(lora_run, device="cpu", dtype=torch.float32)  # the reference is float32
     kwargs = dict(audio_length_in_s=SECONDS, num_inference_steps=3, negative_prompt="low quality")
     expected = reference("a steady tone", generator=torch.Generator().manual_seed(0), **kwargs).audios
     audio = ours("a steady tone", generator=torch.Generator().manual_seed(0), **kwargs).audios
