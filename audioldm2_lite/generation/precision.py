@@ -1,7 +1,7 @@
 """Which dtype each stage runs in: the precision recipe.
 
 AudioLDM 2 has four stages with different needs. The UNet does nearly all the work (20 guided steps of
-~330 GFLOP); the text stages (CLAP, T5, projection, GPT-2) run once on a few tokens; the VAE decoder and the
+294 GFLOP at 10.24 s); the text stages (CLAP, T5, projection, GPT-2) run once on a few tokens; the VAE decoder and the
 HiFi-GAN vocoder run once on the whole spectrogram. Each can run in its own dtype: the pipeline casts the
 latents to the UNet's dtype and to the VAE's at decoding, and the mel to the vocoder's.
 
