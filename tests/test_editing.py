@@ -59,6 +59,20 @@ def test_encoder_matches_diffusers(pipe, tiny_checkpoint):
     assert max(errors) < 1e-5
 
 
+def test_a_bf16_unet_leaves_the_float32_encoder_exact(tiny_checkpoint, pipe):
+    """The CPU recipe: a bfloat16 UNet beside a float32 VAE. The input's mel reaches the encoder in float32,
+    not rounded to the UNet's bfloat16 on the way (which moved the latent by ~1e-2 relative)."""
+    from audioldm2_lite.generation.precision import CPU_BF16_RECIPE
+
+    mixed = AudioLDM2Pipeline.from_pretrained(tiny_checkpoint, device="cpu", dtype=CPU_BF16_RECIPE)
+    audio = recording(20000)[0]
+    with torch.no_grad():
+        expected, _ = encode_audio(pipe, audio, RATE)
+        latent, _ = encode_audio(mixed, audio, RATE)
+    assert latent.dtype == torch.float32
+    torch.testing.assert_close(latent, expected, rtol=0, atol=0)  # the same float32 encoder on the same mel
+
+
 def reference_edit(scheduler_name, config, steps, predict, noise, source, strength, regenerate):
     """diffusers' img2img / inpainting loop (StableDiffusionImg2ImgPipeline.get_timesteps, add_noise with
     set_begin_index; StableDiffusionInpaintPipeline's re-noising of the known region after each step)."""

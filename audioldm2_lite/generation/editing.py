@@ -73,9 +73,10 @@ def encode_audio(pipe, audio, sampling_rate=None, generator=None, sample_posteri
         raise ValueError(f"the audio is {len(waveform)} samples at {config.sampling_rate} Hz, shorter than one "
                          f"latent frame ({samples_per_latent_frame} samples, "
                          f"{1000 * samples_per_latent_frame / config.sampling_rate:g} ms)")
-    mel = waveform_to_mel(waveform.to(pipe.device), config)[:, None].to(pipe.dtype)  # (1, 1, T, n_mels)
+    # in the VAE's dtype, which may be wider than the UNet's (precision.py: float32 beside a bf16 UNet on the CPU)
+    mel = waveform_to_mel(waveform.to(pipe.device), config)[:, None].to(pipe.precision.vae)  # (1, 1, T, n_mels)
     # in one pass when it fits, else layer by layer over time tiles: the same latent (memory.py)
-    plan = plan_encode(pipe.vae, mel.shape, pipe.dtype, pipe.device, pipe.max_memory)
+    plan = plan_encode(pipe.vae, mel.shape, pipe.precision.vae, pipe.device, pipe.max_memory)
     with pipe._running(pipe.vae):
         mean, logvar = pipe.vae.encode_distribution(mel, plan.tile_frames, plan.storage)  # (1, C, T/4, F/4) each
     mean, logvar = mean.to(pipe.device), logvar.to(pipe.device)
