@@ -172,16 +172,19 @@ def browser_page(url):
             browser.close()
 
 
+def fetched(page, src: str) -> bytes:
+    """The bytes behind `src` (a served file or a blob), fetched from inside the page as the browser sees them."""
+    return base64.b64decode(page.evaluate("""async (src) => {
+        const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
+        let text = ''; for (const b of bytes) text += String.fromCharCode(b); return btoa(text); }""", src))
+
+
 def played_audio(page, player_id: str):
     """(waveform, rate) of the WAV the audio element in `player_id` holds, once it holds one."""
     player = page.locator(f"{player_id} audio[src]").first
     player.wait_for(state="attached", timeout=120_000)
     # the audio element plays a blob of the served file: read it back from inside the page
-    encoded = page.evaluate("""async (src) => {
-        const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
-        let text = ''; for (const b of bytes) text += String.fromCharCode(b); return btoa(text); }""",
-                            player.get_attribute("src"))
-    return soundfile.read(io.BytesIO(base64.b64decode(encoded)))
+    return soundfile.read(io.BytesIO(fetched(page, player.get_attribute("src"))))
 
 
 def test_page_in_a_real_browser(server, tmp_path):
@@ -227,8 +230,4 @@ def assert_spectrogram_shown(page, image_id: str):
 
     image = page.locator(f"{image_id} img[src]").first
     image.wait_for(state="attached", timeout=60_000)
-    encoded = page.evaluate("""async (src) => {
-        const bytes = new Uint8Array(await (await fetch(src)).arrayBuffer());
-        let text = ''; for (const b of bytes) text += String.fromCharCode(b); return btoa(text); }""",
-                            image.get_attribute("src"))
-    assert Image.open(io.BytesIO(base64.b64decode(encoded))).size == SIZE
+    assert Image.open(io.BytesIO(fetched(page, image.get_attribute("src")))).size == SIZE

@@ -35,7 +35,7 @@ def assert_one_line_error(result, message, status=2):
     assert result.stdout == ""
 
 
-NO_CUDA = "CUDA is available here, so --device cuda is not a mistake"
+NO_CUDA = "checks the error for --device cuda where CUDA is missing; CUDA is available here, so there is no error to check"
 NO_MPS = "MPS is available here, so --device mps is not a mistake"
 
 

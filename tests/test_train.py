@@ -180,6 +180,19 @@ def test_ema_matches_diffusers_ema_model():
 # The loop
 
 
+def interrupted_run(monkeypatch, run_config, after_step: int) -> None:
+    """train(run_config), stopped by Ctrl-C when step `after_step` + 1 asks for its learning rate."""
+    def interrupted(step, *args):
+        if step == after_step:
+            raise KeyboardInterrupt
+        return learning_rate(step, *args)
+
+    monkeypatch.setattr("audioldm2_lite.train.learning_rate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(run_config)
+    monkeypatch.setattr("audioldm2_lite.train.learning_rate", learning_rate)
+
+
 @pytest.mark.parametrize("options", [
     dict(gradient_accumulation=2),
     dict(lora_rank=4, ema_decay=0.9, lr_scheduler="cosine", lr_warmup_steps=1, learning_rate=3e-2),
@@ -188,15 +201,8 @@ def test_resume_continues_exactly(tiny_checkpoint, tones, cache_dir, tmp_path, m
     options = dict(max_steps=4, checkpoint_every=2, **options)
     one_run = train(config(tiny_checkpoint, tones, tmp_path / "once", cache_dir, **options))
 
-    def interrupted_after_step_2(step, *args):  # Ctrl-C as step 3 starts, after the checkpoint of step 2
-        if step == 2:
-            raise KeyboardInterrupt
-        return learning_rate(step, *args)
-
-    monkeypatch.setattr("audioldm2_lite.train.learning_rate", interrupted_after_step_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(config(tiny_checkpoint, tones, tmp_path / "twice", cache_dir, **options))
-    monkeypatch.setattr("audioldm2_lite.train.learning_rate", learning_rate)
+    # Ctrl-C as step 3 starts, after the checkpoint of step 2
+    interrupted_run(monkeypatch, config(tiny_checkpoint, tones, tmp_path / "twice", cache_dir, **options), 2)
     with pytest.raises(UsageError, match="--resume"):  # the same output twice without --resume
         train(config(tiny_checkpoint, tones, tmp_path / "twice", cache_dir, **options))
 
@@ -276,15 +282,8 @@ def test_validation_audio_scores_and_tensorboard_during_a_run(tiny_checkpoint, t
     options = dict(max_steps=4, checkpoint_every=2, ema_decay=0.5, validation_prompts=str(prompts),
                    validation_every=3, validation_steps=2, validation_reference=str(tmp_path / "ref.npz"))
 
-    def interrupted_after_step_3(step, *args):  # after the validation of step 3, past the checkpoint of step 2
-        if step == 3:
-            raise KeyboardInterrupt
-        return learning_rate(step, *args)
-
-    monkeypatch.setattr("audioldm2_lite.train.learning_rate", interrupted_after_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(config(tiny_checkpoint, tones, tmp_path / "out", cache_dir, **options))
-    monkeypatch.setattr("audioldm2_lite.train.learning_rate", learning_rate)
+    # after the validation of step 3, past the checkpoint of step 2
+    interrupted_run(monkeypatch, config(tiny_checkpoint, tones, tmp_path / "out", cache_dir, **options), 3)
     out = train(config(tiny_checkpoint, tones, tmp_path / "out", cache_dir, **options, resume=True))
 
     folder = out / "training" / "validation"
