@@ -48,7 +48,7 @@ NO_MPS = "MPS is available here, so --device mps is not a mistake"
     (["rain", "--seconds", "0"], "--seconds must be positive"),
     (["rain", "--seconds", "-2"], "--seconds must be positive"),
     (["rain", "--seconds", "nan"], "--seconds must be positive"),
-    (["rain", "--seconds", "0.001"], "--seconds must be positive, at least 0.01 (one mel frame)"),
+    (["rain", "--seconds", "0.001"], "--seconds must be positive, at least 0.01 (one mel frame of this model)"),
     (["rain", "--seed", "-1"], "--seed must be in 0 .. 2**64 - 1"),
     (["rain", "--seconds", "1e6"], "the longest that fits is about"),  # before loading, from free memory
     (["rain", "--steps", "0"], "--steps: DDIM takes at least 1 and at most 1000 steps"),

@@ -253,6 +253,21 @@ def test_waveforms_per_prompt_and_audio_length(folders):
         assert audio.ndim == 1 and len(audio) / ours.sampling_rate == seconds
 
 
+def test_the_shortest_length_is_one_mel_frame_of_the_model(folders):
+    """The shortest audio comes from the checkpoint (one mel frame: 4 samples with this vocoder, 0.25 ms), not
+    from a constant. 0.008 s and one latent frame (8 samples, diffusers' own minimum) run as diffusers runs them;
+    one mel frame runs (diffusers refuses it); below one mel frame is one clear error."""
+    ours, reference = load_ours(folders["ddim"]), load_diffusers(folders["ddim"])
+    for seconds in (0.008, 8 / 16000):
+        audio = ours(**inputs(audio_length_in_s=seconds)).audios
+        expected = reference(**inputs(audio_length_in_s=seconds)).audios
+        assert audio.shape == expected.shape == (1, round(seconds * 16000))
+        assert max_rel_error(torch.from_numpy(audio), torch.from_numpy(expected)) <= WAVEFORM_TOLERANCE
+    assert ours(**inputs(audio_length_in_s=4 / 16000)).audios.shape == (1, 4)
+    with pytest.raises(ValueError, match=r"at least 0.00025 \(one mel frame of this model\)"):
+        ours(**inputs(audio_length_in_s=3 / 16000))
+
+
 def test_vocoder_input_width(folders):
     import dataclasses
 

@@ -7,8 +7,10 @@
 
 `TextConditioner.encode_prompt` returns `Conditioning(generated, t5_states, t5_mask)`: the UNet reads
 the generated GPT-2 states (unmasked) in one cross-attention and the T5 states (masked) in the other.
-With classifier-free guidance every tensor is [uncond, cond] along the batch, the unconditional half
-encoding the negative prompt ("" by default).
+With classifier-free guidance every tensor is [uncond, cond] along the batch. The unconditional half is the
+authors' (authors.py) when there is no negative prompt and the checkpoint runs as the authors' model: GPT-2
+states of zeros and the T5 states of "" (its one token attended to, the rest of the row padding); otherwise it
+encodes the negative prompt ("" by default), as diffusers does.
 
 Parity details (diffusers' `AudioLDM2Pipeline.encode_prompt`):
 - CLAP tokens are padded to the tokenizer's maximum (512) and truncated there; T5 tokens are padded
@@ -34,7 +36,8 @@ import torch
 from torch import nn
 
 from ..models.vits import VitsTextEncoder
-from .loading import DEFAULT_CHECKPOINT, load_component, load_tokenizer, resolve_checkpoint
+from .authors import is_unconditional_text
+from .loading import DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_tokenizer, resolve_checkpoint
 from .speech import encode_transcriptions, speech_new_tokens, transcriptions_for
 
 COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model", "language_model")
@@ -70,8 +73,10 @@ def tokenize(tokenizer, texts: list[str], max_length: int, pad_to_max_length: bo
 class TextConditioner(nn.Module):
     """The tokenizers and the four text stages; an nn.Module so that `.to(device)` moves them together."""
 
-    def __init__(self, tokenizer, tokenizer_2, clap, t5, projection, gpt2, clap_pad_to_max_length: bool = True):
+    def __init__(self, tokenizer, tokenizer_2, clap, t5, projection, gpt2, clap_pad_to_max_length: bool = True,
+                 reference: str = "diffusers"):
         super().__init__()
+        self.reference = reference  # "authors": the authors' unconditional half (authors.py); "diffusers": ""'s
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2  # RoBERTa (CLAP), T5 (or VITS: text-to-speech)
         self.clap, self.t5, self.projection, self.gpt2 = clap, t5, projection, gpt2
         self.speaks = isinstance(t5, VitsTextEncoder)  # a text-to-speech checkpoint: needs a transcription
@@ -82,16 +87,18 @@ class TextConditioner(nn.Module):
     @classmethod
     def from_pretrained(
         cls, checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, device="cpu", dtype=torch.float32,
-        variant: str | None = None, **kwargs
+        variant: str | None = None, reference: str | None = None, **kwargs
     ) -> "TextConditioner":
+        """`reference`: "authors" or "diffusers" (default: the checkpoint's own, authors.py)."""
+        reference = checkpoint_reference(checkpoint, reference)
         root = resolve_checkpoint(checkpoint, COMPONENTS, variant)
 
         def load(name):
-            return load_component(root, name, dtype=dtype, device=device, variant=variant)
+            return load_component(root, name, dtype=dtype, device=device, variant=variant, reference=reference)
 
         return cls(
             load_tokenizer(root, "tokenizer"), load_tokenizer(root, "tokenizer_2"), load("text_encoder"),
-            load("text_encoder_2"), load("projection_model"), load("language_model"), **kwargs,
+            load("text_encoder_2"), load("projection_model"), load("language_model"), reference=reference, **kwargs,
         )
 
     @property
@@ -188,8 +195,10 @@ class TextConditioner(nn.Module):
             raise ValueError("`negative_prompt_embeds` needs `negative_generated_prompt_embeds` too")
         guided = do_classifier_free_guidance
         spoken = self.check_transcription(transcription, prompts if prompt_embeds is None else None)
+        authors_uncond = (guided and self.reference == "authors" and negative_prompt_embeds is None
+                          and is_unconditional_text(negative_prompt))
 
-        if prompt_embeds is None and (negative_prompt_embeds is None or not guided):
+        if prompt_embeds is None and (negative_prompt_embeds is None or not guided) and not authors_uncond:
             # all text: both halves through the text stages in one batch, [negatives, prompts]; the negatives'
             # T5 tokens are padded, or cut, to the prompts' length so that the halves stack
             texts = (self.negative_texts(negative_prompt, len(prompts)) if guided else []) + prompts
@@ -205,7 +214,9 @@ class TextConditioner(nn.Module):
                                             encode_tokens)
             if guided:
                 batch, t5_length = encoded.t5_states.shape[:2]
-                if negative_prompt_embeds is None:
+                if authors_uncond:
+                    uncond = self.authors_unconditional(encoded, device)
+                elif negative_prompt_embeds is None:
                     negatives = self.negative_texts(negative_prompt, batch)
                     uncond = self.encode_texts(negatives, t5_length, max_new_tokens, device, encode_tokens=encode_tokens)
                 else:
@@ -214,6 +225,24 @@ class TextConditioner(nn.Module):
                 encoded = Conditioning(*(torch.cat([u, c]) for u, c in zip(uncond, encoded)))
         # repeating [uncond, cond] prompt by prompt keeps the halves apart: (2B, ...) -> (2B * times, ...)
         return self.repeat(encoded, num_waveforms_per_prompt)
+
+    def authors_unconditional(self, cond: Conditioning, device) -> Conditioning:
+        """The authors' unconditional half for a batch conditioned on `cond`: what training dropped the condition to.
+
+        GPT-2's slot: zeros with a mask of ones (`AudioMAEConditionCTPoolRand.get_unconditional_condition`). The
+        UNet attends to all of it: every key is 0, so its cross-attention output is the bias of `to_out` whatever
+        the length, and the zeros take the shape of `cond`'s generated states.
+        T5's slot: the states of "" with a mask of ones over its tokens (`FlanT5HiddenState`); here padded to the
+        length of `cond`'s T5 rows with masked slots, which the masked cross-attention does not see, so the rows
+        stack. Speech checkpoints: the VITS slot (the speech UNet does not read it) holds zeros, mask zero.
+        """
+        batch, length = cond.t5_states.shape[:2]
+        generated = torch.zeros_like(cond.generated)  # (B, N, 768)
+        if self.speaks:
+            return Conditioning(generated, torch.zeros_like(cond.t5_states), torch.zeros_like(cond.t5_mask))
+        ids, mask = tokenize(self.tokenizer_2, [""], length, True, device)  # (1, L): "</s>" and padding
+        states = self.t5(ids, mask).to(cond.t5_states.dtype)  # (1, L, 1024)
+        return Conditioning(generated, states.expand(batch, -1, -1), mask.to(cond.t5_mask.dtype).expand(batch, -1))
 
     def check_transcription(self, transcription, prompts: list[str] | None) -> list[str] | None:
         """One transcription per prompt for a text-to-speech checkpoint (when prompts are encoded), else None."""

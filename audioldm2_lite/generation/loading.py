@@ -45,6 +45,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..models import clap, clap_audio, gpt2, projection, t5, unet, vae, vits, vocoder
+from .authors import apply_reference, resolve_reference
 from ..models.hub_config import CheckpointError, HubConfig, UnsupportedConfigError, hub_field, unsupported_config
 
 DEFAULT_CHECKPOINT = "cvssp/audioldm2"
@@ -381,14 +382,19 @@ def load_component(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     variant: str | None = None,
+    reference: str | None = None,
 ) -> torch.nn.Module:
     """Our module for component `name` of `checkpoint` (or a stage in PART_STAGES), weights loaded strictly,
-    in eval mode. `variant` ("fp16") reads the component's weight files of that variant where it has them."""
+    in eval mode. `variant` ("fp16") reads the component's weight files of that variant where it has them.
+    `reference` ("authors" or "diffusers"; default: the checkpoint's, `checkpoint_reference`) decides the
+    UNet's heads and CLAP's text LayerNorm epsilon (authors.py)."""
     folder = component_folder(checkpoint, find_stage(name)[0], variant)
     hub_config = read_json(folder / "config.json")
     stage = find_stage(name, hub_config)[1]
     module = stage.module
     config = build_config(name, hub_config, folder / "config.json")
+    if name in ("unet", "text_encoder"):
+        config = apply_reference(name, config, checkpoint_reference(checkpoint, reference))
     state_dict, origin = read_weights(folder, variant)
     convert = getattr(module, "convert_hub_state_dict", None)
     if convert is not None:
@@ -442,6 +448,22 @@ def assign_strict(model, state_dict, origin, name, unused_patterns, dtype, devic
         raise RuntimeError(f"stage '{name}' has tensors the checkpoint does not fill: {left_on_meta[:5]}")
 
 
+def checkpoint_reference(checkpoint: str | os.PathLike, reference: str | None = None) -> str:
+    """The model a checkpoint runs as (authors.py): `reference` if given, else "authors" for an official
+    checkpoint (recognised by its UNet config) and "diffusers" for any other."""
+    if reference is not None:
+        return resolve_reference(reference, {})
+    file = Path(checkpoint).expanduser() / "unet" / "config.json"
+    if not Path(checkpoint).expanduser().is_dir() and HUB_ID.fullmatch(str(checkpoint)):
+        try:  # a hub id: its UNet config alone (a small file, cached like the rest)
+            from huggingface_hub import hf_hub_download
+
+            file = Path(hf_hub_download(str(checkpoint), "unet/config.json", local_files_only=_hub_reachable() is not None))
+        except Exception:  # offline and not cached: the component's own load says so
+            pass
+    return resolve_reference(None, read_json(file) if file.is_file() else {})
+
+
 def load_tokenizer(checkpoint: str | os.PathLike, name: str = "tokenizer"):
     """The transformers fast tokenizer stored in component folder `name` (tokenizer or tokenizer_2)."""
     from transformers import AutoTokenizer
@@ -475,7 +497,7 @@ def checkpoint_limits(checkpoint: str | os.PathLike):
     vae_factor = 2 ** (len(config("vae").get("block_out_channels", (128, 256, 384))) - 1)
     return ModelLimits(
         scheduler=SchedulerConfig.from_hub(config("scheduler", "scheduler_config.json")), sampling_rate=rate,
-        samples_per_latent_frame=hop * vae_factor, mel_top_hz=rate / 2,
+        samples_per_latent_frame=hop * vae_factor, samples_per_mel_frame=hop, mel_top_hz=rate / 2,
         default_seconds=unet.get("sample_size", 256) * vae_factor * hop / rate,
         speech=hub_class_name(speech) == "VitsModel",
     )

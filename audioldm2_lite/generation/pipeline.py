@@ -32,7 +32,8 @@ from .cuda_graphs import CUDAGraphed
 from .devices import default_device, resolve_device  # noqa: F401  (default_device: documented here)
 from .editing import AudioEdit, mel_config
 from .loading import (
-    DEFAULT_CHECKPOINT, STAGES, CheckpointError, has_variant, load_component, load_config, resolve_checkpoint,
+    DEFAULT_CHECKPOINT, STAGES, CheckpointError, checkpoint_reference, has_variant, load_component, load_config,
+    resolve_checkpoint,
 )
 from .lora import load_lora, set_lora_call_scale
 from .memory import TilePlan, plan_decode
@@ -106,6 +107,11 @@ class AudioLDM2Pipeline:
             super().__setattr__("runners", self.plain_runners())
 
     @property
+    def reference(self) -> str:
+        """"authors" or "diffusers": the model this pipeline computes (authors.py)."""
+        return self.conditioner.reference
+
+    @property
     def vae_scale_factor(self) -> int:
         return self.vae.upsampling_factor  # 4: mel frames per latent frame
 
@@ -119,7 +125,8 @@ class AudioLDM2Pipeline:
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False,
-                        progress: bool = False, lora=None, lora_scale: float = 1.0, variant: str | None = None):
+                        progress: bool = False, lora=None, lora_scale: float = 1.0, variant: str | None = None,
+                        reference: str | None = None):
         """Load every stage of a hub id or local hub-layout folder.
 
         device defaults to `default_device()` (CUDA, then MPS, then CPU). dtype: None for the measured default
@@ -131,11 +138,15 @@ class AudioLDM2Pipeline:
         download shows huggingface_hub's own bars). `lora`: a LoRA adapter file from audioldm2-lite-train,
         applied to the UNet with `lora_scale`. `variant` ("fp16"): the weight files of that variant, where a
         component has them (as diffusers). The folder's scheduler class picks the sampler a call uses by
-        default (samplers.py `SCHEDULER_CLASSES`).
+        default (samplers.py `SCHEDULER_CLASSES`). `reference`: "authors" runs the model the weights were trained
+        as, "diffusers" what diffusers' conversion computes (authors.py: UNet heads, the unconditional half of
+        guidance, CLAP's LayerNorm epsilon); default: the authors' for the official checkpoints (recognised by
+        their configs), diffusers' for any other folder. `pipe.reference` says which ran.
         """
         device = resolve_device(device)
         precision = resolve_precision(device, dtype)
         root = resolve_checkpoint(model, variant=variant)
+        reference = checkpoint_reference(root, reference)
         home = torch.device("cpu") if offload else device
         if variant is not None and not any(has_variant(root / name, variant) for name in STAGES):
             raise CheckpointError(f"no component of '{root}' has weight files of the variant '{variant}' "
@@ -143,13 +154,13 @@ class AudioLDM2Pipeline:
 
         def load(name, dtype):
             with progress_stage(f"loading {name}", progress):
-                return load_component(root, name, dtype=dtype, device=home, variant=variant)
+                return load_component(root, name, dtype=dtype, device=home, variant=variant, reference=reference)
 
         # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
         # masked, so the features agree to float rounding, at a fraction of the cost
         with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
             conditioner = TextConditioner.from_pretrained(root, device=home, dtype=precision.text, variant=variant,
-                                                          clap_pad_to_max_length=False)
+                                                          clap_pad_to_max_length=False, reference=reference)
         if lora is not None and Path(lora).resolve().parent == root.resolve():
             # audioldm2-lite-train exports OUT/ with the adapter merged into OUT/unet and the adapter alone beside it
             warnings.warn(f"{lora} lies in the checkpoint {root}, an export whose UNet has this adapter merged in "
@@ -321,7 +332,8 @@ class AudioLDM2Pipeline:
         mel = mel_config(self)
         return ModelLimits(
             scheduler=self.scheduler_config, sampling_rate=self.sampling_rate,
-            samples_per_latent_frame=self.hop_length * self.vae_scale_factor, mel_top_hz=mel.fmax,
+            samples_per_latent_frame=self.hop_length * self.vae_scale_factor, samples_per_mel_frame=self.hop_length,
+            mel_top_hz=mel.fmax,
             default_seconds=self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate,
             speech=self.conditioner.speaks,
         )

@@ -37,7 +37,6 @@ class RequestError(ValueError):
 DEFAULT_STEPS = {"ddim": 200, "dpmsolver++": 20}  # diffusers' 200; the HF blog's fast recipe: 20 DPM-Solver++
 DEFAULT_GUIDANCE = 3.5
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
-MIN_SECONDS = 0.01  # one mel frame: 160 samples at 16 kHz in every AudioLDM 2 checkpoint
 EDIT_FIELDS = ("strength", "regenerate_seconds", "regenerate_above_hz")
 
 
@@ -48,6 +47,7 @@ class ModelLimits:
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
     sampling_rate: int = 16000
     samples_per_latent_frame: int = 640  # hop 160 x the VAE's factor 4
+    samples_per_mel_frame: int = 160  # the vocoder's hop: the shortest audio is one mel frame
     mel_top_hz: float = 8000.0  # the mel filterbank's upper edge: the model's Nyquist
     default_seconds: float = 10.24  # the UNet's sample_size x 4 x 160 / 16000
     speech: bool = False  # a text-to-speech checkpoint (VITS text_encoder_2): a transcription is needed
@@ -131,8 +131,10 @@ class Request:
             if given:
                 raise RequestError(f"{given[0]} edits audio: give the recording to edit (audio)")
             if isinstance(r.seconds, bool) or not isinstance(r.seconds, (int, float)) or not math.isfinite(r.seconds) \
-                    or r.seconds < MIN_SECONDS:
-                raise RequestError(f"seconds must be positive, at least {MIN_SECONDS} (one mel frame); got {r.seconds!r}")
+                    or int(r.seconds * limits.sampling_rate / limits.samples_per_mel_frame) < 1:
+                shortest = limits.samples_per_mel_frame / limits.sampling_rate
+                raise RequestError(f"seconds must be positive, at least {shortest:g} (one mel frame of this model); "
+                                   f"got {r.seconds!r}")
         return r
 
     @staticmethod
