@@ -100,7 +100,10 @@ def perturb_vectors(model, scale: float = 0.1):
     return model
 
 
-def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, fusion_features: bool = False) -> Path:
+def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, fusion_features: bool = False,
+                         unet_channels=(16, 16, 24, 32)) -> Path:
+    """`unet_channels`: the UNet's level widths; multiples of 32 give the authors' heads of 32 channels a split
+    (`reference="authors"`, generation/authors.py)."""
     import torch
     from diffusers import AudioLDM2Pipeline, AutoencoderKL, DDIMScheduler
     from diffusers.pipelines.audioldm2 import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel
@@ -140,7 +143,7 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, fusion_features: bo
     gpt2 = GPT2Model(gpt2_config)
     unet = AudioLDM2UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=8,
-        block_out_channels=(16, 16, 24, 32), attention_head_dim=2,
+        block_out_channels=tuple(unet_channels), attention_head_dim=2,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=[[None, 24, 32]] * 4,
@@ -189,8 +192,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fusion-features", action="store_true",
                         help="CLAP reads four stacked log-mels per clip, as in diffusers' test checkpoints")
+    parser.add_argument("--unet-channels", type=int, nargs=4, default=(16, 16, 24, 32), metavar="C",
+                        help="the UNet's level widths (multiples of 32 for reference='authors')")
     args = parser.parse_args()
-    print(make_tiny_checkpoint(args.out_dir, args.seed, args.fusion_features))
+    print(make_tiny_checkpoint(args.out_dir, args.seed, args.fusion_features, args.unet_channels))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_authors_checkpoint(tmp_path_factory) -> Path:
+    """The tiny checkpoint with UNet levels of 32, 32, 64 and 96 channels: the authors' heads of 32 channels split
+    them (1, 1, 2, 3 heads), where diffusers reads `attention_head_dim` 2 as two heads everywhere."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-authors") / "audioldm2-tiny-authors",
+                                unet_channels=(32, 32, 64, 96))
+
+
+@pytest.fixture(scope="session")
 def fusion_checkpoint(tmp_path_factory) -> Path:
     """The tiny checkpoint with the CLAP front end of diffusers' test checkpoints ("fusion" features, 4 channels)."""
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-fusion") / "audioldm2-tiny-fusion", fusion_features=True)

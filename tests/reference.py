@@ -24,8 +24,8 @@ def max_rel_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return ((ours - reference).abs().max() / scale).item()
 
 
-def diffusers_pipeline(checkpoint, dtype=torch.float32):
-    """diffusers' AudioLDM2Pipeline on a hub-layout folder.
+def diffusers_pipeline(checkpoint, dtype=torch.float32, **components):
+    """diffusers' AudioLDM2Pipeline on a hub-layout folder (`components` replace the folder's).
 
     The hub layout names the language model GPT2Model, which current diffusers cannot generate with;
     load it as GPT2LMHeadModel (same weights plus an unused tied head) and pass it in.
@@ -34,7 +34,43 @@ def diffusers_pipeline(checkpoint, dtype=torch.float32):
     from transformers import GPT2LMHeadModel
 
     language_model = GPT2LMHeadModel.from_pretrained(f"{checkpoint}/language_model", torch_dtype=dtype)
-    return AudioLDM2Pipeline.from_pretrained(str(checkpoint), language_model=language_model, torch_dtype=dtype)
+    return AudioLDM2Pipeline.from_pretrained(str(checkpoint), language_model=language_model, torch_dtype=dtype,
+                                             **components)
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusers driven as the authors' model (generation/authors.py), the recipe written out:
+# heads of 32 channels per level, CLAP's text LayerNorm at RoBERTa's 1e-5, and as the unconditional half the
+# zero GPT-2 sequence and the T5 states of "" (its token attended to, the rest of the row masked padding).
+
+
+def diffusers_as_authors(checkpoint, dtype=torch.float32):
+    import json
+
+    from diffusers import AudioLDM2UNet2DConditionModel
+    from transformers import ClapConfig, ClapModel
+
+    channels = json.loads((checkpoint / "unet" / "config.json").read_text())["block_out_channels"]
+    # diffusers reads attention_head_dim as heads, per level when it is a list (its mid block takes the last)
+    unet = AudioLDM2UNet2DConditionModel.from_pretrained(checkpoint / "unet", torch_dtype=dtype,
+                                                         attention_head_dim=[c // 32 for c in channels])
+    clap_config = ClapConfig.from_pretrained(checkpoint / "text_encoder")
+    clap_config.text_config.layer_norm_eps = 1e-5
+    clap = ClapModel.from_pretrained(checkpoint / "text_encoder", config=clap_config, torch_dtype=dtype)
+    return diffusers_pipeline(checkpoint, dtype, unet=unet, text_encoder=clap)
+
+
+@torch.no_grad()
+def authors_call(pipe, prompt, **kwargs):
+    """`pipe(prompt, **kwargs)` with the authors' unconditional half given as the negative embeddings."""
+    device = pipe.device
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    t5, mask, generated = pipe.encode_prompt(prompts, device, 1, False)  # the conditional half alone
+    tokens = pipe.tokenizer_2([""] * len(prompts), padding="max_length", max_length=t5.shape[1], return_tensors="pt")
+    empty = pipe.text_encoder_2(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
+    return pipe(prompt_embeds=t5, attention_mask=mask, generated_prompt_embeds=generated,
+                negative_prompt_embeds=empty.last_hidden_state, negative_attention_mask=tokens.attention_mask.to(device),
+                negative_generated_prompt_embeds=torch.zeros_like(generated), **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

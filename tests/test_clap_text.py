@@ -32,7 +32,8 @@ def parity_error(checkpoint, padding_side="right") -> float:
     tokenizer.padding_side = padding_side
     input_ids, attention_mask = tokenize_like_diffusers(tokenizer, PROMPTS)
     with torch.no_grad():
-        ours = load_component(checkpoint, "text_encoder").get_text_features(input_ids, attention_mask)
+        ours = load_component(checkpoint, "text_encoder", reference="diffusers").get_text_features(input_ids,
+                                                                                                  attention_mask)
         gc.collect()
         reference = transformers_twin(checkpoint).get_text_features(input_ids, attention_mask=attention_mask)
     gc.collect()

@@ -146,7 +146,7 @@ def test_encode_prompt_parity_full_size(full_checkpoint):
         "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model", "language_model",
     ))
     kwargs = dict(do_classifier_free_guidance=True, num_waveforms_per_prompt=1)
-    ours = TextConditioner.from_pretrained(checkpoint)
+    ours = TextConditioner.from_pretrained(checkpoint, reference="diffusers")  # as diffusers (official configs)
     encoded = ours.encode_prompt(PROMPTS, **kwargs)  # short prompts: CLAP's 512 padded tokens cost enough
     del ours
     pipe = reference_pipeline(checkpoint)

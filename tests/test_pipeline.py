@@ -34,7 +34,8 @@ def report(name, ours, reference):
 
 
 def both(checkpoint, scheduler, seconds, prompt, **kwargs):
-    ours = AudioLDM2Pipeline.from_pretrained(checkpoint, device="cpu", dtype=torch.float32)
+    # diffusers computes its own conversion's model (the authors' model: test_authors.py)
+    ours = AudioLDM2Pipeline.from_pretrained(checkpoint, device="cpu", dtype=torch.float32, reference="diffusers")
     reference = diffusers_pipeline(checkpoint)
     reference.set_progress_bar_config(disable=True)
     reference_scheduler(reference, scheduler)

@@ -37,7 +37,7 @@ def unet_inputs(config: dict, time_frames: int, batch: int = 2, t5_length: int =
 
 def run_both(checkpoint, inputs):
     with torch.no_grad():
-        ours = load_component(checkpoint, "unet")(**inputs)
+        ours = load_component(checkpoint, "unet", reference="diffusers")(**inputs)  # diffusers' heads
         gc.collect()
         reference = diffusers_twin(checkpoint)(**inputs, return_dict=False)[0]
     gc.collect()
