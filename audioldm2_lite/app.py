@@ -44,6 +44,7 @@ from pathlib import Path
 from .console import OneLineParser, UsageError, file_metadata, pcm16, report_errors, write_audio
 from .generation.editing import mel_config, steps_to_run
 from .generation.pipeline import Generated
+from .generation.authors import describe as describe_reference
 from .generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, Request
 from .serving import BatchingQueue, ServingError
 from .spectrogram import spectrogram_image
@@ -170,7 +171,7 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
         if request.is_edit:  # the upload's name, not its path in the server's private folder
             request = dataclasses.replace(request, audio=Path(str(request.audio)).name)
         write_audio(path, result.audios[index], pipe.sampling_rate,
-                    file_metadata(request, model_name, pipe.precision.describe()))
+                    file_metadata(request, model_name, pipe.precision.describe(), pipe.reference))
         return str(path)
 
     async def picture(result: Generated):
@@ -208,7 +209,8 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
     # every file Gradio wrote for this page (results, uploads) is deleted `cache_hours` after it was written
     age = max(1, round(cache_hours * 3600))
     with gr.Blocks(title="AudioLDM 2 (audioldm2_lite)", delete_cache=(min(age, 3600), age)) as app:
-        gr.Markdown(f"## AudioLDM 2\nModel: `{model_name}` on {pipe.device}, {pipe.precision.describe()}")
+        gr.Markdown(f"## AudioLDM 2\nModel: `{model_name}` as {describe_reference(pipe.reference)}, on "
+                    f"{pipe.device}, {pipe.precision.describe()}")
         # what both tabs use
         with gr.Row():
             with gr.Column(scale=2):
@@ -347,6 +349,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                         help="every stage in it (default, measured: float16 on CUDA; on a CPU with native bf16 the "
                              "UNet, text stages and vocoder in bfloat16, the VAE in float32; float32 elsewhere)")
+    parser.add_argument("--reference", default=None, choices=("authors", "diffusers"), help="authors: the model the weights were trained as (heads of 32 channels, the zero unconditional sequence, CLAP eps 1e-5); diffusers: what diffusers computes (default: authors for the official checkpoints, diffusers for other folders; README: The authors' model and diffusers)")
     parser.add_argument("--lora", default=None, help="LoRA adapter file from audioldm2-lite-train (lora.safetensors)")
     parser.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default: 1)")
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
@@ -453,7 +456,8 @@ def serve(args) -> int:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         pipe = AudioLDM2Pipeline.from_pretrained(args.model, device=args.device,
                                                  dtype=getattr(torch, args.dtype) if args.dtype else None,
-                                                 lora=args.lora, lora_scale=args.lora_scale or 1.0)
+                                                 lora=args.lora, lora_scale=args.lora_scale or 1.0,
+                                                 reference=args.reference)
         queue = batching_queue(pipe, args.max_batch, args.batch_window, args.max_queue, args.time_limit)
         app = build_app(pipe, args.model, args.max_prompt_chars, args.max_input_seconds, args.cache_hours, queue)
         print(f"{PROG}: serving {args.model} on http://{args.host}:{args.port}/ (batches of up to {args.max_batch}, "

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .console import (FORMATS, UsageError, check_device, check_local_model, file_metadata, load_pipeline,
                       read_table, request_from_args, resolve_device, write_atomically, write_audio)
+from .generation.authors import describe as describe_reference
 from .generation.request import Request
 
 # the columns a row may set: every request field a person writes per row, and the file's name
@@ -174,9 +175,11 @@ def batches(rows: list[Row], batch_size: int) -> list[list[Row]]:
 # The manifest: one JSON line per finished row, appended after its audio file is in place
 
 
-def manifest_line(row: Row, model: str, score: float | None = None, precision: str | None = None) -> dict:
+def manifest_line(row: Row, model: str, score: float | None = None, precision: str | None = None,
+                  reference: str | None = None) -> dict:
     """A finished row: its file, its place in the prompt file and its request, complete (as the file's metadata)."""
-    line = dict(file=row.file_name, row=row.index, **json.loads(file_metadata(row.request, model, precision)["comment"]))
+    line = dict(file=row.file_name, row=row.index,
+                **json.loads(file_metadata(row.request, model, precision, reference)["comment"]))
     return line if score is None else {**line, "clap_score": score}
 
 
@@ -316,6 +319,9 @@ def run(args, rows: list[Row]) -> int:
     done, failed = 0, []
     try:
         pipe = load_pipeline(args, rows[0].request) if todo else None  # nothing left here: no need to load the model
+        if pipe is not None and rank == 0 and not quiet:  # what ran, once (every file and manifest line keeps it)
+            print(f"audioldm2-lite: model: {describe_reference(pipe.reference)}; precision: "
+                  f"{pipe.precision.describe()}", file=sys.stderr)
         manifest = out_dir / (MANIFEST if world == 1 else f"manifest.rank-{rank}.jsonl")
         from tqdm.auto import tqdm
 
@@ -374,6 +380,8 @@ def generate_and_write(pipe, batch: list[Row], model: str, out_dir: Path, manife
         return
     for row, (audio, score) in zip(batch, results):
         precision = pipe.precision.describe()
-        write_audio(out_dir / row.file_name, audio, pipe.sampling_rate, file_metadata(row.request, model, precision))
-        append_line(manifest, manifest_line(row, model, score, precision))  # after its file: never a line without one
+        write_audio(out_dir / row.file_name, audio, pipe.sampling_rate,
+                    file_metadata(row.request, model, precision, pipe.reference))
+        # after its file: never a line without one
+        append_line(manifest, manifest_line(row, model, score, precision, pipe.reference))
         yield [row], None

@@ -19,6 +19,7 @@ from pathlib import Path
 from .console import (FORMATS, OneLineParser, UsageError, add_editing_arguments, as_options, check_device,
                       check_local_model, file_metadata, load_pipeline, one_line_warnings, report_errors,
                       request_from_args, resolve_device, write_audio)
+from .generation.authors import describe as describe_reference
 from .generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, Request
 
 PROG = "audioldm2-lite"
@@ -63,6 +64,7 @@ def build_parser() -> OneLineParser:
                         help="every stage's weights and activations (default, measured: float16 on CUDA; on a CPU "
                              "with native bf16 the UNet, text stages and vocoder in bfloat16, the VAE in float32; "
                              "float32 elsewhere; --dtype float32 opts out)")
+    parser.add_argument("--reference", default=None, choices=("authors", "diffusers"), help="authors: the model the weights were trained as (heads of 32 channels, the zero unconditional sequence, CLAP eps 1e-5); diffusers: what diffusers computes (default: authors for the official checkpoints, diffusers for other folders; README: The authors' model and diffusers)")
     parser.add_argument("--compile", action="store_true",
                         help="on CUDA, torch.compile the UNet, VAE and vocoder first (minutes of compiling)")
     parser.add_argument("--offload", action="store_true",
@@ -185,6 +187,7 @@ def generate(args, request: Request) -> int:
         disable_progress_bars()
     pipe = load_pipeline(args, request)
     if not args.quiet:
+        print(f"{PROG}: model: {describe_reference(pipe.reference)}", file=sys.stderr)
         print(f"{PROG}: precision: {pipe.precision.describe()} [{pipe.precision.why}]", file=sys.stderr)
     if request.seed is None:
         request = AudioLDM2Pipeline.with_seed(request)
@@ -193,7 +196,8 @@ def generate(args, request: Request) -> int:
     [result] = pipe.generate(request, progress=not args.quiet)
     audios = result.audios if args.all else result.audios[:1]  # ranked best first
     for path, audio in zip(output_paths(args.output, len(audios)), audios):
-        write_audio(path, audio, pipe.sampling_rate, file_metadata(result.request, args.model, pipe.precision.describe()))
+        write_audio(path, audio, pipe.sampling_rate,
+                    file_metadata(result.request, args.model, pipe.precision.describe(), pipe.reference))
         print(path)
     return 0
 

@@ -229,15 +229,17 @@ def check_local_model(model: str) -> None:
                          f"hub id such as cvssp/audioldm2")
 
 
-def file_metadata(request: Request, model: str, precision: str | None = None) -> dict[str, str]:
+def file_metadata(request: Request, model: str, precision: str | None = None,
+                  reference: str | None = None) -> dict[str, str]:
     """How a file was made, in soundfile's text fields: the prompt as its title, the complete request (and the
-    model, and the precision each stage ran in) as JSON in its comment, so the file alone says how to make it
-    again."""
+    model, which reference of it ran (authors' or diffusers'), and the precision each stage ran in) as JSON in its
+    comment, so the file alone says how to make it again."""
     import json
 
     from . import __version__
 
-    record = {**request.record(), "model": model} | ({"precision": precision} if precision else {})
+    record = {**request.record(), "model": model} | ({"reference": reference} if reference else {}) \
+        | ({"precision": precision} if precision else {})
     return {"title": request.prompt, "comment": json.dumps(record, ensure_ascii=False),
             "software": f"audioldm2-lite {__version__}"}
 
@@ -250,6 +252,7 @@ def load_pipeline(args, request: Request):
     pipe = AudioLDM2Pipeline.from_pretrained(
         args.model, device=resolve_device(args.device), dtype=getattr(torch, args.dtype) if args.dtype else None,
         offload=args.offload, progress=not args.quiet, lora=request.lora, lora_scale=request.lora_scale,
+        reference=args.reference,
     )
     if pipe.device.type == "cuda" and not args.offload:  # CUDA graphs: same audio, about 10x faster
         pipe.optimize(compile=args.compile, cuda_graphs=True)

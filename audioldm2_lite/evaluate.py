@@ -204,14 +204,18 @@ def write_stats(path, mean: np.ndarray, cov: np.ndarray, num_files: int) -> None
 class ClapScorer:
     """The checkpoint's CLAP (both towers), its tokenizer and its audio front end; no other stage."""
 
-    def __init__(self, model=None, device=None):
+    def __init__(self, model=None, device=None, reference: str | None = None):
         from .generation.ranking import load_audio_tower
-        from .generation.loading import DEFAULT_CHECKPOINT, load_component, load_tokenizer, resolve_checkpoint
+        from .generation.loading import (
+            DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_tokenizer, resolve_checkpoint,
+        )
         from .generation.devices import default_device
 
         self.device = torch.device(device) if device is not None else default_device()
+        # the CLAP text tower's LayerNorm eps is the reference's (authors.py): the checkpoint's own by default
+        self.reference = checkpoint_reference(model or DEFAULT_CHECKPOINT, reference)
         root = resolve_checkpoint(model or DEFAULT_CHECKPOINT, ["text_encoder", "tokenizer", "feature_extractor"])
-        self.clap = load_component(root, "text_encoder", device=self.device)
+        self.clap = load_component(root, "text_encoder", device=self.device, reference=self.reference)
         self.tokenizer = load_tokenizer(root, "tokenizer")
         self.audio_tower, self.feature_config = load_audio_tower(root, device=self.device)
         self.dim = self.clap.config.projection_dim
@@ -264,12 +268,15 @@ def read_named(file: Path, rate: int) -> torch.Tensor:
 
 
 def evaluate(generated, reference=None, reference_stats=None, prompts=None, model=None, batch_size: int = 8,
-             device=None, save_stats=None, progress: bool = True, scorer: ClapScorer | None = None) -> dict:
+             device=None, save_stats=None, progress: bool = True, scorer: ClapScorer | None = None,
+             model_reference: str | None = None) -> dict:
     """Score the audio files under `generated`; returns the report (see the module docstring for the metrics).
 
     `reference` (a folder) or `reference_stats` (a `save_stats` file) gives `fd_clap`, and with a folder of the
     same file names `lsd` and `clap_audio_similarity`; `prompts` (CSV / JSONL) gives `clap_score`.
     `save_stats` writes the generated set's embedding mean and covariance. `scorer` reuses a loaded CLAP.
+    `model_reference` ("authors" or "diffusers"): the CLAP text tower's reading (generation/authors.py; default: the
+    checkpoint's own), recorded in the report as `model`.
     Bad input raises EvaluationError before anything is written.
     """
     if reference is not None and reference_stats is not None:
@@ -287,15 +294,15 @@ def evaluate(generated, reference=None, reference_stats=None, prompts=None, mode
     if reference_files is not None and len(reference_files) < 2:
         raise EvaluationError(f"a covariance needs at least 2 files; '{reference}' holds {len(reference_files)}")
 
-    scorer = scorer or ClapScorer(model, device)
+    scorer = scorer or ClapScorer(model, device, model_reference)
     if stats is not None and stats[0].size != scorer.dim:
         raise EvaluationError(f"stats file '{reference_stats}' holds {stats[0].size}-d embeddings, but this "
                               f"checkpoint's CLAP makes {scorer.dim}-d ones: it comes from another model")
 
     names = list(files)
     embeddings = scorer.embed_audio(list(files.values()), batch_size, progress, "CLAP audio (generated)")
-    report = {"generated": str(generated), "num_files": len(names), "embedding_dim": scorer.dim, "notes": [],
-              "files": {name: {} for name in names}}
+    report = {"generated": str(generated), "num_files": len(names), "embedding_dim": scorer.dim,
+              "model": scorer.reference, "notes": [], "files": {name: {} for name in names}}
 
     if file_prompts is not None:
         texts = sorted(set(file_prompts.values()))
@@ -369,6 +376,9 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--prompts", help="CSV or JSONL with file_name (or file) and prompt (or text) per file, "
                         "e.g. a batch run's manifest.jsonl: clap_score")
     parser.add_argument("--model", default=None, help="hub id or local folder in hub layout (default: cvssp/audioldm2)")
+    parser.add_argument("--model-reference", choices=("authors", "diffusers"), default=None,
+                        help="CLAP's text tower as the authors' model (LayerNorm eps 1e-5) or as diffusers reads the "
+                             "config (default: authors for the official checkpoints, diffusers for other folders)")
     parser.add_argument("--batch-size", type=int, default=8, help="files per CLAP batch (default: 8)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--output", help="write the report (metrics, per-file scores) to this JSON file")
@@ -385,7 +395,8 @@ def main(argv=None) -> int:
             if folder is not None and (not folder.is_dir() or not os.access(folder, os.W_OK)):
                 raise UsageError(f"cannot write to '{folder}' (missing or not writable)")
         report = evaluate(args.generated, args.reference, args.reference_stats, args.prompts, args.model,
-                          args.batch_size, args.device, args.save_stats, progress=not args.quiet)
+                          args.batch_size, args.device, args.save_stats, progress=not args.quiet,
+                          model_reference=args.model_reference)
         if args.output:
             text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
             write_atomically(args.output, lambda out: out.write(text.encode()))

@@ -65,8 +65,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .console import UsageError, one_line_warnings, write_atomically
+from .generation.authors import REFERENCES
+from .generation.authors import describe as describe_reference
 from .generation.loading import (
-    DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint,
+    DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_config, resolve_checkpoint,
 )
 from .generation.lora import apply_lora
 from .generation.mel import MelConfig
@@ -97,7 +99,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     ema_decay: float | None = None  # e.g. 0.9999: keep (and export) an EMA of the trained weights
-    caption_dropout: float = 0.1  # probability of training on the empty prompt instead of the caption
+    caption_dropout: float = 0.1  # probability of training on the unconditional input instead of the caption
+    reference: str | None = None  # "authors" or "diffusers" (generation/authors.py); None: the checkpoint's
     seconds: float = 10.24  # every clip cut (from the start) or padded (with silence) to this length
     seed: int = 0
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
@@ -246,19 +249,22 @@ def train(config: TrainConfig) -> Path:
     root = resolve_checkpoint(c.model)
     if out.resolve() == root.resolve():
         raise UsageError(f"--output {out} is the checkpoint being fine-tuned: choose another folder")
+    reference = checkpoint_reference(root, c.reference)  # the model trained, and its unconditional input
+    if rank == 0 and not c.quiet:
+        print(f"{PROG}: model: {describe_reference(reference)}", file=sys.stderr)
     validation = None
     if rank == 0 and c.validation_prompts:
         from .train_validation import Validation  # its prompts and reference checked before anything loads
 
         validation = Validation(root, c.validation_prompts, c.validation_reference, c.validation_steps, c.seconds,
-                                device)
+                                device, reference)
     mel_config = MelConfig.from_hub(load_config(root, "vocoder"), load_config(root, "vae"))
     num_samples = round(c.seconds * mel_config.sampling_rate)
     cache = Path(c.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "audioldm2-lite" / "train")
     cache = cache.expanduser() / checkpoint_key(root)
     uncached = lambda path: not latent_file(cache, path, num_samples).is_file()
     clips = from_rank_0(read_dataset(c.data, c.skip_bad_rows, check_audio=uncached) if rank == 0 else None, world)
-    data = EncodedDataset(clips, num_samples, cache)
+    data = EncodedDataset(clips, num_samples, cache, reference)
     data.encode_missing(root, mel_config, device, c.quiet or rank != 0, rank, world)
     if world > 1:
         dist.barrier()
@@ -271,7 +277,7 @@ def train(config: TrainConfig) -> Path:
     scaling_factor = load_config(root, "vae")["scaling_factor"]
 
     # 2. the model: float32 master weights, one replica per process
-    unet = load_component(root, "unet", dtype=torch.float32, device=device)
+    unet = load_component(root, "unet", dtype=torch.float32, device=device, reference=reference)
     torch.manual_seed(c.seed)  # the adapters' random initialisation: the same run from the same seed
     if lora:
         parameters = apply_lora(unet, c.lora_rank, c.lora_alpha)
@@ -458,7 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
         "max_grad_norm": "clip the gradient norm to this (default: 1.0)",
         "ema_decay": "keep an EMA of the trained weights with this decay (e.g. 0.9999), validated and exported "
                      "instead of the raw weights (default: off)",
-        "caption_dropout": "probability of the empty prompt instead of the caption (default: 0.1)",
+        "caption_dropout": "probability of the unconditional input instead of the caption: the authors' (zero GPT-2 "
+                           "states, T5 of '') or diffusers' (the empty prompt encoded), as --reference says "
+                           "(default: 0.1)",
+        "reference": "authors: train the model the weights were trained as (heads of 32 channels, the authors' "
+                     "unconditional input); diffusers: as diffusers computes it (default: authors for the "
+                     "official checkpoints, diffusers for other folders)",
         "seconds": "clip length: longer clips are cut after it, shorter padded with silence (default: 10.24)",
         "seed": "random seed for order, noise, timesteps, dropout and LoRA initialisation (default: 0)",
         "checkpoint_every": "steps between checkpoints and exports (default: 500)",
@@ -488,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs = {"required": True} if field.name in ("data", "output") else {"default": field.default}
         if field.name == "dtype":
             kwargs.update(choices=("float32", "bfloat16", "float16"), metavar="{float32,bfloat16,float16}")
+        if field.name == "reference":
+            kwargs.update(choices=REFERENCES, metavar="{" + ",".join(REFERENCES) + "}")
         if field.name == "lr_scheduler":
             kwargs.update(choices=SCHEDULES, metavar="{" + ",".join(SCHEDULES) + "}")
         kwargs.setdefault("metavar", names.get(field.name, "N"))

@@ -144,11 +144,12 @@ def latent_file(cache: Path, path: Path, num_samples: int) -> Path:
 class EncodedDataset:
     """Every clip's VAE posterior (mean, std) and every caption's conditioning, as files in `cache`."""
 
-    def __init__(self, clips: list[Clip], num_samples: int, cache: Path):
-        self.clips, self.num_samples, self.cache = clips, num_samples, cache
+    def __init__(self, clips: list[Clip], num_samples: int, cache: Path, reference: str = "diffusers"):
+        self.clips, self.num_samples, self.cache, self.reference = clips, num_samples, cache, reference
         self.latent_files = [latent_file(cache, c.path, num_samples) for c in clips]
         captions = sorted({c.caption for c in clips} | {""})  # "" is the dropped caption
-        self.text_files = {t: cache / f"text-{_hash(t)}.safetensors" for t in captions}
+        # the reference changes every caption's conditioning (CLAP's eps) and the dropped one's (authors.py)
+        self.text_files = {t: cache / f"text-{_hash(reference, t)}.safetensors" for t in captions}
         self.captions = [c.caption for c in clips]
 
     def __len__(self):
@@ -167,12 +168,17 @@ class EncodedDataset:
         if not latents and not texts:
             return
         self.cache.mkdir(parents=True, exist_ok=True)
-        conditioner = TextConditioner.from_pretrained(root, device=device)
+        conditioner = TextConditioner.from_pretrained(root, device=device, reference=self.reference)
         vae = load_component(root, "vae", device=device)
         with torch.no_grad():
             for caption in tqdm(texts, desc="encoding captions", disable=quiet):
-                generated, t5_states, t5_mask = conditioner.encode_prompt(
-                    caption, do_classifier_free_guidance=False, device=device)  # (1, N, 768), (1, L, 1024)
+                if caption == "" and self.reference == "authors":  # the dropped caption: what guidance uses
+                    gpt2 = conditioner.gpt2.config  # zeros for GPT-2's slot, T5("") (one token) for T5's
+                    generated = torch.zeros(1, gpt2.max_new_tokens, gpt2.n_embd, device=device)
+                    t5_states, t5_mask = conditioner.empty_t5(1, device)
+                else:
+                    generated, t5_states, t5_mask = conditioner.encode_prompt(
+                        caption, do_classifier_free_guidance=False, device=device)  # (1, N, 768), (1, L, 1024)
                 save_atomic(save_file, {"generated": generated[0], "t5_states": t5_states[0],
                                         "t5_mask": t5_mask[0]}, self.text_files[caption])
             for file in tqdm(latents, desc="encoding clips", disable=quiet):

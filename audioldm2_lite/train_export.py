@@ -15,6 +15,7 @@ from pathlib import Path
 from .generation.loading import read_json, read_weights
 from .generation.lora import merged_state_dict, save_lora
 from .models import gpt2
+from .models.unet import level_values
 from .train_data import save_atomic
 
 
@@ -35,7 +36,11 @@ def export_checkpoint(unet, root: Path, out: Path, lora: bool) -> None:
                 except OSError:
                     shutil.copy2(file.resolve(), target)
     (out / "unet").mkdir(exist_ok=True)
-    shutil.copyfile(root / "unet" / "config.json", out / "unet" / "config.json")
+    # the heads of each level as the model was trained (the authors' 32-channel heads, or diffusers' reading),
+    # written as diffusers reads a list: per level, the mid block taking the last
+    heads = list(level_values(unet.config.num_heads, len(unet.config.block_out_channels)))
+    unet_config = dict(read_json(root / "unet" / "config.json"), attention_head_dim=heads)
+    (out / "unet" / "config.json").write_text(json.dumps(unet_config, indent=2) + "\n")
     save_atomic(save_file, merged_state_dict(unet), out / "unet" / "diffusion_pytorch_model.safetensors",
                 metadata={"format": "pt"})
     if lora:

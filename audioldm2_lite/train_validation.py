@@ -50,8 +50,10 @@ def read_validation_prompts(file) -> list[str]:
 
 
 class Validation:
-    def __init__(self, root: Path, prompts_file, reference_stats, steps: int, seconds: float, device):
+    def __init__(self, root: Path, prompts_file, reference_stats, steps: int, seconds: float, device,
+                 reference: str = "diffusers"):
         self.root, self.steps, self.seconds, self.device = root, steps, seconds, device
+        self.reference = reference  # the model trained: authors.py
         self.prompts = read_validation_prompts(prompts_file)
         self.reference_stats = reference_stats
         if reference_stats is not None:
@@ -76,12 +78,13 @@ class Validation:
         """Generate and score every prompt with `unet` into folder/validation/step-N, add a row to
         folder/validation.csv and the scores and audio to TensorBoard (`board`); returns {metric: value}."""
         if self.pipe is None:  # the pipeline around the UNet being trained: its weights, not a copy
-            conditioner = TextConditioner.from_pretrained(self.root, device=self.device, clap_pad_to_max_length=False)
+            conditioner = TextConditioner.from_pretrained(self.root, device=self.device, clap_pad_to_max_length=False,
+                                                          reference=self.reference)
             self.pipe = AudioLDM2Pipeline(
                 conditioner, unet, load_component(self.root, "vae", device=self.device),
                 load_component(self.root, "vocoder", device=self.device),
                 SchedulerConfig.from_hub(load_config(self.root, "scheduler")), self.root, device=self.device)
-            self.scorer = ClapScorer(self.root, self.device)
+            self.scorer = ClapScorer(self.root, self.device, reference=self.reference)
         here = folder / "validation" / f"step-{step}"
         here.mkdir(parents=True, exist_ok=True)
         audios = []

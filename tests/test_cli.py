@@ -148,6 +148,7 @@ def test_what_happened_is_said_and_kept(tiny_checkpoint, tmp_path, umask_027):
     for stage in ("loading the text encoders", "loading unet", "loading vae", "loading vocoder",
                   "encoding the prompt", "denoising", "decoding"):
         assert stage in first.stderr
+    assert first.stderr.count("audioldm2-lite: model: diffusers' conversion") == 1  # what ran, said once
     seed = int(first.stderr.split("audioldm2-lite: seed ")[1].split()[0])
     warning = [line for line in first.stderr.splitlines() if line.startswith("audioldm2-lite: warning:")]
     assert len(warning) == 1 and "is too long: CLAP kept 40 of" in warning[0] and "T5 kept 24 of" in warning[0]
@@ -156,8 +157,9 @@ def test_what_happened_is_said_and_kept(tiny_checkpoint, tmp_path, umask_027):
     with soundfile.SoundFile(tmp_path / "first.flac") as file:
         assert file.title == LONG_PROMPT
         assert file.software.startswith(f"audioldm2-lite {audioldm2_lite.__version__}")
-        record = json.loads(file.comment)  # the request, complete, and the precision each stage ran in
+        record = json.loads(file.comment)  # the request, complete, the model that ran, and each stage's precision
         assert isinstance(record.pop("precision"), str)
+        assert record.pop("reference") == "diffusers"  # the tiny checkpoint is not an official one (authors.py)
         assert record == dict(prompt=LONG_PROMPT, negative_prompt="hum", seconds=0.5, steps=2, scheduler="ddim",
                               karras=False, guidance=3.5, candidates=1, seed=seed, strength=1.0, lora_scale=1.0,
                               model=str(tiny_checkpoint))

@@ -240,9 +240,14 @@ class TextConditioner(nn.Module):
         generated = torch.zeros_like(cond.generated)  # (B, N, 768)
         if self.speaks:
             return Conditioning(generated, torch.zeros_like(cond.t5_states), torch.zeros_like(cond.t5_mask))
+        states, mask = self.empty_t5(length, device)
+        return Conditioning(generated, states.to(cond.t5_states.dtype).expand(batch, -1, -1),
+                            mask.to(cond.t5_mask.dtype).expand(batch, -1))
+
+    def empty_t5(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5's states of "" (the one token "</s>", attended to) padded to `length`: (1, L, 1024), mask (1, L)."""
         ids, mask = tokenize(self.tokenizer_2, [""], length, True, device)  # (1, L): "</s>" and padding
-        states = self.t5(ids, mask).to(cond.t5_states.dtype)  # (1, L, 1024)
-        return Conditioning(generated, states.expand(batch, -1, -1), mask.to(cond.t5_mask.dtype).expand(batch, -1))
+        return self.t5(ids, mask), mask
 
     def check_transcription(self, transcription, prompts: list[str] | None) -> list[str] | None:
         """One transcription per prompt for a text-to-speech checkpoint (when prompts are encoded), else None."""
