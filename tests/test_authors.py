@@ -232,3 +232,45 @@ def test_full_size_default_is_the_authors_model(full_checkpoint):
     error = max_rel_error(audio, run_authors(reference, "techno music", 3.5, 1.28, latents, "pt"))
     print(f"full size, authors' model: waveform {error:.2e}")
     assert error <= TOLERANCE
+
+
+def test_speech_unconditional_half_is_zeros_without_running_gpt2(tiny_speech_checkpoint, monkeypatch):
+    """The authors' speech model: the generated-sequence slot's unconditional value is zeros (512 x 768 in the
+    authors' config, mask ones); the VITS slot, which the speech UNet does not read, holds zeros. GPT-2 then
+    generates for the conditional rows only."""
+    ours = TextConditioner.from_pretrained(tiny_speech_checkpoint, reference="authors")
+    ours.tokenizer_2.phonemize = False  # phonemisation has its own test
+    batches = []
+    generate = ours.gpt2.generate
+    monkeypatch.setattr(ours.gpt2, "generate", lambda prompt, *a, **k: batches.append(len(prompt)) or
+                        generate(prompt, *a, **k))
+    generated, states, mask = ours.encode_prompt("a calm voice", transcription="hello there")
+    assert batches == [1] and generated.shape[:2] == (2, 512)
+    assert not generated[0].any() and generated[1].any()
+    assert not states[0].any() and not mask[0].any()
+
+
+def test_every_program_takes_the_switch_and_keeps_what_ran(tiny_authors_checkpoint, tmp_path):
+    """--reference in the CLI and with a prompt file: said once, kept in the file's metadata and the manifest."""
+    import subprocess
+    import sys
+
+    import soundfile
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dog barks\n")
+    common = ["--model", str(tiny_authors_checkpoint), "--seconds", "0.32", "--steps", "2", "--seed", "0",
+              "--dtype", "float32"]
+    runs = ((["a dog barks", "-o", str(tmp_path / "one.wav"), "--reference", "authors"], "the authors' model"),
+            (["--prompts-file", str(prompts), "--output-dir", str(tmp_path / "many"), "--reference", "diffusers"],
+             "diffusers' conversion"))
+    for arguments, said in runs:
+        run = subprocess.run([sys.executable, "-m", "audioldm2_lite.cli", *arguments, *common], capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        lines = [line for line in run.stderr.splitlines() if "model: " in line]
+        assert len(lines) == 1 and said in lines[0], run.stderr
+    with soundfile.SoundFile(tmp_path / "one.wav") as file:
+        assert json.loads(file.comment)["reference"] == "authors"
+    [line] = (tmp_path / "many" / "manifest.jsonl").read_text().splitlines()
+    assert json.loads(line)["reference"] == "diffusers"

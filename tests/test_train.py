@@ -526,3 +526,40 @@ def test_bad_lora_files_are_one_clear_error(tiny_checkpoint, tmp_path):
     result = subprocess.run([sys.executable, "-m", "audioldm2_lite.cli", "rain", "--lora", str(tmp_path / "none")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no LoRA adapter file" in result.stderr and "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The authors' model (generation/authors.py): trained with the unconditional input inference uses
+
+
+def test_authors_training_drops_captions_to_the_authors_unconditional_input(tiny_authors_checkpoint, tones,
+                                                                          cache_dir, tmp_path):
+    from transformers import T5EncoderModel
+
+    from audioldm2_lite.generation.conditioning import TextConditioner
+
+    out = train(config(tiny_authors_checkpoint, tones, tmp_path / "out", cache_dir, max_steps=1, reference="authors"))
+    # the dropped caption's conditioning, as cached: GPT-2's slot zeros, T5's the states of "" (one token, attended)
+    cache = cache_dir / checkpoint_key(tiny_authors_checkpoint)
+    dropped = load_file(str(EncodedDataset([], 0, cache, "authors").text_files[""]))
+    conditioner = TextConditioner.from_pretrained(tiny_authors_checkpoint, reference="authors")
+    caption = conditioner.encode_prompt("a tone", do_classifier_free_guidance=False)
+    assert dropped["generated"].shape == caption.generated.shape[1:] and not dropped["generated"].any()
+    tokens = conditioner.tokenizer_2([""], padding=True, return_tensors="pt")  # as the authors tokenise it
+    with torch.no_grad():
+        empty = T5EncoderModel.from_pretrained(tiny_authors_checkpoint / "text_encoder_2")(**tokens).last_hidden_state
+    assert dropped["t5_mask"].tolist() == [1]
+    assert max_rel_error(dropped["t5_states"], empty[0]) <= 1e-6  # float32, the same T5: rounding only
+    # the export says its heads per level, so diffusers reads it as the model that was trained (heads of 32)
+    import json
+
+    assert json.loads((out / "unet" / "config.json").read_text())["attention_head_dim"] == [1, 1, 2, 3]
+    inputs = unet_inputs(tiny_authors_checkpoint)
+    with torch.no_grad():
+        ours = load_component(out, "unet")(*inputs)
+        trained = load_component(out, "unet", reference="authors")(*inputs)
+        theirs = diffusers_pipeline(out).unet(inputs[0], inputs[1], encoder_hidden_states=inputs[2],
+                                              encoder_hidden_states_1=inputs[3], encoder_attention_mask_1=inputs[4],
+                                              return_dict=False)[0]
+    assert torch.equal(ours, trained)  # the heads written out are the authors': the same model either way
+    assert max_rel_error(ours, theirs) <= 1e-5  # float32, as test_unet.py
