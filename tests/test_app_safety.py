@@ -21,7 +21,7 @@ import soundfile
 
 pytest.importorskip("gradio", reason="the web app is an optional extra: pip install -e '.[app]'")
 
-from audioldm2_lite.app import main, open_to_anyone, read_logins  # noqa: E402
+from audioldm2_lite.web.app import main, open_to_anyone, read_logins  # noqa: E402
 from test_app import app_command, app_environment, browser_page, serving  # noqa: E402
 
 SECRET = "not for the web"

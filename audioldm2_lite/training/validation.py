@@ -27,11 +27,11 @@ from pathlib import Path
 import soundfile
 import torch
 
-from .evaluate import ClapScorer, EvaluationError, evaluate, read_prompt_rows, read_stats
-from .generation.conditioning import TextConditioner
-from .generation.loading import load_component, load_config
-from .generation.pipeline import AudioLDM2Pipeline
-from .generation.samplers import SchedulerConfig
+from ..evaluate import ClapScorer, EvaluationError, evaluate, read_prompt_rows, read_stats
+from ..generation.conditioning import TextConditioner
+from ..generation.loading import load_component, load_config
+from ..generation.pipeline import AudioLDM2Pipeline
+from ..generation.samplers import SchedulerConfig
 
 GUIDANCE = 3.5  # the pipeline's default
 

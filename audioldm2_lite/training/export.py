@@ -12,10 +12,10 @@ import os
 import shutil
 from pathlib import Path
 
-from .generation.loading import read_json, read_weights
-from .generation.lora import merged_state_dict, save_lora
-from .models import gpt2
-from .train_data import save_atomic
+from ..generation.loading import read_json, read_weights
+from ..generation.lora import merged_state_dict, save_lora
+from ..models import gpt2
+from .data import save_atomic
 
 
 def export_checkpoint(unet, root: Path, out: Path, lora: bool) -> None:
