@@ -189,7 +189,7 @@ def test_a_failing_row_is_reported_and_the_others_written(tiny_checkpoint, tmp_p
             raise RuntimeError("CUDA out of memory")
         return generate(pipe, rows, *args)
 
-    monkeypatch.setattr(batch, "generate", generate_unless_boom)
+    monkeypatch.setattr(prompt_files, "generate", generate_unless_boom)
     prompts = write_lines(tmp_path / "p.txt", ["rain", "# a comment", "boom", "wind"])
     assert main(["--prompts-file", str(prompts), "--output-dir", str(tmp_path / "out"), "--batch-size", "3",
                  "--model", str(tiny_checkpoint), "--seconds", "0.32", "--steps", "2", "--device", "cpu"]) == 1
