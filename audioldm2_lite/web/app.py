@@ -418,12 +418,12 @@ def serve(args) -> int:
     if not 0 <= args.batch_window < float("inf"):
         raise UsageError(f"--batch-window must be 0 or more seconds, got {args.batch_window}")
     check_model_options(args)
-    check_local_model(args.model)
     logins = read_logins(args)
     if open_to_anyone(args.host, args.share, logins):  # said before the model loads, so it can be stopped at once
         where = "its public --share link" if args.share else f"port {args.port} of this machine"
         print(f"{PROG}: warning: without --auth the page is open to anyone who can reach {where}",
               file=sys.stderr, flush=True)
+    check_local_model(args.model)  # as the command line: a folder that is not a checkpoint is a usage mistake
     # Gradio serves its cache folder (uploads, results) to anyone who asks: give it a private one for this run,
     # so that nothing else on the disk (the temp folder's other files, ./.gradio) is ever served
     with tempfile.TemporaryDirectory(prefix="audioldm2-lite-app-", dir=os.environ.get("GRADIO_TEMP_DIR"),
