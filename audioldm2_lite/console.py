@@ -240,7 +240,7 @@ def check_model_options(args) -> None:
     if args.lora_scale is not None and args.lora is None:
         raise UsageError("--lora-scale needs --lora (the adapter it scales)")
     if args.lora is not None and not Path(args.lora).is_file():
-        raise UsageError(f"--lora: no adapter file '{args.lora}'")
+        raise UsageError(f"--lora: no LoRA adapter file '{args.lora}'")
 
 
 def check_device(args) -> None:
