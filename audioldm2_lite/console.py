@@ -216,14 +216,17 @@ def resolve_device(name: str | None):
 # and the one loader that builds a pipeline from them
 
 
-def add_model_arguments(parser) -> None:
-    """--model, --lora, --lora-scale, --device, --dtype, --compile, --offload; `check_model_options` checks them
-    and `load_pipeline` reads them."""
+def add_model_arguments(parser, generating: bool = True) -> None:
+    """--model and --device, for every program that reads a checkpoint; for those that generate (the command line,
+    its prompt files, the page) also --lora, --lora-scale, --dtype, --compile and --offload, which
+    `check_model_options` checks and `load_pipeline` reads."""
     parser.add_argument("--model", default="cvssp/audioldm2",
                         help="hub id or local folder in hub layout (default: cvssp/audioldm2)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
+    if not generating:
+        return
     parser.add_argument("--lora", default=None, help="LoRA adapter file from audioldm2-lite-train (lora.safetensors)")
     parser.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default: 1)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,
                         help="every stage's weights and activations (default: the device's precision recipe, "
                              "generation/precision.py, printed when the model loads; --dtype float32 opts out)")
