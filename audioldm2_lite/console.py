@@ -212,8 +212,8 @@ def resolve_device(name: str | None):
 
 
 # ----------------------------------------------------------------------------------------------
-# The model options of every program that generates (the command line, its prompt files, the page), their checks,
-# and the one loader that builds a pipeline from them
+# The model options of every program (all of them for the command line, its prompt files and the page; --model and
+# --device for -eval), their checks, and the one loader that builds a pipeline from them
 
 
 def add_model_arguments(parser, generating: bool = True) -> None:

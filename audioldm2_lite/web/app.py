@@ -1,17 +1,19 @@
 """`audioldm2-lite-app`: a Gradio page and HTTP API over the pipeline (`pip install -e ".[app]"`).
 
-    audioldm2-lite-app [--model cvssp/audioldm2|PATH] [--host 127.0.0.1] [--port 7860] [--device D] [--dtype T] [--share]
+    audioldm2-lite-app [--model cvssp/audioldm2|PATH] [--host 127.0.0.1] [--port 7860] [--share]
+                       [--device D] [--dtype T] [--lora FILE [--lora-scale S]] [--compile] [--offload]
                        [--auth USER:PASSWORD] [--auth-file FILE] [--max-upload-mb 20] [--max-input-seconds 30]
                        [--max-prompt-chars 1000] [--cache-hours 24]
                        [--max-batch 8] [--batch-window 0.1] [--max-queue 64] [--time-limit 600]
 
-The app loads the model once and is a thin shell over the pipeline: each event makes a `Request` and hands it to
-the queue (serving.py), which runs requests arriving together as one `AudioLDM2Pipeline.generate` call, each with
-its own seed, so what the page makes is what the Python API and the command line make with the same request: the
-same 16-bit samples the command line writes, in a WAV named after the prompt and the seed, shown beside its log-mel
-spectrogram. A speech checkpoint shows a "Words to say" field. A person's mistake (an empty prompt, a bad length)
-comes back as a message on the page, as does a full queue ("busy") or a request past its time limit; the server
-logs one line per request, never a stack trace, and keeps serving. `/healthz` and `/readyz` answer a load balancer.
+The app loads the model once, as the command line does (console.load_pipeline, from the same model options), and is
+a thin shell over the pipeline: each event makes a `Request` and hands it to the queue (serving.py), which runs
+requests arriving together as one `AudioLDM2Pipeline.generate` call, each with its own seed, so what the page makes
+is what the Python API and the command line make with the same request: the same 16-bit samples the command line
+writes, in a WAV named after the prompt and the seed, shown beside its log-mel spectrogram. A speech checkpoint
+shows a "Words to say" field. A person's mistake (an empty prompt, a bad length) comes back as a message on the
+page, as does a full queue ("busy") or a request past its time limit; the server logs one line per request, never a
+stack trace, and keeps serving. `/healthz` and `/readyz` answer a load balancer.
 
 Serving strangers: Gradio serves the files in its cache folder, so the app gives it a private one for this run
 (`tempfile.mkdtemp`: mode 0700, removed at exit) and allows no other path: what the page serves is what it
