@@ -24,8 +24,11 @@ import torch
 pytest.importorskip("gradio", reason="the web app is an optional extra: pip install -e '.[app]'")
 
 from audioldm2_lite import AudioLDM2Pipeline  # noqa: E402
-from audioldm2_lite.web.app import MAX_CANDIDATES, edit_arguments, generate, make_request  # noqa: E402
+from audioldm2_lite.web.app import (  # noqa: E402
+    MAX_CANDIDATES, build_app, edit_arguments, generate, make_request, result_name,
+)
 from audioldm2_lite.console import pcm16  # noqa: E402
+from audioldm2_lite.generation.request import MAX_SEED, Request  # noqa: E402
 
 SECONDS = 1.0  # short audio and few steps: the page, not the model, is under test
 
@@ -82,6 +85,15 @@ def test_bad_values_are_value_errors(pipe, kwargs, message):
                      seed=0, candidates=1) | kwargs
     with pytest.raises(ValueError, match=message):
         generate(pipe, make_request(**arguments))
+
+
+def test_the_page_shares_the_programs_seed_range_and_file_names(pipe):
+    """One seed range (request.MAX_SEED) and one slug rule (console.slug, also the prompt files' and training's)."""
+    [seed_field] = [block for block in build_app(pipe).blocks.values() if getattr(block, "label", None) == "Seed"]
+    assert seed_field.maximum == MAX_SEED
+    assert result_name(Request("Rain on a tin roof!", seed=42)) == "rain_on_a_tin_roof_seed42.wav"
+    assert result_name(Request("Rain on a tin roof!", seed=42), 1) == "rain_on_a_tin_roof_seed42_2.wav"
+    assert result_name(Request("?!", seed=7)) == "audio_seed7.wav"  # a prompt without letters or digits
 
 
 def free_port() -> int:
