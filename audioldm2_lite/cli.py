@@ -3,7 +3,7 @@
     command line --request_from_args--> Request --check (request.py), before the model loads-->
         --AudioLDM2Pipeline.generate--> WAV / FLAC, the request (complete) in the file's text fields
 
-Many prompts from a file (`--prompts-file`) are batch.py's: the same options, one Request per row. Every error
+Many prompts from a file (`--prompts-file`) are prompt_files.py's: the same options, one Request per row. Every error
 a person can cause ends in `main` as one line `audioldm2-lite: error: ...` on stderr: exit status 2 for the
 command line (anything `Request.check` or the checks here refuse), 1 for what happened after; no traceback,
 and no half-written output file (console.py).
@@ -16,18 +16,17 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .console import (FORMATS, OneLineParser, UsageError, add_editing_arguments, as_options, check_device,
-                      check_local_model, file_metadata, load_pipeline, one_line_warnings, report_errors,
-                      request_from_args, resolve_device, write_audio)
+from .console import (FORMATS, OneLineParser, UsageError, add_editing_arguments, add_model_arguments, as_options,
+                      check_local_model, check_model_options, file_metadata, load_pipeline, one_line_warnings,
+                      report_errors, request_from_args, resolve_device, write_audio)
 from .generation.authors import describe as describe_reference
 from .generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, Request
 
 PROG = "audioldm2-lite"
-DTYPES = ("float32", "float16", "bfloat16")
 # Activation memory of the denoising loop per second of audio, per waveform in the UNet's batch (two with
-# guidance) and per byte of dtype, from the README's measurement (150 s x 4 candidates, fp16, H100: 4.32 GiB
-# peak of which 2.14 GiB weights), doubled for safety: a bound to refuse the impossible, not a prediction.
-ACTIVATION_BYTES_PER_SECOND = 2 * 2.18 * 2**30 / (150 * 4 * 2 * 2)
+# guidance) and per byte of dtype: twice the measured figure (scripts/BENCHMARKS.md, "Measurements moved from
+# docstrings"), a bound to refuse the impossible, not a prediction.
+ACTIVATION_BYTES_PER_SECOND = 2 * 975_000
 OFFICIAL_WEIGHT_BYTES = 4.7e9  # cvssp/audioldm2 in float32, for a hub id not yet on disk
 
 
@@ -55,20 +54,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--all", action="store_true",
                         help="with --candidates > 1, write every candidate (out_1.wav best, out_2.wav, ...)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random, and printed)")
-    parser.add_argument("--model", default="cvssp/audioldm2",
-                        help="hub id or local folder in hub layout (default: cvssp/audioldm2)")
-    parser.add_argument("--lora", default=None, help="LoRA adapter file from audioldm2-lite-train (lora.safetensors)")
-    parser.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default: 1)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
-    parser.add_argument("--dtype", default=None, choices=DTYPES,
-                        help="every stage's weights and activations (default, measured: float16 on CUDA; on a CPU "
-                             "with native bf16 the UNet, text stages and vocoder in bfloat16, the VAE in float32; "
-                             "float32 elsewhere; --dtype float32 opts out)")
-    parser.add_argument("--reference", default=None, choices=("authors", "diffusers"), help="authors: the model the weights were trained as (heads of 32 channels, the zero unconditional sequence, CLAP eps 1e-5); diffusers: what diffusers computes (default: authors for the official checkpoints, diffusers for other folders; README: The authors' model and diffusers)")
-    parser.add_argument("--compile", action="store_true",
-                        help="on CUDA, torch.compile the UNet, VAE and vocoder first (minutes of compiling)")
-    parser.add_argument("--offload", action="store_true",
-                        help="keep weights in CPU memory, each stage on the GPU only while it runs")
+    add_model_arguments(parser)
     add_editing_arguments(parser)
     many = parser.add_argument_group("many prompts (README: Many prompts; torchrun for several GPUs)")
     many.add_argument("--prompts-file", help=".txt (a prompt a line), .csv or .jsonl (a 'prompt' column, optional "
@@ -166,7 +152,7 @@ def check_arguments(args) -> Request:
         if getattr(args, option) != build_parser().get_default(option):
             raise UsageError(f"--{option.replace('_', '-')} is for --prompts-file; one prompt writes -o FILE")
     args.output = args.output or "out.wav"
-    check_device(args)
+    check_model_options(args)
     request = checked_request(args)
     check_output(args, request.candidates)
     check_local_model(args.model)
@@ -185,7 +171,7 @@ def generate(args, request: Request) -> int:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
-    pipe = load_pipeline(args, request)
+    pipe = load_pipeline(args, progress=not args.quiet)
     if not args.quiet:
         print(f"{PROG}: model: {describe_reference(pipe.reference)}", file=sys.stderr)
         print(f"{PROG}: precision: {pipe.precision.describe()} [{pipe.precision.why}]", file=sys.stderr)
@@ -209,10 +195,10 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warnings(PROG)
-            if args.prompts_file is not None:  # many prompts from a file: batch.py
-                from . import batch
+            if args.prompts_file is not None:  # many prompts from a file: prompt_files.py
+                from . import prompt_files
 
-                return batch.run(args, batch.check_arguments(args))
+                return prompt_files.run(args, prompt_files.check_arguments(args))
             return generate(args, check_arguments(args))
 
     return report_errors(PROG, work)

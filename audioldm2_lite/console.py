@@ -1,5 +1,6 @@
 """What the console programs share (`audioldm2-lite`, its prompt files, `-eval`, `-train`, `-app`): the one
-error rule, the one-line argument parser, atomic writes and the table reader.
+error rule, the one-line argument parser, atomic writes, the file-name slug, the table reader, and the model
+options with the one loader that builds a pipeline from them.
 
 The exit-code rule, for every command: 2 for a usage mistake (`UsageError`, which is the generation core's
 `RequestError`: a bad request is a bad command line), 1 for what happened after (the model, the files, the
@@ -22,6 +23,7 @@ from .models.hub_config import CheckpointError
 
 UsageError = RequestError  # a mistake in the command line or a request: exit status 2, before anything loads
 FORMATS = {".wav": "WAV", ".flac": "FLAC"}
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -114,6 +116,12 @@ def write_audio(path, audio, sampling_rate: int, metadata: dict[str, str] | None
     write_atomically(path, write)
 
 
+def slug(text: str, length: int = 40) -> str:
+    """The file-name rule of every program: 'A dog barks, loudly!' -> 'a_dog_barks_loudly' (ASCII letters and
+    digits joined by '_', at most `length` characters; empty for a prompt without any)."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower())[:length].strip("_")
+
+
 def read_table(path) -> list[tuple[int, dict]]:
     """(line number, {column: value}) for each record of a .csv (with a header) or .jsonl file.
 
@@ -175,9 +183,7 @@ def time_range(text: str | None) -> tuple[float, float] | None:
 
 
 def request_from_args(args, **row) -> Request:
-    """The request the options describe; a prompt-file row (batch.py) overrides them with its columns."""
-    if args.lora_scale is not None and args.lora is None:
-        raise UsageError("--lora-scale needs --lora (the adapter it scales)")
+    """The request the options describe; a prompt-file row (prompt_files.py) overrides them with its columns."""
     options = dict(
         prompt=args.prompt, negative_prompt=args.negative_prompt, transcription=args.transcription,
         seconds=args.seconds, steps=args.steps, scheduler=args.scheduler, karras=args.karras, guidance=args.guidance,
@@ -203,6 +209,44 @@ def resolve_device(name: str | None):
         return resolve(name)
     except UsageError as error:
         raise UsageError(str(error).replace("device", "--device", 1)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# The model options of every program (all of them for the command line, its prompt files and the page; --model and
+# --device for -eval), their checks, and the one loader that builds a pipeline from them
+
+
+def add_model_arguments(parser, generating: bool = True) -> None:
+    """--model and --device, for every program that reads a checkpoint; for those that generate (the command line,
+    its prompt files, the page) also --lora, --lora-scale, --dtype, --reference, --compile and --offload, which
+    `check_model_options` checks and `load_pipeline` reads."""
+    parser.add_argument("--model", default="cvssp/audioldm2",
+                        help="hub id or local folder in hub layout (default: cvssp/audioldm2)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
+    if not generating:
+        return
+    parser.add_argument("--lora", default=None, help="LoRA adapter file from audioldm2-lite-train (lora.safetensors)")
+    parser.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default: 1)")
+    parser.add_argument("--dtype", default=None, choices=DTYPES,
+                        help="every stage's weights and activations (default: the device's precision recipe, "
+                             "generation/precision.py, printed when the model loads; --dtype float32 opts out)")
+    parser.add_argument("--reference", default=None, choices=("authors", "diffusers"),
+                        help="authors: the model the weights were trained as (heads of 32 channels, the zero unconditional sequence, CLAP eps 1e-5); diffusers: what diffusers computes (default: authors for the official "
+                             "checkpoints, diffusers for other folders; README: The authors' model and diffusers)")
+    parser.add_argument("--compile", action="store_true",
+                        help="on CUDA, torch.compile the UNet, VAE and vocoder first (minutes of compiling)")
+    parser.add_argument("--offload", action="store_true",
+                        help="keep weights in CPU memory, each stage on the GPU only while it runs")
+
+
+def check_model_options(args) -> None:
+    """What the model options refuse on their own, before anything loads: a dtype, --compile or --offload the
+    device cannot run, and a LoRA scale without its adapter or an adapter file that is not there."""
+    check_device(args)
+    if args.lora_scale is not None and args.lora is None:
+        raise UsageError("--lora-scale needs --lora (the adapter it scales)")
+    if args.lora is not None and not Path(args.lora).is_file():
+        raise UsageError(f"--lora: no LoRA adapter file '{args.lora}'")
 
 
 def check_device(args) -> None:
@@ -244,16 +288,19 @@ def file_metadata(request: Request, model: str, precision: str | None = None,
             "software": f"audioldm2-lite {__version__}"}
 
 
-def load_pipeline(args, request: Request):
+def load_pipeline(args, progress: bool = True):
+    """The pipeline the model options describe: the one loader of the command line, its prompt files and the page.
+    On CUDA without --offload it runs with CUDA graphs (the same audio as without; scripts/BENCHMARKS.md has
+    the speed-up), after torch.compile with --compile."""
     import torch
 
     from . import AudioLDM2Pipeline
 
     pipe = AudioLDM2Pipeline.from_pretrained(
         args.model, device=resolve_device(args.device), dtype=getattr(torch, args.dtype) if args.dtype else None,
-        offload=args.offload, progress=not args.quiet, lora=request.lora, lora_scale=request.lora_scale,
-        reference=args.reference,
+        offload=args.offload, progress=progress, lora=args.lora,
+        lora_scale=1.0 if args.lora_scale is None else args.lora_scale, reference=args.reference,
     )
-    if pipe.device.type == "cuda" and not args.offload:  # CUDA graphs: same audio, about 10x faster
+    if pipe.device.type == "cuda" and not args.offload:
         pipe.optimize(compile=args.compile, cuda_graphs=True)
     return pipe

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .console import OneLineParser, UsageError, read_table, report_errors, write_atomically
+from .console import OneLineParser, UsageError, add_model_arguments, read_table, report_errors, write_atomically
 
 from .generation.audio_io import AudioInputError, read_audio
 
@@ -375,12 +375,11 @@ def build_parser() -> OneLineParser:
     group.add_argument("--reference-stats", help="a --save-stats file of the reference set: fd_clap")
     parser.add_argument("--prompts", help="CSV or JSONL with file_name (or file) and prompt (or text) per file, "
                         "e.g. a batch run's manifest.jsonl: clap_score")
-    parser.add_argument("--model", default=None, help="hub id or local folder in hub layout (default: cvssp/audioldm2)")
+    add_model_arguments(parser, generating=False)
     parser.add_argument("--model-reference", choices=("authors", "diffusers"), default=None,
                         help="CLAP's text tower as the authors' model (LayerNorm eps 1e-5) or as diffusers reads the "
                              "config (default: authors for the official checkpoints, diffusers for other folders)")
     parser.add_argument("--batch-size", type=int, default=8, help="files per CLAP batch (default: 8)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--output", help="write the report (metrics, per-file scores) to this JSON file")
     parser.add_argument("--save-stats", help="write the generated set's embedding mean and covariance (.npz)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

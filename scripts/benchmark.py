@@ -157,7 +157,7 @@ def child(side: str, precision: str, args) -> dict:
 
 
 def machine() -> str:
-    """The CPU (and GPU) in words, for the README's table."""
+    """The CPU (and GPU) in words, for the tables of scripts/BENCHMARKS.md."""
     import torch
 
     from audioldm2_lite.generation.precision import native_bf16_cpu

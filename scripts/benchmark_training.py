@@ -4,7 +4,7 @@
     python scripts/benchmark_training.py --model DIR --batch-sizes 1 2 --seconds 10.24
 
 For each batch size, full fine-tuning vs LoRA (rank 8), with and without gradient checkpointing, it
-times the loop's own step (train.py: `diffusion_loss`, backward, clipping, AdamW) on random latents
+times the loop's own step (training/train.py: `diffusion_loss`, backward, clipping, AdamW) on random latents
 and conditioning of the clip length's shape (the cached data's shapes; encoding is a one-time cost
 and not timed). Each configuration runs in a fresh process, so its peak memory is its own: on CUDA
 the peak allocated by torch, on the CPU the process's peak resident set (which includes ~0.3 GB
@@ -33,7 +33,7 @@ def measure(model: str, batch: int, lora: bool, checkpointing: bool, seconds: fl
     from audioldm2_lite.generation.lora import apply_lora
     from audioldm2_lite.generation.mel import MelConfig
     from audioldm2_lite.generation.samplers import SchedulerConfig, alphas_cumprod
-    from audioldm2_lite.train import checkpoint_unet_blocks, diffusion_loss
+    from audioldm2_lite.training.train import checkpoint_unet_blocks, diffusion_loss
 
     device = torch.device(device)
     unet = load_component(model, "unet", device=device)

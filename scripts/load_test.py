@@ -100,7 +100,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def start_server(model: str, port: int, options: list[str], log, env=None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "audioldm2_lite.app", "--model", model, "--port", str(port),
+    command = [sys.executable, "-m", "audioldm2_lite.web.app", "--model", model, "--port", str(port),
                "--max-prompt-chars", str(MAX_PROMPT_CHARS), *options]
     paths = [str(HERE.parent), os.environ.get("PYTHONPATH", "")]
     environment = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, paths))} | (env or {})

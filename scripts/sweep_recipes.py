@@ -39,7 +39,7 @@ def read_prompts(file: Path) -> list[tuple[str, str]]:
     from audioldm2_lite.evaluate import read_prompt_rows
 
     if file.suffix.lower() == ".txt":  # as a prompts file: blank lines and '#' comments skipped
-        from audioldm2_lite.batch import read_rows
+        from audioldm2_lite.prompt_files import read_rows
 
         rows = [(None, record["prompt"]) for _, record in read_rows(file)]
     else:

@@ -24,8 +24,11 @@ import torch
 pytest.importorskip("gradio", reason="the web app is an optional extra: pip install -e '.[app]'")
 
 from audioldm2_lite import AudioLDM2Pipeline  # noqa: E402
-from audioldm2_lite.app import MAX_CANDIDATES, edit_arguments, generate, make_request  # noqa: E402
+from audioldm2_lite.web.app import (  # noqa: E402
+    MAX_CANDIDATES, build_app, edit_arguments, generate, make_request, result_name,
+)
 from audioldm2_lite.console import pcm16  # noqa: E402
+from audioldm2_lite.generation.request import MAX_SEED, Request  # noqa: E402
 
 SECONDS = 1.0  # short audio and few steps: the page, not the model, is under test
 
@@ -74,13 +77,23 @@ def test_generate_edits_audio_as_the_pipeline_does(pipe, tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(prompt="   "), "the prompt is empty"),
     (dict(seconds=0.0), "seconds must be positive"),
-    (dict(candidates=MAX_CANDIDATES + 1), "candidates must be between"),
+    (dict(candidates=0), "candidates must be"),  # the request's own check: the page does not repeat it
+    (dict(candidates=MAX_CANDIDATES + 1), "candidates must be at most 4 .the page's players."),
 ])
 def test_bad_values_are_value_errors(pipe, kwargs, message):
     arguments = dict(prompt="rain", negative_prompt="", seconds=SECONDS, steps=2, scheduler="ddim", guidance=3.5,
                      seed=0, candidates=1) | kwargs
     with pytest.raises(ValueError, match=message):
         generate(pipe, make_request(**arguments))
+
+
+def test_the_page_shares_the_programs_seed_range_and_file_names(pipe):
+    """One seed range (request.MAX_SEED) and one slug rule (console.slug, also the prompt files' and training's)."""
+    [seed_field] = [block for block in build_app(pipe).blocks.values() if getattr(block, "label", None) == "Seed"]
+    assert seed_field.maximum == MAX_SEED
+    assert result_name(Request("Rain on a tin roof!", seed=42)) == "rain_on_a_tin_roof_seed42.wav"
+    assert result_name(Request("Rain on a tin roof!", seed=42), 1) == "rain_on_a_tin_roof_seed42_2.wav"
+    assert result_name(Request("?!", seed=7)) == "audio_seed7.wav"  # a prompt without letters or digits
 
 
 def free_port() -> int:
@@ -90,7 +103,7 @@ def free_port() -> int:
 
 
 def app_command(*options) -> list[str]:
-    return [sys.executable, "-m", "audioldm2_lite.app", *options]
+    return [sys.executable, "-m", "audioldm2_lite.web.app", *options]
 
 
 def app_environment(extra=None) -> dict:
@@ -199,7 +212,7 @@ def test_page_in_a_real_browser(server, tmp_path):
         assert rate == 16000 and audio.shape == (int(SECONDS * 16000),)
         seed = int(page.locator("#seed-used input").input_value())  # the seed is shown
         download = page.locator("#result-0 a[download]").first.get_attribute("download")
-        assert download == f"rain-on-a-tin-roof_seed{seed}.wav"  # and names the download
+        assert download == f"rain_on_a_tin_roof_seed{seed}.wav"  # and names the download (console.slug)
         assert_spectrogram_shown(page, "#spectrogram")
         screenshot = Path(os.environ.get("AUDIOLDM2_LITE_SCREENSHOT", tmp_path / "app.png"))
         page.screenshot(path=str(screenshot), full_page=True)
@@ -226,7 +239,7 @@ def assert_spectrogram_shown(page, image_id: str):
     """The picture beside the player is the result's spectrogram (spectrogram.py's size), served as a PNG."""
     from PIL import Image
 
-    from audioldm2_lite.spectrogram import SIZE
+    from audioldm2_lite.web.spectrogram import SIZE
 
     image = page.locator(f"{image_id} img[src]").first
     image.wait_for(state="attached", timeout=60_000)

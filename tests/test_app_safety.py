@@ -21,7 +21,7 @@ import soundfile
 
 pytest.importorskip("gradio", reason="the web app is an optional extra: pip install -e '.[app]'")
 
-from audioldm2_lite.app import main, open_to_anyone, read_logins  # noqa: E402
+from audioldm2_lite.web.app import main, open_to_anyone, read_logins  # noqa: E402
 from test_app import app_command, app_environment, browser_page, serving  # noqa: E402
 
 SECRET = "not for the web"
@@ -236,10 +236,11 @@ def test_the_private_folder_is_removed_at_exit(tiny_checkpoint, tmp_path):
 
 
 def test_serving_beyond_this_machine_without_a_login_is_warned(tmp_path):
-    # the warning comes before the model loads: a missing model ends the run right after, never serving
+    # the warning comes before the model loads: a missing model folder ends the run right after, never serving
+    # (exit status 2: a usage mistake, as the command line's)
     result = subprocess.run(app_command("--model", str(tmp_path / "missing"), "--host", "0.0.0.0"),
                             env=app_environment(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1 and "does not exist" in result.stderr
+    assert result.returncode == 2 and "does not exist" in result.stderr
     assert result.stderr.startswith("audioldm2-lite-app: warning: without --auth the page is open to anyone who can "
                                     "reach port 7860 of this machine\n")
 

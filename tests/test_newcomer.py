@@ -34,6 +34,20 @@ def readme_python_examples() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
+def test_readme_opens_with_the_set_up_commands_then_the_reading_path():
+    """The README's first two commands are the quick start and the test command (the one .ci/run runs), the next
+    section is "Read the code", and the whole stays short enough to read (benchmarks: scripts/BENCHMARKS.md)."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 400
+    first, second = re.findall(r"```\n(.*?)\n```", readme, flags=re.S)[:2]
+    assert first == 'pip install -e . && audioldm2-lite "a hammer is hitting a wooden surface" -o hammer.wav'
+    assert second == 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest -q'
+    assert (ROOT / ".ci/run").read_text().rstrip().splitlines()[-1] == second
+    sections = re.findall(r"^## (.+)$", readme, flags=re.M)
+    assert sections[:2] == ["Quick start", "Read the code"], sections
+    assert "(scripts/BENCHMARKS.md)" in readme and (ROOT / "scripts/BENCHMARKS.md").is_file()
+
+
 def test_readme_python_examples_run_unchanged_on_the_cpu(tiny_checkpoint, tmp_path):
     """The first example (and the generate_latents one after it), the model id replaced by the tiny checkpoint,
     in a fresh process that sees no GPU: the device is chosen automatically and the file is written."""

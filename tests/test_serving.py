@@ -16,8 +16,8 @@ import pytest
 from audioldm2_lite.generation.mel import MelConfig
 from audioldm2_lite.generation.pipeline import Generated
 from audioldm2_lite.generation.request import Request
-from audioldm2_lite.serving import BatchingQueue, Busy, ClientLeft, TimedOut
-from audioldm2_lite.spectrogram import PLOT, SIZE, frequency_row, spectrogram_image, time_column
+from audioldm2_lite.web.serving import BatchingQueue, Busy, ClientLeft, TimedOut
+from audioldm2_lite.web.spectrogram import PLOT, SIZE, frequency_row, spectrogram_image, time_column
 
 
 class Model:
@@ -207,7 +207,7 @@ def test_health_routes(tmp_path):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from audioldm2_lite.app import health_routes
+    from audioldm2_lite.web.app import health_routes
 
     model = Model()
     model.free.clear()
@@ -242,7 +242,7 @@ def pipe(tiny_checkpoint):
 
 
 def test_batched_requests_equal_their_single_results(pipe):
-    from audioldm2_lite.app import batching_queue
+    from audioldm2_lite.web.app import batching_queue
 
     requests = [Request("rain on a tin roof", seconds=1.0, steps=2, scheduler="dpmsolver++", seed=1),
                 Request("techno music with a strong bass line", "low quality", seconds=1.0, steps=2,

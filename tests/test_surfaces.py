@@ -99,7 +99,7 @@ def test_the_same_request_gives_the_same_samples_on_every_surface(mode, files, r
     np.testing.assert_array_equal(direct, reference)  # the same arithmetic, in the same process: bit-equal
 
     # the page: its function, as its events call it; it plays the 16-bit samples the command line writes
-    app = pytest.importorskip("audioldm2_lite.app", reason="the page is an optional extra: pip install -e '.[app]'")
+    app = pytest.importorskip("audioldm2_lite.web.app", reason="the page is an optional extra: pip install -e '.[app]'")
     played, seed = app.generate(pipe, app.make_request(job.prompt, job.negative_prompt, job.seconds, job.steps,
                                                        job.scheduler, job.guidance, job.seed, job.candidates,
                                                        job.transcription, edit or None))

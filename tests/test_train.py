@@ -1,4 +1,4 @@
-"""Fine-tuning (audioldm2_lite/train.py, lora.py, train_data.py) on the tiny checkpoint and synthetic tones."""
+"""Fine-tuning (audioldm2_lite/training/, lora.py) on the tiny checkpoint and synthetic tones."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from audioldm2_lite.generation.loading import load_component, load_config
 from audioldm2_lite.generation.lora import LoRALinear, apply_lora, load_lora, merge_lora
 from audioldm2_lite.generation.samplers import SchedulerConfig, alphas_cumprod
 from audioldm2_lite.cli import UsageError
-from audioldm2_lite.train import (
+from audioldm2_lite.training.train import (
     TrainConfig, batch_indices, checkpoint_unet_blocks, diffusion_loss, draw_batch, main, train,
 )
-from audioldm2_lite.train_data import DataError, EncodedDataset, checkpoint_key, read_dataset
-from audioldm2_lite.train_schedules import SCHEDULES, learning_rate, update_ema
+from audioldm2_lite.training.data import DataError, EncodedDataset, checkpoint_key, read_dataset
+from audioldm2_lite.training.schedules import SCHEDULES, learning_rate, update_ema
 
 SECONDS = 0.64  # 64 mel frames, 16 latent frames: the tiny UNet's sample_size
 
@@ -187,10 +187,10 @@ def interrupted_run(monkeypatch, run_config, after_step: int) -> None:
             raise KeyboardInterrupt
         return learning_rate(step, *args)
 
-    monkeypatch.setattr("audioldm2_lite.train.learning_rate", interrupted)
+    monkeypatch.setattr("audioldm2_lite.training.train.learning_rate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(run_config)
-    monkeypatch.setattr("audioldm2_lite.train.learning_rate", learning_rate)
+    monkeypatch.setattr("audioldm2_lite.training.train.learning_rate", learning_rate)
 
 
 @pytest.mark.parametrize("options", [
@@ -209,8 +209,8 @@ def test_resume_continues_exactly(tiny_checkpoint, tones, cache_dir, tmp_path, m
     def not_needed(*args, **kwargs):
         raise AssertionError("everything is cached: the text stages and the VAE must not be loaded")
 
-    monkeypatch.setattr("audioldm2_lite.train_data.TextConditioner.from_pretrained", not_needed)
-    monkeypatch.setattr("audioldm2_lite.train_data.read_audio", not_needed)  # nor the audio decoded, even to check it
+    monkeypatch.setattr("audioldm2_lite.training.data.TextConditioner.from_pretrained", not_needed)
+    monkeypatch.setattr("audioldm2_lite.training.data.read_audio", not_needed)  # nor the audio decoded, even to check it
     two_runs = train(config(tiny_checkpoint, tones, tmp_path / "twice", cache_dir, **options, resume=True))
 
     weights = [load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors")) for out in (one_run, two_runs)]
@@ -509,7 +509,7 @@ def test_cli_reports_bad_data_in_one_error(tiny_checkpoint, tmp_path):
     data = write_tones(tmp_path / "data", [440])
     (data / "metadata.csv").write_text("file_name,caption\nclips/tone0.wav,fine\nclips/gone.wav,lost\n")
     result = subprocess.run(
-        [sys.executable, "-m", "audioldm2_lite.train", "--data", str(data), "--model", str(tiny_checkpoint),
+        [sys.executable, "-m", "audioldm2_lite.training.train", "--data", str(data), "--model", str(tiny_checkpoint),
          "--output", str(tmp_path / "out"), "--device", "cpu", "--quiet"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert result.returncode == 1

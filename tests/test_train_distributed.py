@@ -1,4 +1,4 @@
-"""Fine-tuning under torchrun (train.py, 5. processes): 2 gloo CPU processes against one process."""
+"""Fine-tuning under torchrun (training/train.py, 5. processes): 2 gloo CPU processes against one process."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from test_train import SECONDS, write_tones
 
-from audioldm2_lite.train import TrainConfig, train
+from audioldm2_lite.training.train import TrainConfig, train
 
 OPTIONS = dict(gradient_accumulation=2, learning_rate=1e-3, lr_scheduler="constant_with_warmup", lr_warmup_steps=2,
                ema_decay=0.9, caption_dropout=0.5, checkpoint_every=3)
@@ -44,7 +44,7 @@ def test_two_processes_equal_one_with_twice_the_batch(tiny_checkpoint, tmp_path)
 
     # 3 steps on 2 processes, batch 1 each, the cache built from nothing by both (each encodes its share)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "audioldm2_lite.train", *flags(dict(data=data, output=tmp_path / "two", batch_size=1,
+               "-m", "audioldm2_lite.training.train", *flags(dict(data=data, output=tmp_path / "two", batch_size=1,
                                                           max_steps=3, **common))]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -5,7 +5,7 @@
         one pipeline call per group --> Generated(request as it ran, audios best first, scores) per request
 
 A request's audio depends on the request alone, not on which others share its batch: batched UNet arithmetic
-moves it by float rounding only (tests/test_batch.py measures it).
+moves it by float rounding only (tests/test_prompt_files.py measures it).
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .generation.editing import steps_to_run
-from .generation.requests import Generated, batchable
-from .generation.request import Request
+from ..generation.editing import steps_to_run
+from ..generation.requests import Generated, batchable
+from ..generation.request import Request
 
 POLL_SECONDS = 0.05  # how often a waiting request looks at its job: progress, time limit, client still there
 
@@ -257,9 +257,8 @@ class BatchingQueue:
 
 def release_freed_memory() -> None:
     """Hand the memory a batch freed back to the system (glibc's `malloc_trim`; elsewhere nothing). glibc keeps
-    freed heap for reuse, so the server's RSS would otherwise stay at the largest batches it ran: in the load test
-    at 4 s and 8 steps on the tiny checkpoint, 508 MiB after 10 requests and 653 MiB (+28 %) from the 80th on;
-    trimmed after each batch, 516 and 564 MiB (+9 %)."""
+    freed heap for reuse, so the server's RSS would otherwise stay at the largest batches it ran (scripts/load_test.py
+    measures it; the figures are in scripts/BENCHMARKS.md)."""
     if GLIBC is not None:
         GLIBC.malloc_trim(0)
 

@@ -1,12 +1,12 @@
 """Fine-tune the AudioLDM 2 UNet, all of it or LoRA adapters, on a folder of captioned audio.
 
     audioldm2-lite-train --data DIR --model cvssp/audioldm2 --output OUT [--lora-rank 8] [--max-steps 1000]
-    torchrun --standalone --nproc-per-node N -m audioldm2_lite.train --data DIR --output OUT ...  # N processes
+    torchrun --standalone --nproc-per-node N -m audioldm2_lite.training.train --data DIR --output OUT ...  # N processes
 
 The loop, top to bottom (in the manner of karpathy/nanoGPT's train.py):
 1. data: every row of DIR/metadata.csv (.jsonl) checked, each clip cut or padded to `seconds`, then each
    clip's VAE posterior and each caption's GPT-2 and T5 states encoded once with the inference stages and
-   cached on disk (train_data.py). A second run starts training at once.
+   cached on disk (data.py). A second run starts training at once.
 2. the model: the checkpoint's UNet in float32 (the master weights), all of it trainable, or frozen
    with rank-R adapters on its attention projections (lora.py). Text stages and VAE stay frozen and
    are not even loaded once everything is cached.
@@ -19,7 +19,7 @@ The loop, top to bottom (in the manner of karpathy/nanoGPT's train.py):
               sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) z0 (v_prediction), per `prediction_type`.
    Each caption is replaced by the empty prompt with probability `caption_dropout` (10 %, the original
    `unconditional_prob_cfg`), which classifier-free guidance needs.
-4. the step: AdamW at the rate of a schedule (train_schedules.py: diffusers' schedule names and formulas),
+4. the step: AdamW at the rate of a schedule (schedules.py: diffusers' schedule names and formulas),
    gradient accumulation, gradient-norm clipping, autocast (bf16 on GPU by default, bf16 on request on
    the CPU, fp16 with a gradient scaler on GPU only; weights and optimizer stay float32), optionally an
    exponential moving average of the weights (`update_ema`) and the UNet blocks recomputed in the
@@ -32,7 +32,7 @@ The loop, top to bottom (in the manner of karpathy/nanoGPT's train.py):
    logs, checkpoints and exports, and runs validation; OUT and the cache must be on a filesystem every
    machine sees.
 6. bookkeeping: tqdm progress, OUT/training/loss.csv and TensorBoard curves (with the `tensorboard`
-   package), validation audio and scores every `validation_every` steps (train_validation.py), and every
+   package), validation audio and scores every `validation_every` steps (validation.py), and every
    `checkpoint_every` steps and at the end OUT/training/state.pt (trainable weights, optimizer, EMA, RNG,
    step, so `resume` continues exactly) plus OUT itself exported as a complete hub-layout checkpoint: the
    trained UNet (LoRA merged in; the EMA weights when on) under its hub names, the language model rewritten in
@@ -64,19 +64,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .console import UsageError, one_line_warnings, write_atomically
-from .generation.authors import REFERENCES
-from .generation.authors import describe as describe_reference
-from .generation.loading import (
+from ..console import UsageError, one_line_warnings, write_atomically
+from ..generation.authors import REFERENCES
+from ..generation.authors import describe as describe_reference
+from ..generation.loading import (
     DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_config, resolve_checkpoint,
 )
-from .generation.lora import apply_lora
-from .generation.mel import MelConfig
-from .generation.pipeline import default_device
-from .generation.samplers import SchedulerConfig, alphas_cumprod
-from .train_data import EncodedDataset, checkpoint_key, latent_file, read_dataset
-from .train_export import export_checkpoint
-from .train_schedules import SCHEDULES, learning_rate, swapped, update_ema
+from ..generation.lora import apply_lora
+from ..generation.mel import MelConfig
+from ..generation.pipeline import default_device
+from ..generation.samplers import SchedulerConfig, alphas_cumprod
+from .data import EncodedDataset, checkpoint_key, latent_file, read_dataset
+from .export import export_checkpoint
+from .schedules import SCHEDULES, learning_rate, swapped, update_ema
 
 PROG = "audioldm2-lite-train"
 
@@ -118,7 +118,7 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Data: which clips make each batch (the cache itself is train_data.py)
+# 1. Data: which clips make each batch (the cache itself is data.py)
 
 
 @functools.lru_cache(maxsize=4)
@@ -167,7 +167,7 @@ def draw_batch(data: EncodedDataset, indices, generator, caption_dropout: float,
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. The step: gradient checkpointing (the schedule and the EMA are in train_schedules.py)
+# 4. The step: gradient checkpointing (the schedule and the EMA are in schedules.py)
 
 
 def checkpoint_unet_blocks(unet) -> None:
@@ -211,7 +211,7 @@ def from_rank_0(value, world: int):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Checkpoints and curves (export: train_export.py)
+# 6. Checkpoints and curves (export: export.py)
 
 
 def trainable_state(unet) -> dict:
@@ -254,7 +254,7 @@ def train(config: TrainConfig) -> Path:
         print(f"{PROG}: model: {describe_reference(reference)}", file=sys.stderr)
     validation = None
     if rank == 0 and c.validation_prompts:
-        from .train_validation import Validation  # its prompts and reference checked before anything loads
+        from .validation import Validation  # its prompts and reference checked before anything loads
 
         validation = Validation(root, c.validation_prompts, c.validation_reference, c.validation_steps, c.seconds,
                                 device, reference)
@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .console import report_errors
+    from ..console import report_errors
 
     args = build_parser().parse_args(argv)
 

@@ -12,7 +12,7 @@ Every mode runs from a file: a `transcription` column (speech checkpoints), an `
 edit, relative to the file's folder) with `strength`, `regenerate_seconds` ("START:END") and
 `regenerate_above_hz`. Each row's audio depends on the row alone, not on the batch, the number of processes or
 a resume: its seed is its own `seed` or `row_seed(--seed, index)`, and the pipeline draws its noise and encodes
-its text alone (tests/test_batch.py measures it). Several GPUs or machines: launch with `torchrun`, which sets
+its text alone (tests/test_prompt_files.py measures it). Several GPUs or machines: launch with `torchrun`, which sets
 RANK / WORLD_SIZE / LOCAL_RANK; each rank uses `cuda:LOCAL_RANK`, writes `manifest.rank-R.jsonl`, and rank 0
 merges the parts into manifest.jsonl at the end.
 """
@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -31,8 +30,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from .console import (FORMATS, UsageError, check_device, check_local_model, file_metadata, load_pipeline,
-                      read_table, request_from_args, resolve_device, write_atomically, write_audio)
+from .console import (FORMATS, UsageError, check_local_model, check_model_options, file_metadata, load_pipeline,
+                      read_table, request_from_args, resolve_device, slug, write_atomically, write_audio)
 from .generation.authors import describe as describe_reference
 from .generation.request import Request
 
@@ -59,11 +58,6 @@ def row_seed(seed: int, index: int) -> int:
 
     A hash rather than `seed + index`, so that runs with neighbouring seeds do not share rows' noise."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "big") >> 1
-
-
-def slug(prompt: str, length: int = 40) -> str:
-    """'A dog barks, loudly!' -> 'a_dog_barks_loudly' (ASCII letters and digits, at most `length`)."""
-    return re.sub(r"[^a-z0-9]+", "_", prompt.lower())[:length].strip("_")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,7 +277,7 @@ def check_arguments(args) -> list[Row]:
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise UsageError(f"--output-dir '{args.output_dir}' is a file, not a folder")
     check_local_model(args.model)
-    check_device(args)
+    check_model_options(args)
     try:
         return make_rows(Path(args.prompts_file), args, DEFAULT_SEED if args.seed is None else args.seed,
                          f".{args.format}", checkpoint_limits(args.model))
@@ -318,7 +312,7 @@ def run(args, rows: list[Row]) -> int:
     todo = [row for row in mine if not (out_dir / row.file_name).exists()]
     done, failed = 0, []
     try:
-        pipe = load_pipeline(args, rows[0].request) if todo else None  # nothing left here: no need to load the model
+        pipe = load_pipeline(args, progress=not quiet) if todo else None  # nothing left here: no need to load the model
         if pipe is not None and rank == 0 and not quiet:  # what ran, once (every file and manifest line keeps it)
             print(f"audioldm2-lite: model: {describe_reference(pipe.reference)}; precision: "
                   f"{pipe.precision.describe()}", file=sys.stderr)

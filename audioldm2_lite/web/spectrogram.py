@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from .generation.mel import MelConfig, mel_frequencies, waveform_to_mel
+from ..generation.mel import MelConfig, mel_frequencies, waveform_to_mel
 
 # the plot area inside the picture, in pixels: (left, top, width, height); the rest holds the axes, and the top
 # margin room for the label and buttons Gradio lays over an image

@@ -12,11 +12,11 @@ import os
 import shutil
 from pathlib import Path
 
-from .generation.loading import read_json, read_weights
-from .generation.lora import merged_state_dict, save_lora
-from .models import gpt2
-from .models.unet import level_values
-from .train_data import save_atomic
+from ..generation.loading import read_json, read_weights
+from ..generation.lora import merged_state_dict, save_lora
+from ..models import gpt2
+from ..models.unet import level_values
+from .data import save_atomic
 
 
 def export_checkpoint(unet, root: Path, out: Path, lora: bool) -> None:

@@ -1,4 +1,4 @@
-"""Batch runs (batch.py): prompt files checked up front, rows independent of batching, resume after
+"""Batch runs (prompt_files.py): prompt files checked up front, rows independent of batching, resume after
 SIGTERM and SIGKILL, and torchrun on two CPU processes, all on the tiny checkpoint."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 from reference import max_rel_error
 
 from audioldm2_lite import AudioLDM2Pipeline
-from audioldm2_lite import batch
-from audioldm2_lite.batch import Row, batches, generate, manifest_line, merge_manifests, row_seed
+from audioldm2_lite import prompt_files
+from audioldm2_lite.prompt_files import Row, batches, generate, manifest_line, merge_manifests, row_seed
 from audioldm2_lite.cli import build_parser, main
 from audioldm2_lite.generation.request import ModelLimits, Request
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_rows(path: Path, seed: int = 0, suffix: str = ".wav", *options: str):
     """The rows of a prompt file with the command line's defaults (and `options`)."""
     args = build_parser().parse_args(["--prompts-file", str(path), "--output-dir", "out", *options])
-    return batch.make_rows(path, args, seed, suffix, ModelLimits())
+    return prompt_files.make_rows(path, args, seed, suffix, ModelLimits())
 
 # Batched vs one row at a time: the UNet, VAE and vocoder reduce over the batch's rows in another order, and
 # the UNet's cross-attention sees each row's T5 states padded (masked) to the batch's longest. Measured
@@ -189,7 +189,7 @@ def test_a_failing_row_is_reported_and_the_others_written(tiny_checkpoint, tmp_p
             raise RuntimeError("CUDA out of memory")
         return generate(pipe, rows, *args)
 
-    monkeypatch.setattr(batch, "generate", generate_unless_boom)
+    monkeypatch.setattr(prompt_files, "generate", generate_unless_boom)
     prompts = write_lines(tmp_path / "p.txt", ["rain", "# a comment", "boom", "wind"])
     assert main(["--prompts-file", str(prompts), "--output-dir", str(tmp_path / "out"), "--batch-size", "3",
                  "--model", str(tiny_checkpoint), "--seconds", "0.32", "--steps", "2", "--device", "cpu"]) == 1

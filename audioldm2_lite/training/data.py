@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .console import read_table
-from .generation.audio_io import AudioInputError, read_audio
-from .generation.conditioning import TextConditioner
-from .generation.loading import load_component
-from .generation.mel import MelConfig, waveform_to_mel
+from ..console import read_table
+from ..generation.audio_io import AudioInputError, read_audio
+from ..generation.conditioning import TextConditioner
+from ..generation.loading import load_component
+from ..generation.mel import MelConfig, waveform_to_mel
 
 # what the cached latents and conditioning depend on
 FROZEN_COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model",

@@ -1,17 +1,19 @@
 """`audioldm2-lite-app`: a Gradio page and HTTP API over the pipeline (`pip install -e ".[app]"`).
 
-    audioldm2-lite-app [--model cvssp/audioldm2|PATH] [--host 127.0.0.1] [--port 7860] [--device D] [--dtype T] [--share]
+    audioldm2-lite-app [--model cvssp/audioldm2|PATH] [--host 127.0.0.1] [--port 7860] [--share]
+                       [--device D] [--dtype T] [--lora FILE [--lora-scale S]] [--compile] [--offload]
                        [--auth USER:PASSWORD] [--auth-file FILE] [--max-upload-mb 20] [--max-input-seconds 30]
                        [--max-prompt-chars 1000] [--cache-hours 24]
                        [--max-batch 8] [--batch-window 0.1] [--max-queue 64] [--time-limit 600]
 
-The app loads the model once and is a thin shell over the pipeline: each event makes a `Request` and hands it to
-the queue (serving.py), which runs requests arriving together as one `AudioLDM2Pipeline.generate` call, each with
-its own seed, so what the page makes is what the Python API and the command line make with the same request: the
-same 16-bit samples the command line writes, in a WAV named after the prompt and the seed, shown beside its log-mel
-spectrogram. A speech checkpoint shows a "Words to say" field. A person's mistake (an empty prompt, a bad length)
-comes back as a message on the page, as does a full queue ("busy") or a request past its time limit; the server
-logs one line per request, never a stack trace, and keeps serving. `/healthz` and `/readyz` answer a load balancer.
+The app loads the model once, as the command line does (console.load_pipeline, from the same model options), and is
+a thin shell over the pipeline: each event makes a `Request` and hands it to the queue (serving.py), which runs
+requests arriving together as one `AudioLDM2Pipeline.generate` call, each with its own seed, so what the page makes
+is what the Python API and the command line make with the same request: the same 16-bit samples the command line
+writes, in a WAV named after the prompt and the seed, shown beside its log-mel spectrogram. A speech checkpoint
+shows a "Words to say" field. A person's mistake (an empty prompt, a bad length) comes back as a message on the
+page, as does a full queue ("busy") or a request past its time limit; the server logs one line per request, never a
+stack trace, and keeps serving. `/healthz` and `/readyz` answer a load balancer.
 
 Serving strangers: Gradio serves the files in its cache folder, so the app gives it a private one for this run
 (`tempfile.mkdtemp`: mode 0700, removed at exit) and allows no other path: what the page serves is what it
@@ -34,18 +36,18 @@ import asyncio
 import dataclasses
 import ipaddress
 import os
-import re
 import signal
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-from .console import OneLineParser, UsageError, file_metadata, pcm16, report_errors, write_audio
-from .generation.editing import mel_config, steps_to_run
-from .generation.pipeline import Generated
-from .generation.authors import describe as describe_reference
-from .generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, Request
+from ..console import (OneLineParser, UsageError, add_model_arguments, check_local_model, check_model_options,
+                       file_metadata, load_pipeline, pcm16, report_errors, slug, write_audio)
+from ..generation.authors import describe as describe_reference
+from ..generation.editing import mel_config, steps_to_run
+from ..generation.pipeline import Generated
+from ..generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEED, Request
 from .serving import BatchingQueue, ServingError
 from .spectrogram import spectrogram_image
 
@@ -55,7 +57,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 PROG = "audioldm2-lite-app"
 SCHEDULERS = {"DPM-Solver++ (fast)": "dpmsolver++", "DDIM": "ddim"}
 MAX_CANDIDATES = 4  # players on the page; the best one first
-MAX_SEED = 2**31 - 1
 EXAMPLES = [
     ["A hammer is hitting a wooden surface", "low quality"],
     ["Techno music with a strong bass line", "low quality"],
@@ -76,10 +77,11 @@ TIME_LIMIT = 600.0  # seconds from joining the queue to the result; later, the r
 
 def make_request(prompt, negative_prompt="", seconds=None, steps=None, scheduler=None, guidance=3.5, seed=None,
                  candidates=1, transcription=None, edit=None) -> Request:
-    """The page's fields -> the request (`edit`: `edit_arguments`); seed None draws one, recorded in the result."""
+    """The page's fields -> the request (`edit`: `edit_arguments`); seed None draws one, recorded in the result.
+    The request's own check (`Request.check`, in the queue) covers every field; the page adds its players' count."""
     candidates = int(candidates)
-    if not 1 <= candidates <= MAX_CANDIDATES:
-        raise ValueError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {candidates}")
+    if candidates > MAX_CANDIDATES:
+        raise ValueError(f"candidates must be at most {MAX_CANDIDATES} (the page's players), got {candidates}")
     return Request(prompt=prompt, negative_prompt=negative_prompt or "", transcription=(transcription or "").strip() or None,
                    seconds=None if edit or seconds is None else float(seconds), steps=None if steps is None else int(steps),
                    scheduler=scheduler, guidance=float(guidance), candidates=candidates,
@@ -91,8 +93,8 @@ def generate(pipe, request: Request, on_step=None) -> tuple[list, int]:
 
     The samples are the ones the command line writes to its files (console.pcm16): Gradio would otherwise
     peak-normalise float audio. `on_step(i, total)` reports progress."""
-    request = pipe.with_seed(request).check(pipe.limits())
-    total = steps_to_run(request.strength, request.steps)  # an edit runs only the last part of the schedule
+    request = pipe.with_seed(request)  # checked once, by pipe.generate
+    total = steps_to_run(request.strength, request.resolved(pipe.limits()).steps)  # an edit runs the last part
     [result] = pipe.generate(request, callback=None if on_step is None else (lambda i, t, x: on_step(i + 1, total)))
     return [(pipe.sampling_rate, pcm16(audio)) for audio in result.audios], result.request.seed
 
@@ -307,9 +309,8 @@ def batching_queue(pipe, max_batch: int = MAX_BATCH, window: float = BATCH_WINDO
 
 def result_name(request: Request, index: int = 0) -> str:
     """A result's file name: its prompt's first words, its seed, and its rank among candidates after the first
-    ("rain-on-a-tin-roof_seed42.wav", "..._seed42_2.wav"), so a download says how to make it again."""
-    words = re.sub(r"[^a-z0-9]+", "-", request.prompt.lower()).strip("-")[:40].rstrip("-") or "audio"
-    return f"{words}_seed{request.seed}" + (f"_{index + 1}" if index else "") + ".wav"
+    ("rain_on_a_tin_roof_seed42.wav", "..._seed42_2.wav"; console.slug), so a download says how to make it again."""
+    return f"{slug(request.prompt) or 'audio'}_seed{request.seed}" + (f"_{index + 1}" if index else "") + ".wav"
 
 
 def client_still_waiting():
@@ -342,16 +343,9 @@ def health_routes(queue: BatchingQueue) -> list:
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="A web page for AudioLDM 2 (Gradio).")
-    parser.add_argument("--model", default="cvssp/audioldm2", help="hub id or local folder (default: cvssp/audioldm2)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
-    parser.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
-                        help="every stage in it (default, measured: float16 on CUDA; on a CPU with native bf16 the "
-                             "UNet, text stages and vocoder in bfloat16, the VAE in float32; float32 elsewhere)")
-    parser.add_argument("--reference", default=None, choices=("authors", "diffusers"), help="authors: the model the weights were trained as (heads of 32 channels, the zero unconditional sequence, CLAP eps 1e-5); diffusers: what diffusers computes (default: authors for the official checkpoints, diffusers for other folders; README: The authors' model and diffusers)")
-    parser.add_argument("--lora", default=None, help="LoRA adapter file from audioldm2-lite-train (lora.safetensors)")
-    parser.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default: 1)")
+    add_model_arguments(parser)
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
     parser.add_argument("--auth", type=user_password, default=None, metavar="USER:PASSWORD",
                         help="ask for this login (visible to other users of this machine in `ps`: prefer --auth-file)")
@@ -427,15 +421,13 @@ def serve(args) -> int:
             raise UsageError(f"--{option.replace('_', '-')} must be a positive number, got {getattr(args, option)}")
     if not 0 <= args.batch_window < float("inf"):
         raise UsageError(f"--batch-window must be 0 or more seconds, got {args.batch_window}")
-    if args.lora_scale is not None and args.lora is None:
-        raise UsageError("--lora-scale needs --lora (the adapter it scales)")
-    if args.lora is not None and not Path(args.lora).is_file():
-        raise UsageError(f"--lora: no adapter file '{args.lora}'")
+    check_model_options(args)
     logins = read_logins(args)
     if open_to_anyone(args.host, args.share, logins):  # said before the model loads, so it can be stopped at once
         where = "its public --share link" if args.share else f"port {args.port} of this machine"
         print(f"{PROG}: warning: without --auth the page is open to anyone who can reach {where}",
               file=sys.stderr, flush=True)
+    check_local_model(args.model)  # as the command line: a folder that is not a checkpoint is a usage mistake
     # Gradio serves its cache folder (uploads, results) to anyone who asks: give it a private one for this run,
     # so that nothing else on the disk (the temp folder's other files, ./.gradio) is ever served
     with tempfile.TemporaryDirectory(prefix="audioldm2-lite-app-", dir=os.environ.get("GRADIO_TEMP_DIR"),
@@ -448,16 +440,9 @@ def serve(args) -> int:
         except ImportError:
             print(f'{PROG}: error: the web app needs Gradio: pip install "audioldm2-lite[app]"', file=sys.stderr)
             return 1
-        import torch
-
-        from . import AudioLDM2Pipeline
-
         # `kill` stops the server as Ctrl-C does, so the folder is removed on the way out
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        pipe = AudioLDM2Pipeline.from_pretrained(args.model, device=args.device,
-                                                 dtype=getattr(torch, args.dtype) if args.dtype else None,
-                                                 lora=args.lora, lora_scale=args.lora_scale or 1.0,
-                                                 reference=args.reference)
+        pipe = load_pipeline(args)
         queue = batching_queue(pipe, args.max_batch, args.batch_window, args.max_queue, args.time_limit)
         app = build_app(pipe, args.model, args.max_prompt_chars, args.max_input_seconds, args.cache_hours, queue)
         print(f"{PROG}: serving {args.model} on http://{args.host}:{args.port}/ (batches of up to {args.max_batch}, "

@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 
 import soundfile
 import torch
 
-from .evaluate import ClapScorer, EvaluationError, evaluate, read_prompt_rows, read_stats
-from .generation.conditioning import TextConditioner
-from .generation.loading import load_component, load_config
-from .generation.pipeline import AudioLDM2Pipeline
-from .generation.samplers import SchedulerConfig
+from ..console import slug
+from ..evaluate import ClapScorer, EvaluationError, evaluate, read_prompt_rows, read_stats
+from ..generation.conditioning import TextConditioner
+from ..generation.loading import load_component, load_config
+from ..generation.pipeline import AudioLDM2Pipeline
+from ..generation.samplers import SchedulerConfig
 
 GUIDANCE = 3.5  # the pipeline's default
 
@@ -60,8 +60,7 @@ class Validation:
             read_stats(reference_stats)  # a bad file is an error now, not after the first steps
             if len(self.prompts) < 2:
                 raise EvaluationError("fd_clap needs a covariance: give at least 2 validation prompts")
-        self.names = [f"{i:02d}-{re.sub(r'[^a-z0-9]+', '_', p.lower())[:40].strip('_')}.wav"
-                      for i, p in enumerate(self.prompts)]
+        self.names = [f"{i:02d}-{slug(prompt)}.wav" for i, prompt in enumerate(self.prompts)]
         self.pipe = self.scorer = None
 
     def forget_after(self, folder: Path, step: int) -> None:
