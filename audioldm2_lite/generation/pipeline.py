@@ -39,7 +39,7 @@ from .memory import TilePlan, plan_decode
 from .precision import Precision, resolve_precision
 from .request import ModelLimits, Request, RequestError, is_guided
 from .requests import Generated, batchable, run_requests  # noqa: F401  (re-exported)
-from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler
+from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler, unet_calls
 
 
 @dataclass
@@ -82,6 +82,13 @@ def progress_stage(description: str, enabled: bool):
         bar.update()
 
 
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """What `AudioLDM2Pipeline.scheduler` returns: the scheduler config as diffusers writes it."""
+
+    config: dict
+
+
 class AudioLDM2Pipeline:
     def __init__(self, conditioner: TextConditioner, unet, vae, vocoder, scheduler_config: SchedulerConfig,
                  checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False, variant: str | None = None,
@@ -104,6 +111,20 @@ class AudioLDM2Pipeline:
         super().__setattr__(name, value)
         if name in self.STAGE_ATTRIBUTES and "runners" in vars(self):
             super().__setattr__("runners", self.plain_runners())
+
+    @property
+    def scheduler(self) -> "SchedulerSettings":
+        """The scheduler a call runs by default, as diffusers shows it: `.config` is a dict with `_class_name`
+        that diffusers' `<Class>.from_config` takes. Assigning any object with a `.config` (diffusers'
+        idiom, `pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)`) picks the sampler
+        here by its class name and config (samplers.SchedulerConfig.from_hub); diffusers is not imported."""
+        return SchedulerSettings(self.scheduler_config.to_hub())
+
+    @scheduler.setter
+    def scheduler(self, scheduler):
+        config = dict(scheduler.config)
+        self.scheduler_config = SchedulerConfig.from_hub({**config, "_class_name": type(scheduler).__name__}
+                                                         if not isinstance(scheduler, SchedulerSettings) else config)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -131,7 +152,7 @@ class AudioLDM2Pipeline:
         download shows huggingface_hub's own bars). `lora`: a LoRA adapter file from audioldm2-lite-train,
         applied to the UNet with `lora_scale`. `variant` ("fp16"): the weight files of that variant, where a
         component has them (as diffusers). The folder's scheduler class picks the sampler a call uses by
-        default (samplers.py `SCHEDULER_CLASSES`).
+        default (samplers `SAMPLERS`); assign `pipe.scheduler` to change it.
         """
         device = resolve_device(device)
         precision = resolve_precision(device, dtype)
@@ -241,14 +262,16 @@ class AudioLDM2Pipeline:
         every mode (samplers.denoise). With `edit`, an edit of its source: from the step `strength` gives, the
         source noised there as the start (SDEdit), and outside its mask the source kept (inpainting, bandwidth).
 
-        `scheduler` defaults to the checkpoint's ("ddim" or "dpmsolver++"). `karras_sigmas` puts
-        DPM-Solver++'s steps on Karras et al.'s noise levels (diffusers' `use_karras_sigmas=True`), often
-        better at few steps; None keeps the scheduler config's setting.
+        `scheduler` (a samplers.SAMPLERS name) defaults to the checkpoint's. `karras_sigmas` puts the steps
+        on Karras et al.'s noise levels (diffusers' `use_karras_sigmas=True`), for the samplers whose diffusers
+        class offers them; None keeps the scheduler config's setting.
         """
-        config = self.scheduler_config
+        name = scheduler or self.scheduler_config.sampler
+        config = self.scheduler_config.for_sampler(name)
         if karras_sigmas is not None:
-            config = dataclasses.replace(config, use_karras_sigmas=karras_sigmas)
-        sampler = make_sampler(scheduler or config.sampler, config, num_inference_steps, device=self.device, eta=eta)
+            config = dataclasses.replace(config, use_karras_sigmas=karras_sigmas,
+                                         use_exponential_sigmas=config.use_exponential_sigmas and not karras_sigmas)
+        sampler = make_sampler(name, config, num_inference_steps, device=self.device, eta=eta)
         with self._running(self.unet):
             context = self.unet.cross_attention_context(*conditioning)  # the same at every step
 
@@ -258,7 +281,8 @@ class AudioLDM2Pipeline:
             if edit is None:
                 yield from denoise(sampler, predict_noise, latents, generator=generator)
             else:
-                start = num_inference_steps - edit.check_steps(num_inference_steps)
+                # diffusers' img2img: skip N - int(N strength) steps, each `order` UNet calls (Heun's 2)
+                start = (num_inference_steps - edit.check_steps(num_inference_steps)) * sampler.order
                 yield from denoise(sampler, predict_noise, latents, edit.source, start, edit.regenerate, generator,
                                    start_from_noise=edit.strength == 1.0)
 
@@ -396,7 +420,7 @@ class AudioLDM2Pipeline:
         if progress:
             from tqdm.auto import tqdm
 
-            total = edit.check_steps(num_inference_steps) if edit else num_inference_steps
+            total = unet_calls(scheduler, num_inference_steps, edit.check_steps(num_inference_steps) if edit else None)
             steps = tqdm(steps, total=total, desc="denoising", unit="step")
         for i, (t, latents) in enumerate(steps):
             if callback is not None and i % callback_steps == 0:

@@ -35,6 +35,7 @@ from .base import (  # noqa: F401
     max_steps,
     sampler_spec,
     spaced_timesteps,
+    unet_calls,
 )
 
 _CLASSES = {"DDIMSampler": "ddim", "DPMSolverPlusPlus": "dpmsolver", "DPMSolverPlusPlus2M": "dpmsolver",

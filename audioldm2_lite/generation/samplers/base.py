@@ -349,6 +349,15 @@ def check_steps(name: str, config: SchedulerConfig, num_inference_steps: int) ->
                          f"{config.num_train_timesteps} training steps, got {num_inference_steps!r}")
 
 
+def unet_calls(name: str, num_inference_steps: int, steps_run: int | None = None) -> int:
+    """The UNet calls of a run of sampler `name` (its `len`), or of its last `steps_run` steps (an edit):
+    N for most, N + 1 for PNDM (its first step is taken twice), 2N - 1 for Heun (two per step but the last)."""
+    n = num_inference_steps
+    total = {"heun": 2 * n - 1, "pndm": n + 1 if n > 1 else 1}.get(name, n)
+    skipped = 0 if steps_run is None else n - steps_run
+    return total - skipped * (2 if name == "heun" else 1)
+
+
 class Sampler:
     """Shared plumbing: `init_noise_sigma`, the identity input scaling, `add_noise`, moving the tables."""
 
