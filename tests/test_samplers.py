@@ -409,3 +409,61 @@ def test_stochastic_samplers_draw_from_the_generator(name):
     first, again, other = (run_pair(name, 5, seed)[0][-1] for seed in (3, 3, 4))
     assert torch.equal(first, again)
     assert max_rel_error(first, other) > 1e-3
+
+
+# ---------------------------------------------------------------- editing with every sampler
+
+
+def oracle_model(source: torch.Tensor, config: SchedulerConfig):
+    """The exact noise prediction when the data is `source` alone: eps = (x - sqrt(a_t) x0) / sqrt(1 - a_t) for
+    the model's (variance-preserving) input x at integer timestep t. Every sampler then lands on `source`."""
+    from audioldm2_lite.generation.samplers import alphas_cumprod
+
+    alpha_bar = alphas_cumprod(config)
+
+    def predict_noise(x, t):
+        a = alpha_bar[int(t)]
+        return (x - a**0.5 * source) / (1 - a) ** 0.5
+
+    return predict_noise
+
+
+@pytest.mark.parametrize("name", [name for name in SAMPLERS if name != "deis"])  # DEIS ends at sigma_min, not 0
+def test_style_transfer_starts_at_the_samplers_own_noise_level(name):
+    """SDEdit from step (N - int(N s)) x order (PNDM: past its repeated level), the source noised there with the sampler's own add_noise: with
+    the exact denoiser of the source, every sampler (VP or sigma-scaled, deterministic or not) returns the
+    source; a start at another parametrisation's level would not."""
+    from audioldm2_lite.generation.samplers import denoise
+
+    # DDIM and PNDM end on alpha_bar_0 unless set_alpha_to_one (then on the data, as the others)
+    config, steps, strength = SchedulerConfig(set_alpha_to_one=True), 10, 0.6
+    sampler = make_sampler(name, config, steps)
+    start = sampler.start_index(steps - int(steps * strength))
+    assert len(sampler) - start == unet_calls(name, steps, int(steps * strength))
+    source, noise = initial_latent(), torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    outputs = list(denoise(sampler, oracle_model(source, config), noise, source, start,
+                           generator=torch.Generator().manual_seed(6)))
+    assert len(outputs) == len(sampler) - start
+    # float32 rounding through a few steps, relative to the latent's peak
+    assert max_rel_error(outputs[-1][1], source) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "lms", "dpmsolver++", "pndm"])
+def test_inpainting_keeps_the_known_region_at_each_steps_level(name):
+    """Outside the regenerated region, after step i the latent is the source noised to step i + 1's level
+    (sigma samplers: source + sigma noise, the latent they step), and the source itself after the last."""
+    from audioldm2_lite.generation.samplers import denoise
+
+    sampler = make_sampler(name, SchedulerConfig(), 6)
+    source, noise = initial_latent(), torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    regenerate = torch.zeros(SHAPE[-2:], dtype=torch.bool)
+    regenerate[:6] = True  # the first 6 latent frames regenerated, the rest kept
+    steps = list(denoise(sampler, lambda x, t: fake_model(x, t), noise, source, 0, regenerate))
+    for i, (_, latent) in enumerate(steps[:-1]):
+        signal, noise_std = sampler.noise_levels(i + 1)
+        assert torch.equal(latent[..., 6:, :], (signal * source + noise_std * noise)[..., 6:, :])
+    if hasattr(sampler, "sigmas"):  # a sigma sampler's latent: x0 + sigma eps, unscaled
+        signal, noise_std = sampler.noise_levels(1)
+        assert signal == 1 and noise_std == sampler.sigmas[1]
+    assert torch.equal(steps[-1][1][..., 6:, :], source[..., 6:, :])
+    assert not torch.equal(steps[-1][1][..., :6, :], source[..., :6, :])

@@ -282,7 +282,7 @@ class AudioLDM2Pipeline:
                 yield from denoise(sampler, predict_noise, latents, generator=generator)
             else:
                 # diffusers' img2img: skip N - int(N strength) steps, each `order` UNet calls (Heun's 2)
-                start = (num_inference_steps - edit.check_steps(num_inference_steps)) * sampler.order
+                start = sampler.start_index(num_inference_steps - edit.check_steps(num_inference_steps))
                 yield from denoise(sampler, predict_noise, latents, edit.source, start, edit.regenerate, generator,
                                    start_from_noise=edit.strength == 1.0)
 

@@ -355,6 +355,8 @@ def unet_calls(name: str, num_inference_steps: int, steps_run: int | None = None
     n = num_inference_steps
     total = {"heun": 2 * n - 1, "pndm": n + 1 if n > 1 else 1}.get(name, n)
     skipped = 0 if steps_run is None else n - steps_run
+    if name == "pndm" and skipped:  # an edit starts past PNDM's repeated level (pndm.PNDMSampler.start_index)
+        return total - skipped - 1
     return total - skipped * (2 if name == "heun" else 1)
 
 
@@ -375,6 +377,11 @@ class Sampler:
 
     def scale_model_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
         return x
+
+    def start_index(self, skipped_steps: int) -> int:
+        """The index of the call an edit starts at when it skips the first `skipped_steps` steps: diffusers'
+        img2img rule, steps x `order` (Heun's 2 calls per step)."""
+        return skipped_steps * self.order
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
         """x0 noised to the level of step i's input, `signal x0 + noise_std noise`: diffusers' `add_noise`

@@ -31,23 +31,26 @@ class LMSSampler(SigmaSampler):
         d_i     = (x_i - x0_i) / sigma_i
         x_{i+1} = x_i + sum_j c_ij d_{i-j},   j < min(i + 1, 4)   (c_ij: `lms_coefficient`)
 
-    Parity details (diffusers 0.42): noise levels as Euler's (base.discrete_sigma_schedule, ending at 0); the
-    order is min(i + 1, 4) by step index, as diffusers counts it, and a run started mid-schedule (audio
-    editing) weights the slopes it has with that order's coefficients (diffusers zips the two lists);
-    coefficients in float64 from the float32 levels (diffusers: quad over a float32 integrand).
+    Parity details (diffusers 0.42): noise levels as Euler's (base.discrete_sigma_schedule, ending at 0);
+    coefficients in float64 from the float32 levels (diffusers: quad over a float32 integrand). The order is
+    min(steps taken + 1, 4). On a full run that is diffusers' min(i + 1, 4); a run started mid-schedule (audio
+    editing) warms up from first order here, where diffusers would weight its one slope with a fourth-order
+    coefficient (its lists are zipped), which is not the integral of that slope.
     """
 
     def __init__(self, config: SchedulerConfig, num_inference_steps: int, device=None, order: int = 4):
         timesteps, sigmas = discrete_sigma_schedule(config, num_inference_steps)
         self.setup_sigmas(config, timesteps, sigmas)
         levels = sigmas.double().numpy()
-        self.coefficients = [[lms_coefficient(levels, i, min(i + 1, order), j) for j in range(min(i + 1, order))]
-                             for i in range(len(timesteps))]
+        # per step i and order p <= min(i + 1, 4): the weights of the last p slopes, newest first
+        self.coefficients = [{p: [lms_coefficient(levels, i, p, j) for j in range(p)]
+                              for p in range(1, min(i + 1, order) + 1)} for i in range(len(timesteps))]
         self.order_limit, self.slopes = order, []
         self.to(device if device is not None else "cpu")
 
     def step(self, model_output, i: int, sample, generator=None):
         sigma = self.sigmas[i]
         self.slopes = [*self.slopes[-(self.order_limit - 1):], (sample - self.x0(sample, model_output, sigma)) / sigma]
-        update = sum(c * d for c, d in zip(self.coefficients[i], reversed(self.slopes)))
+        weights = self.coefficients[i][min(len(self.slopes), len(self.coefficients[i]))]
+        update = sum(c * d for c, d in zip(weights, reversed(self.slopes)))
         return sample + update

@@ -25,8 +25,11 @@ class PNDMSampler(Sampler):
     Parity details (diffusers 0.42):
     - timesteps: the DDIM grid t_{N-1} > ... > t_0 with t_{N-2} repeated: N + 1 UNet calls for N steps
       (`len(sampler)`), the second call redoing the first step from its start with the averaged prediction.
-    - the state is diffusers' call counter and list of predictions (the second call's is not kept), so a run
-      started mid-schedule (audio editing) does what diffusers does from there.
+    - the state is diffusers' call counter and list of predictions (the second call's is not kept).
+    - a run started mid-schedule (audio editing) starts on a grid level after the repeated one
+      (`start_index`) and warms up without the second call: first step e' = e_0, then the multistep
+      formulas. diffusers' img2img rule would start inside its table, where the second call "redoes" a step
+      from a level it never was at, and every later step is taken one level off.
     - v-prediction: the combined v is turned into eps with the current sample, after the combination.
     - the step is float32 tensor arithmetic in diffusers' order.
     """
@@ -43,12 +46,18 @@ class PNDMSampler(Sampler):
         self.predictions, self.counter, self.first_sample = [], 0, None
         self.to(device if device is not None else "cpu")
 
+    def start_index(self, skipped_steps: int) -> int:
+        """The call an edit starts at after `skipped_steps` steps: past the repeated level (calls 1 and 2)."""
+        return skipped_steps + 1 if skipped_steps > 0 else 0
+
     def noise_levels(self, i: int):
         alpha_bar = self.alpha_bar[self.steps[i]]
         return alpha_bar**0.5, (1 - alpha_bar) ** 0.5
 
     def step(self, model_output, i: int, sample, generator=None):
         e, x = model_output.float(), sample.float()
+        if self.counter == 0 and i > 0:
+            self.counter = 2  # a mid-schedule start: no second call (see the class docstring)
         t = self.steps[i]
         s = t - self.ratio
         if self.counter != 1:
@@ -60,6 +69,8 @@ class PNDMSampler(Sampler):
             self.first_sample = x
         elif len(ets) == 1 and self.counter == 1:
             e, x = (e + ets[-1]) / 2, self.first_sample
+        elif len(ets) == 1:  # the first step of a mid-schedule start: e' = e_0
+            pass
         elif len(ets) == 2:
             e = (3 * ets[-1] - ets[-2]) / 2
         elif len(ets) == 3:
