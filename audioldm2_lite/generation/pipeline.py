@@ -1,7 +1,7 @@
 """AudioLDM 2 text-to-audio, end to end: the thin pipeline that ties the stages together.
 
     prompt --(conditioning.py: CLAP text, Flan-T5, projection, GPT-2)--> GPT-2 states, T5 states + mask
-           --(unet.py x T steps, samplers.py, classifier-free guidance here)--> denoised latent (B, 8, T/4, 16)
+           --(unet.py x T steps, samplers/, classifier-free guidance here)--> denoised latent (B, 8, T/4, 16)
            --(vae.py decoder)--> log-mel (B, 1, T, 64) --(vocoder.py HiFi-GAN)--> 16 kHz waveform
            --(clap_audio.py, when several candidates per prompt)--> candidates ranked best first
 
