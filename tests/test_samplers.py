@@ -467,3 +467,26 @@ def test_inpainting_keeps_the_known_region_at_each_steps_level(name):
         assert signal == 1 and noise_std == sampler.sigmas[1]
     assert torch.equal(steps[-1][1][..., 6:, :], source[..., 6:, :])
     assert not torch.equal(steps[-1][1][..., :6, :], source[..., :6, :])
+
+
+# ---------------------------------------------------------------- every surface names samplers from the one table
+
+
+def test_every_surface_names_samplers_from_the_one_table(tmp_path):
+    from audioldm2_lite import app, cli
+    from audioldm2_lite.console import UsageError
+    from audioldm2_lite.generation.request import DEFAULT_STEPS, Request, RequestError
+    from audioldm2_lite.train import TrainConfig, check_config
+
+    assert DEFAULT_STEPS == {name: spec.steps for name, spec in SAMPLERS.items()}
+    assert list(app.SCHEDULERS.values()) == list(SAMPLERS)  # the page's dropdown
+    help_text = " ".join(cli.build_parser().format_help().split())
+    assert all(name in help_text for name in SAMPLERS)  # --scheduler
+    for name in SAMPLERS:  # Python, the CLI and prompt files all check a Request
+        request = Request("rain", scheduler=name).check()
+        assert request.steps == SAMPLERS[name].steps and request.karras is False
+    assert Request("rain", scheduler="unipc", karras=True).check().karras
+    with pytest.raises(RequestError, match="karras noise levels apply to these schedulers only: lms, euler, heun"):
+        Request("rain", scheduler="euler-ancestral", karras=True).check()
+    with pytest.raises(UsageError, match="validation_scheduler: unknown scheduler 'kdpm2'; choose from ddim, pndm"):
+        check_config(TrainConfig(data="d", output="o", validation_scheduler="kdpm2"), tmp_path / "state.pt")
