@@ -114,7 +114,8 @@ def test_edit_loop_matches_diffusers_schedulers(pipe, tiny_checkpoint, scheduler
         return 0.5 * torch.tanh(x) + 0.3 * torch.cos(x * float(t) / 500)
 
     name = scheduler.split()[0]
-    config = dataclasses.replace(pipe.scheduler_config.for_sampler(name), use_karras_sigmas=scheduler.endswith("karras"))
+    config = pipe.scheduler_config.for_sampler(name)
+    config = dataclasses.replace(config, use_karras_sigmas=scheduler.endswith("karras"))
     sampler = make_sampler(name, config, 10)
     start = sampler.start_index(10 - min(int(10 * strength), 10))
     ours = list(denoise(sampler, predict, noise, source, start, regenerate, start_from_noise=strength == 1.0))[-1][1]

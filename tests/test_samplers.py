@@ -25,7 +25,7 @@ from audioldm2_lite.generation.samplers import (
 )
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
-              pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context")]  # diffusers DEIS: np.log of tensors
+              pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context")]  # diffusers' DEIS: np.log
 
 OFFICIAL_CONFIG = Path(__file__).parents[1] / "scripts/checkpoint_configs/audioldm2/scheduler/scheduler_config.json"
 STEPS = [1, 2, 3, 10, 20, 25, 50, 200]
@@ -163,7 +163,8 @@ def test_running_one_sampler_imports_only_its_module():
 
     code = ("import sys; from audioldm2_lite.generation.samplers import SchedulerConfig, make_sampler; "
             "make_sampler('ddim', SchedulerConfig(), 3); "
-            "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('audioldm2_lite.generation.samplers.')))")
+            "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules "
+            "if m.startswith('audioldm2_lite.generation.samplers.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[1]).stdout
     assert out.strip() == "['base', 'ddim']"
@@ -430,9 +431,9 @@ def oracle_model(source: torch.Tensor, config: SchedulerConfig):
 
 @pytest.mark.parametrize("name", [name for name in SAMPLERS if name != "deis"])  # DEIS ends at sigma_min, not 0
 def test_style_transfer_starts_at_the_samplers_own_noise_level(name):
-    """SDEdit from step (N - int(N s)) x order (PNDM: past its repeated level), the source noised there with the sampler's own add_noise: with
-    the exact denoiser of the source, every sampler (VP or sigma-scaled, deterministic or not) returns the
-    source; a start at another parametrisation's level would not."""
+    """SDEdit from step (N - int(N s)) x order (PNDM: past its repeated level), the source noised there with
+    the sampler's own add_noise: with the exact denoiser of the source, every sampler (VP or sigma-scaled,
+    deterministic or not) returns the source; a start at another parametrisation's level would not."""
     from audioldm2_lite.generation.samplers import denoise
 
     # DDIM and PNDM end on alpha_bar_0 unless set_alpha_to_one (then on the data, as the others)
@@ -490,3 +491,19 @@ def test_every_surface_names_samplers_from_the_one_table(tmp_path):
         Request("rain", scheduler="euler-ancestral", karras=True).check()
     with pytest.raises(UsageError, match="validation_scheduler: unknown scheduler 'kdpm2'; choose from ddim, pndm"):
         check_config(TrainConfig(data="d", output="o", validation_scheduler="kdpm2"), tmp_path / "state.pt")
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_config_round_trips_through_diffusers(name):
+    """`to_hub` is a config diffusers' `from_config` takes (the drop-in idiom's `pipe.scheduler.config`), and
+    the scheduler diffusers builds from it reads back as the same sampler and options, for every class
+    built from every other one's config."""
+    import diffusers
+
+    for start in ("ddim", "unipc", "dpmsolver++3m-sde", "euler"):
+        config = SchedulerConfig().for_sampler(start).for_sampler(name)
+        scheduler_class = getattr(diffusers, SAMPLERS[name].scheduler_class)
+        twin = scheduler_class.from_config(config.to_hub())
+        back = SchedulerConfig.from_hub({**twin.config, "_class_name": scheduler_class.__name__})
+        assert back == config, (start, {k: (v, getattr(config, k)) for k, v in vars(back).items()
+                                        if v != getattr(config, k)})

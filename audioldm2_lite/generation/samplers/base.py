@@ -82,7 +82,7 @@ SAMPLERS = {
 CLASS_DEFAULTS = {
     "DPMSolverMultistepScheduler": dict(solver_order=2, algorithm_type="dpmsolver++", solver_type="midpoint",
                                         lower_order_final=True),
-    "UniPCMultistepScheduler": dict(solver_order=2, algorithm_type="unipc", solver_type="bh2", lower_order_final=True),
+    "UniPCMultistepScheduler": dict(solver_order=2, solver_type="bh2", lower_order_final=True),
     "DEISMultistepScheduler": dict(solver_order=2, algorithm_type="deis", solver_type="logrho", lower_order_final=True),
 }
 SCHEDULER_CLASSES = sorted({spec.scheduler_class for spec in SAMPLERS.values()})  # the classes a folder may name
@@ -151,8 +151,8 @@ class SchedulerConfig:
         if solver:
             fields.update(
                 solver_order=hub_field(config, "solver_order", solver["solver_order"], supported=(1, 2, 3)),
-                algorithm_type=hub_field(config, "algorithm_type", solver["algorithm_type"],
-                                         supported=algorithms or (solver["algorithm_type"],)),
+                algorithm_type=hub_field(config, "algorithm_type", solver.get("algorithm_type", d.algorithm_type),
+                                         supported=algorithms or (solver.get("algorithm_type", d.algorithm_type),)),
                 solver_type=hub_field(config, "solver_type", solver["solver_type"], supported=solver_types),
                 lower_order_final=hub_field(config, "lower_order_final", True))
         if fields["use_karras_sigmas"] and fields["use_exponential_sigmas"]:
@@ -168,7 +168,9 @@ class SchedulerConfig:
         if name == self.sampler:
             return self
         spec = sampler_spec(name)
-        changes = {**CLASS_DEFAULTS.get(spec.scheduler_class, {}), **dict(spec.options), "sampler": name}
+        solver = {field: getattr(SchedulerConfig, field) for field in CLASS_DEFAULTS["DPMSolverMultistepScheduler"]}
+        solver.update(CLASS_DEFAULTS.get(spec.scheduler_class, {}))
+        changes = {**solver, **dict(spec.options), "sampler": name}
         if "karras" not in spec.noise_levels:
             changes.update(use_karras_sigmas=False, use_exponential_sigmas=False)
         return dataclasses.replace(self, **changes)
@@ -176,13 +178,15 @@ class SchedulerConfig:
     def to_hub(self) -> dict:
         """The config as diffusers writes it, with `_class_name`: what `<Class>.from_config` takes."""
         spec = SAMPLERS[self.sampler]
-        out = {"_class_name": spec.scheduler_class, **{f.name: getattr(self, f.name)
-                                                         for f in dataclasses.fields(self) if f.name != "sampler"}}
-        if spec.scheduler_class not in CLASS_DEFAULTS:
-            for name in ("solver_order", "algorithm_type", "solver_type", "lower_order_final"):
-                del out[name]
-        if spec.scheduler_class in ("DDIMScheduler", "PNDMScheduler"):
-            del out["use_karras_sigmas"], out["use_exponential_sigmas"]
+        solver = CLASS_DEFAULTS.get(spec.scheduler_class, {})
+        out = {"_class_name": spec.scheduler_class}
+        for field in dataclasses.fields(self):
+            if field.name == "sampler" or (field.name in CLASS_DEFAULTS["DPMSolverMultistepScheduler"]
+                                           and field.name not in solver):
+                continue  # a solver option this class does not have
+            if field.name.startswith("use_") and not spec.noise_levels:
+                continue  # Karras/exponential levels on a class that has neither
+            out[field.name] = getattr(self, field.name)
         if spec.scheduler_class == "DDIMScheduler":
             out["clip_sample"] = False  # diffusers' DDIM defaults it on
         if spec.scheduler_class == "PNDMScheduler":

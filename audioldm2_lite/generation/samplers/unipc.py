@@ -107,7 +107,8 @@ class UniPCSampler(Sampler):
             rks, powers, b, _, _ = terms = self.corrector[i][p]
             rhos = torch.ones(1) * 0.5 if p == 1 else torch.linalg.solve(powers, b)
             rhos = rhos.to(x.device)
-            x = self.update(self.last_sample, terms, i, i - 1, self.history, p, rhos[:-1], rhos[-1] * (x0 - self.history[-1]))
+            correction = rhos[-1] * (x0 - self.history[-1])  # the new estimate's weight times D_t
+            x = self.update(self.last_sample, terms, i, i - 1, self.history, p, rhos[:-1], correction)
         self.history = [*self.history[-2:], x0]
         order = min(self.orders[i], len(self.history))
         rks, powers, b, _, _ = terms = self.predictor[i][order]
