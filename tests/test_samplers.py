@@ -366,10 +366,11 @@ def run_pair(name: str, steps: int, seed: int = 1, **options):
 
 
 def assert_matches_twin(name, ours, reference):
-    if name == "unipc-bh1":  # diffusers' bh1 forms -inf * 0 on its last step, to sigma 0: NaN
-        assert reference[-1].isnan().all() and ours[-1].isfinite().all()
-        # our last step returns the data prediction, as bh2 does there (its B(h) is finite): checked in
-        # test_unipc_bh1_last_step_is_the_data_prediction
+    if name == "unipc-bh1" or not reference[-1].isfinite().all():
+        # diffusers' UniPC on its last step, to sigma 0: -inf * 0 with bh1 (NaN), a division by r = 0 without
+        # lower_order_final (inf and NaN)
+        assert name.startswith("unipc") and not reference[-1].isfinite().any() and ours[-1].isfinite().all()
+        # our last step returns the data prediction, as bh2 does there: test_unipc_bh1_last_step_is_the_data_prediction
         ours, reference = ours[:-1], reference[:-1]
     # float32 both sides, the same float32 tables and diffusers' expressions in its order: rounding only.
     # LMS: its coefficients are exact Gauss-Legendre integrals here, diffusers' quad over a float32 integrand
@@ -392,6 +393,18 @@ def test_sampler_noise_levels_match_diffusers(name, steps, levels):
     plain, _ = run_pair(name, steps)
     if steps > 2:  # the option changed the run (at 2 steps the Karras and spaced levels nearly coincide)
         assert max_rel_error(ours[-1], plain[-1]) > 1e-4
+
+
+@pytest.mark.parametrize("steps", [4, 20])
+@pytest.mark.parametrize("name,options", [
+    ("unipc", {"solver_order": 3}), ("unipc-bh1", {"solver_order": 3}), ("unipc", {"lower_order_final": False}),
+    ("deis", {"solver_order": 3}), ("deis", {"solver_order": 3, "lower_order_final": False}),
+    ("dpmsolver++", {"solver_type": "heun"}), ("dpmsolver++2m-sde", {"solver_type": "heun"}),
+    ("dpmsolver++3m", {"lower_order_final": False}), ("dpmsolver++3m-sde", {"use_karras_sigmas": True})])
+def test_solver_options_match_diffusers(name, options, steps):
+    """The multistep solvers' own options, read from the folder's config (`solver_order`, `solver_type`,
+    `lower_order_final`): the config's sampler runs with them."""
+    assert_matches_twin(name, *run_pair(name, steps, **options))
 
 
 def test_unipc_bh1_last_step_is_the_data_prediction():
