@@ -372,8 +372,8 @@ class AudioLDM2Pipeline:
         what a single run with generator i draws); `return_dict=False` returns `(audios,)`;
         `cross_attention_kwargs={"scale": s}` multiplies a loaded LoRA's update by s for this call;
         `output_type` "np" (float32 array), "pt" (float32 CPU tensor) or "latent" (the final latents).
-        `scheduler` ("ddim" or "dpmsolver++") defaults to the checkpoint's scheduler class, `karras_sigmas` to
-        its config's `use_karras_sigmas`.
+        `scheduler` (a samplers.SAMPLERS name: "ddim", "euler", "unipc", ...) defaults to the checkpoint's
+        scheduler class (or `pipe.scheduler`'s), `karras_sigmas` to its config's `use_karras_sigmas`.
 
         With `audio` (a path, or an array/tensor with `audio_sampling_rate`), an edit of it: style transfer to
         `strength`, inpainting of `regenerate_seconds` (start, end), bandwidth extension above
