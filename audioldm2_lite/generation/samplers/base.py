@@ -85,6 +85,7 @@ CLASS_DEFAULTS = {
     "UniPCMultistepScheduler": dict(solver_order=2, solver_type="bh2", lower_order_final=True),
     "DEISMultistepScheduler": dict(solver_order=2, algorithm_type="deis", solver_type="logrho", lower_order_final=True),
 }
+SOLVER_FIELDS = ("solver_order", "algorithm_type", "solver_type", "lower_order_final")  # multistep options
 SCHEDULER_CLASSES = sorted({spec.scheduler_class for spec in SAMPLERS.values()})  # the classes a folder may name
 
 
@@ -168,7 +169,7 @@ class SchedulerConfig:
         if name == self.sampler:
             return self
         spec = sampler_spec(name)
-        solver = {field: getattr(SchedulerConfig, field) for field in CLASS_DEFAULTS["DPMSolverMultistepScheduler"]}
+        solver = {field: getattr(SchedulerConfig, field) for field in SOLVER_FIELDS}  # this dataclass's defaults
         solver.update(CLASS_DEFAULTS.get(spec.scheduler_class, {}))
         changes = {**solver, **dict(spec.options), "sampler": name}
         if "karras" not in spec.noise_levels:
@@ -181,8 +182,7 @@ class SchedulerConfig:
         solver = CLASS_DEFAULTS.get(spec.scheduler_class, {})
         out = {"_class_name": spec.scheduler_class}
         for field in dataclasses.fields(self):
-            if field.name == "sampler" or (field.name in CLASS_DEFAULTS["DPMSolverMultistepScheduler"]
-                                           and field.name not in solver):
+            if field.name == "sampler" or (field.name in SOLVER_FIELDS and field.name not in solver):
                 continue  # a solver option this class does not have
             if field.name.startswith("use_") and not spec.noise_levels:
                 continue  # Karras/exponential levels on a class that has neither
