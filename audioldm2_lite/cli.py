@@ -21,6 +21,7 @@ from .console import (FORMATS, OneLineParser, UsageError, add_editing_arguments,
                       report_errors, request_from_args, resolve_device, write_audio)
 from .generation.authors import describe as describe_reference
 from .generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, Request
+from .generation.samplers import SAMPLERS
 
 PROG = "audioldm2-lite"
 # Activation memory of the denoising loop per second of audio, per waveform in the UNet's batch (two with
@@ -44,9 +45,11 @@ def build_parser() -> OneLineParser:
                         help="audio length in seconds (default: the model's, 10.24; an edit keeps its input's)")
     steps = ", ".join(f"{n} for {name}" for name, n in DEFAULT_STEPS.items())
     parser.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: {steps}; at most 1000)")
-    parser.add_argument("--scheduler", default=None, help="ddim or dpmsolver++ (default: the checkpoint's, ddim)")
+    parser.add_argument("--scheduler", default=None, metavar="NAME",
+                        help=f"the sampler: {', '.join(SAMPLERS)} (default: the checkpoint's, ddim)")
+    karras = ", ".join(name for name, spec in SAMPLERS.items() if "karras" in spec.noise_levels)
     parser.add_argument("--karras", action="store_true", default=None,
-                        help="dpmsolver++ on Karras noise levels (often better at few steps)")
+                        help=f"Karras noise levels, for {karras}")
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                         help=f"classifier-free guidance scale; 1 or below means no guidance (default: {DEFAULT_GUIDANCE})")
     parser.add_argument("--candidates", type=int, default=1,

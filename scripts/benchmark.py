@@ -103,13 +103,17 @@ def load(side: str, precision: str, args):
             pipe.optimize(compile=args.compile, cuda_graphs=args.cuda_graphs)
         return pipe, {"scheduler": args.scheduler}
     sys.path.insert(0, str(HERE.parent / "tests"))
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    import diffusers
     from reference import diffusers_pipeline
+
+    from audioldm2_lite.generation.samplers import SAMPLERS
 
     pipe = diffusers_pipeline(args.checkpoint, dtype=dtype or torch.float32).to(args.device)
     pipe.set_progress_bar_config(disable=True)
-    scheduler_class = DPMSolverMultistepScheduler if args.scheduler == "dpmsolver++" else DDIMScheduler
-    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    spec = SAMPLERS[args.scheduler]  # diffusers' scheduler of the same name, as users swap it in
+    extra = {"skip_prk_steps": True} if args.scheduler == "pndm" else {}
+    pipe.scheduler = getattr(diffusers, spec.scheduler_class).from_config(pipe.scheduler.config,
+                                                                          **dict(spec.options), **extra)
     if args.compile:  # diffusers' own best: a compiled UNet (the HF blog's recipe)
         pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
     return pipe, {}
@@ -190,6 +194,8 @@ def drift(waveform: np.ndarray, reference: np.ndarray) -> float:
 
 
 def main():
+    from audioldm2_lite.generation.samplers import SAMPLERS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="hub-layout folder (default: build a full-size random one)")
     parser.add_argument("--tiny", action="store_true", help="build and use the tiny random checkpoint (CI-sized)")
@@ -200,7 +206,7 @@ def main():
                         help="comma-separated SIDE:PRECISION (ours|diffusers : default|float32|bfloat16|float16); "
                              "default on the CPU: ours:float32,ours:default,diffusers:float32,diffusers:bfloat16")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--scheduler", default="dpmsolver++", choices=["ddim", "dpmsolver++"])
+    parser.add_argument("--scheduler", default="dpmsolver++", choices=list(SAMPLERS))
     parser.add_argument("--seconds", type=float, default=10.24)
     parser.add_argument("--candidates", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2, help="alternations of ours / diffusers")

@@ -30,8 +30,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a clone without installing
 
-SAMPLER_CHOICES = {"ddim": ("ddim", False), "dpmsolver++": ("dpmsolver++", False),
-                   "dpmsolver++karras": ("dpmsolver++", True)}
+
+def sampler_choices() -> dict:
+    """--samplers names: every samplers.SAMPLERS name, and <name>karras where Karras levels are offered."""
+    from audioldm2_lite.generation.samplers import SAMPLERS
+
+    choices = {name: (name, False) for name in SAMPLERS}
+    choices.update({f"{name}karras": (name, True) for name, spec in SAMPLERS.items() if "karras" in spec.noise_levels})
+    return choices
+
+
+SAMPLER_CHOICES = sampler_choices()
 
 
 def read_prompts(file: Path) -> list[tuple[str, str]]:

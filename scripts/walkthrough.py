@@ -87,7 +87,7 @@ def main():
         for step, (t, latents) in enumerate(pipe.generate_latents(
                 latents, (generated, t5, t5_mask), args.steps, scheduler="dpmsolver++")):
             pass
-    show(f"denoised latent ({args.steps} steps)", "unet.py, samplers.py", latents, clock,
+    show(f"denoised latent ({args.steps} steps)", "unet.py, samplers/", latents, clock,
          f"{clock.seconds / args.steps * 1e3:.1f} ms per guided step")
     with Clock(device) as clock:
         mel = pipe.vae.decode(latents / pipe.vae.config.scaling_factor)

@@ -52,8 +52,8 @@ NO_MPS = "MPS is available here, so --device mps is not a mistake"
     (["rain", "--seed", "-1"], "--seed must be in 0 .. 2**64 - 1"),
     (["rain", "--seconds", "1e6"], "the longest that fits is about"),  # before loading, from free memory
     (["rain", "--steps", "0"], "--steps: DDIM takes at least 1 and at most 1000 steps"),
-    (["rain", "--scheduler", "euler"], "unknown scheduler 'euler'; choose from ddim, dpmsolver++"),
-    (["rain", "--karras"], "--karras noise levels apply to the dpmsolver++ scheduler only"),
+    (["rain", "--scheduler", "kdpm2"], "unknown scheduler 'kdpm2'; choose from ddim, pndm, lms, euler"),
+    (["rain", "--karras"], "--karras noise levels apply to these schedulers only: lms, euler, heun"),
     (["rain", "--guidance", "-1"], "--guidance must be a finite number at least 0, got -1.0"),
     (["rain", "--candidates", "0"], "--candidates must be a whole number, at least 1"),
     (["rain", "--all"], "--all writes every candidate: give --candidates 2 or more"),

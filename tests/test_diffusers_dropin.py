@@ -147,10 +147,11 @@ def inputs(**overrides):
 # Every folder loads unmodified and generates what diffusers generates
 
 
-@pytest.mark.parametrize("name", ["ddim", "dpmsolver++", "gated-gelu"])
+@pytest.mark.parametrize("name", ["ddim", "dpmsolver++", "pndm", "gated-gelu"])
 def test_folder_matches_diffusers_end_to_end(folders, name):
+    """The folder's scheduler runs by default: diffusers' fast-test fixture (PNDM) runs PNDM, as diffusers."""
     ours, reference = load_ours(folders[name]), load_diffusers(folders[name])
-    assert ours.scheduler_config.sampler == ("dpmsolver++" if name == "dpmsolver++" else "ddim")
+    assert ours.scheduler_config.sampler == {"dpmsolver++": "dpmsolver++", "pndm": "pndm"}.get(name, "ddim")
     audio, expected = ours(**inputs()).audios, reference(**inputs()).audios
     assert audio.shape == expected.shape == (1, 256) and audio.dtype == np.float32
     assert max_rel_error(torch.from_numpy(audio), torch.from_numpy(expected)) <= WAVEFORM_TOLERANCE
@@ -174,19 +175,49 @@ def test_dpmsolver_folder_settings_are_honoured(folders, tmp_path, settings):
     assert max_rel_error(latents, plain) > 1e-3
 
 
-def test_other_scheduler_class_warns_once_and_runs_ddim_on_its_settings(folders):
-    from diffusers import DDIMScheduler
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ours = load_ours(folders["pndm"])
-    messages = [str(w.message) for w in caught if "PNDMScheduler" in str(w.message)]
-    assert len(messages) == 1 and "DDIM" in messages[0] and "\n" not in messages[0]
-    # diffusers' DDIM on that config; clip_sample, which a PNDM config lacks, would default to on there
-    reference = load_diffusers(folders["pndm"], DDIMScheduler, clip_sample=False)
-    audio = ours(**inputs(negative_prompt="egg cracking")).audios
-    expected = reference(**inputs(negative_prompt="egg cracking")).audios
+def test_fast_test_fixture_runs_pndm_with_a_negative_prompt(folders):
+    """diffusers' fast test saves PNDMScheduler(skip_prk_steps=True): its PLMS runs here too (N + 1 calls)."""
+    ours, reference = load_ours(folders["pndm"]), load_diffusers(folders["pndm"])
+    assert ours.scheduler.config["_class_name"] == "PNDMScheduler"
+    audio = ours(**inputs(negative_prompt="egg cracking", num_inference_steps=4)).audios
+    expected = reference(**inputs(negative_prompt="egg cracking", num_inference_steps=4)).audios
     assert max_rel_error(torch.from_numpy(audio), torch.from_numpy(expected)) <= WAVEFORM_TOLERANCE
+
+
+def test_a_scheduler_class_not_written_here_is_refused(folders, tmp_path):
+    folder = shutil.copytree(folders["ddim"], tmp_path / "kdpm2")
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "_class_name": "KDPM2DiscreteScheduler"}))
+    with pytest.raises(NotImplementedError, match="does not implement KDPM2DiscreteScheduler; it implements "
+                                                   "DDIMScheduler, DEISMultistepScheduler"):
+        load_ours(folder)
+
+
+@pytest.mark.parametrize("class_name, settings", [
+    ("UniPCMultistepScheduler", {}), ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("HeunDiscreteScheduler", {}), ("LMSDiscreteScheduler", {}), ("EulerAncestralDiscreteScheduler", {}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    ("DEISMultistepScheduler", {})])
+def test_swapped_scheduler_matches_diffusers(folders, class_name, settings):
+    """diffusers' idiom on our pipeline, `pipe.scheduler = <Class>.from_config(pipe.scheduler.config)`: the
+    next call runs our sampler of that class and config and matches diffusers with that scheduler (the
+    stochastic ones draw from the call's generator as diffusers does)."""
+    import diffusers
+
+    scheduler_class = getattr(diffusers, class_name)
+    ours = load_ours(folders["ddim"])
+    ours.scheduler = scheduler_class.from_config(ours.scheduler.config, **settings)
+    assert ours.scheduler.config["_class_name"] == class_name
+    reference = load_diffusers(folders["ddim"], scheduler_class, **settings)
+    audio = ours(**inputs(num_inference_steps=5, output_type="latent")).audios
+    expected = reference(**inputs(num_inference_steps=5, output_type="latent")).audios
+    # the same float32 UNet calls on both sides and samplers that agree to rounding: rounding only
+    error = max_rel_error(audio, expected)
+    print(f"{class_name} {settings}: latents {error:.1e}")
+    assert error <= WAVEFORM_TOLERANCE
+    waveform = ours(**inputs(num_inference_steps=5)).audios
+    expected_waveform = reference(**inputs(num_inference_steps=5)).audios
+    assert max_rel_error(torch.from_numpy(waveform), torch.from_numpy(expected_waveform)) <= WAVEFORM_TOLERANCE
 
 
 def test_explicit_scheduler_wins_over_the_folders(folders):

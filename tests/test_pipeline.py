@@ -135,7 +135,7 @@ def test_offload_gives_the_same_audio(tiny_checkpoint):
     (dict(prompt=""), "non-empty"),
     (dict(prompt="rain", audio_length_in_s=0), "positive"),
     (dict(prompt="rain", num_inference_steps=0), "at least 1"),
-    (dict(prompt="rain", scheduler="euler"), "unknown scheduler"),
+    (dict(prompt="rain", scheduler="kdpm2"), "unknown scheduler"),
     (dict(prompt="rain", output_type="mp3"), "output_type"),
 ])
 def test_bad_input(tiny_checkpoint, kwargs, message):

@@ -48,6 +48,26 @@ def test_benchmark_long_audio_reports_the_cost_and_agrees(tiny_checkpoint):
     assert all(float(row[2]) <= 1e-5 for row in rows if row[1] != "one pass")
 
 
+def test_sampler_study_runs_every_sampler(tiny_checkpoint, tmp_path):
+    import json
+    import math
+
+    from audioldm2_lite.generation.samplers import SAMPLERS, unet_calls
+
+    out = run("sampler_study.py", "--checkpoint", str(tiny_checkpoint), "--seconds", "0.5", "--steps", "2", "3",
+              "--reference-steps", "4", "--device", "cpu", "--json", str(tmp_path / "study.json"))
+    assert "reference: DDIM 4 steps" in out
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert [(row["sampler"], row["steps"]) for row in study["rows"]] == [(s, n) for s in SAMPLERS for n in (2, 3)]
+    for row in study["rows"]:
+        assert row["calls"] == unet_calls(row["sampler"], row["steps"])
+        assert all(math.isfinite(row[key]) for key in ("latent", "mel", "clap", "seconds")), row
+        assert re.search(rf"^{re.escape(row['sampler'])}\s+{row['steps']}\s+{row['calls']}\s", out, re.M)
+    # DDIM's own steps from the reference's noise: fewer steps, farther from the reference
+    ddim = {row["steps"]: row["latent"] for row in study["rows"] if row["sampler"] == "ddim"}
+    assert 0 < ddim[3] < ddim[2]
+
+
 # ---------------------------------------------------------------- check_against_diffusers.py
 
 README = SCRIPTS.parent / "README.md"

@@ -1,7 +1,7 @@
 """AudioLDM 2 text-to-audio, end to end: the thin pipeline that ties the stages together.
 
     prompt --(conditioning.py: CLAP text, Flan-T5, projection, GPT-2)--> GPT-2 states, T5 states + mask
-           --(unet.py x T steps, samplers.py, classifier-free guidance here)--> denoised latent (B, 8, T/4, 16)
+           --(unet.py x T steps, samplers/, classifier-free guidance here)--> denoised latent (B, 8, T/4, 16)
            --(vae.py decoder)--> log-mel (B, 1, T, 64) --(vocoder.py HiFi-GAN)--> 16 kHz waveform
            --(clap_audio.py, when several candidates per prompt)--> candidates ranked best first
 
@@ -40,7 +40,7 @@ from .memory import TilePlan, plan_decode
 from .precision import Precision, resolve_precision
 from .request import ModelLimits, Request, RequestError, is_guided
 from .requests import Generated, batchable, run_requests  # noqa: F401  (re-exported)
-from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler
+from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler, unet_calls
 
 
 @dataclass
@@ -83,6 +83,13 @@ def progress_stage(description: str, enabled: bool):
         bar.update()
 
 
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """What `AudioLDM2Pipeline.scheduler` returns: the scheduler config as diffusers writes it."""
+
+    config: dict
+
+
 class AudioLDM2Pipeline:
     def __init__(self, conditioner: TextConditioner, unet, vae, vocoder, scheduler_config: SchedulerConfig,
                  checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False, variant: str | None = None,
@@ -112,6 +119,20 @@ class AudioLDM2Pipeline:
         return self.conditioner.reference
 
     @property
+    def scheduler(self) -> "SchedulerSettings":
+        """The scheduler a call runs by default, as diffusers shows it: `.config` is a dict with `_class_name`
+        that diffusers' `<Class>.from_config` takes. Assigning any object with a `.config` (diffusers'
+        idiom, `pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)`) picks the sampler
+        here by its class name and config (samplers.SchedulerConfig.from_hub); diffusers is not imported."""
+        return SchedulerSettings(self.scheduler_config.to_hub())
+
+    @scheduler.setter
+    def scheduler(self, scheduler):
+        config = dict(scheduler.config)
+        self.scheduler_config = SchedulerConfig.from_hub({**config, "_class_name": type(scheduler).__name__}
+                                                         if not isinstance(scheduler, SchedulerSettings) else config)
+
+    @property
     def vae_scale_factor(self) -> int:
         return self.vae.upsampling_factor  # 4: mel frames per latent frame
 
@@ -138,10 +159,11 @@ class AudioLDM2Pipeline:
         download shows huggingface_hub's own bars). `lora`: a LoRA adapter file from audioldm2-lite-train,
         applied to the UNet with `lora_scale`. `variant` ("fp16"): the weight files of that variant, where a
         component has them (as diffusers). The folder's scheduler class picks the sampler a call uses by
-        default (samplers.py `SCHEDULER_CLASSES`). `reference`: "authors" runs the model the weights were trained
-        as, "diffusers" what diffusers' conversion computes (authors.py: UNet heads, the unconditional half of
-        guidance, CLAP's LayerNorm epsilon); default: the authors' for the official checkpoints (recognised by
-        their configs), diffusers' for any other folder. `pipe.reference` says which ran.
+        default (samplers `SAMPLERS`); assign `pipe.scheduler` to change it.
+        `reference`: "authors" runs the model the weights were trained as, "diffusers" what diffusers'
+        conversion computes (authors.py: UNet heads, the unconditional half of guidance, CLAP's LayerNorm
+        epsilon); default: the authors' for the official checkpoints (recognised by their configs), diffusers'
+        for any other folder. `pipe.reference` says which ran.
         """
         device = resolve_device(device)
         precision = resolve_precision(device, dtype)
@@ -252,14 +274,16 @@ class AudioLDM2Pipeline:
         every mode (samplers.denoise). With `edit`, an edit of its source: from the step `strength` gives, the
         source noised there as the start (SDEdit), and outside its mask the source kept (inpainting, bandwidth).
 
-        `scheduler` defaults to the checkpoint's ("ddim" or "dpmsolver++"). `karras_sigmas` puts
-        DPM-Solver++'s steps on Karras et al.'s noise levels (diffusers' `use_karras_sigmas=True`), often
-        better at few steps; None keeps the scheduler config's setting.
+        `scheduler` (a samplers.SAMPLERS name) defaults to the checkpoint's. `karras_sigmas` puts the steps
+        on Karras et al.'s noise levels (diffusers' `use_karras_sigmas=True`), for the samplers whose diffusers
+        class offers them; None keeps the scheduler config's setting.
         """
-        config = self.scheduler_config
+        name = scheduler or self.scheduler_config.sampler
+        config = self.scheduler_config.for_sampler(name)
         if karras_sigmas is not None:
-            config = dataclasses.replace(config, use_karras_sigmas=karras_sigmas)
-        sampler = make_sampler(scheduler or config.sampler, config, num_inference_steps, device=self.device, eta=eta)
+            config = dataclasses.replace(config, use_karras_sigmas=karras_sigmas,
+                                         use_exponential_sigmas=config.use_exponential_sigmas and not karras_sigmas)
+        sampler = make_sampler(name, config, num_inference_steps, device=self.device, eta=eta)
         with self._running(self.unet):
             context = self.unet.cross_attention_context(*conditioning)  # the same at every step
 
@@ -269,7 +293,8 @@ class AudioLDM2Pipeline:
             if edit is None:
                 yield from denoise(sampler, predict_noise, latents, generator=generator)
             else:
-                start = num_inference_steps - edit.check_steps(num_inference_steps)
+                # diffusers' img2img: skip N - int(N strength) steps, each `order` UNet calls (Heun's 2)
+                start = sampler.start_index(num_inference_steps - edit.check_steps(num_inference_steps))
                 yield from denoise(sampler, predict_noise, latents, edit.source, start, edit.regenerate, generator,
                                    start_from_noise=edit.strength == 1.0)
 
@@ -360,8 +385,8 @@ class AudioLDM2Pipeline:
         what a single run with generator i draws); `return_dict=False` returns `(audios,)`;
         `cross_attention_kwargs={"scale": s}` multiplies a loaded LoRA's update by s for this call;
         `output_type` "np" (float32 array), "pt" (float32 CPU tensor) or "latent" (the final latents).
-        `scheduler` ("ddim" or "dpmsolver++") defaults to the checkpoint's scheduler class, `karras_sigmas` to
-        its config's `use_karras_sigmas`.
+        `scheduler` (a samplers.SAMPLERS name: "ddim", "euler", "unipc", ...) defaults to the checkpoint's
+        scheduler class (or `pipe.scheduler`'s), `karras_sigmas` to its config's `use_karras_sigmas`.
 
         With `audio` (a path, or an array/tensor with `audio_sampling_rate`), an edit of it: style transfer to
         `strength`, inpainting of `regenerate_seconds` (start, end), bandwidth extension above
@@ -408,7 +433,7 @@ class AudioLDM2Pipeline:
         if progress:
             from tqdm.auto import tqdm
 
-            total = edit.check_steps(num_inference_steps) if edit else num_inference_steps
+            total = unet_calls(scheduler, num_inference_steps, edit.check_steps(num_inference_steps) if edit else None)
             steps = tqdm(steps, total=total, desc="denoising", unit="step")
         for i, (t, latents) in enumerate(steps):
             if callback is not None and i % callback_steps == 0:

@@ -34,7 +34,7 @@ class RequestError(ValueError):
 # training length (10.24 s for every official checkpoint), steps -> DEFAULT_STEPS of the scheduler, scheduler ->
 # the checkpoint's own (its scheduler class: DDIM for the official ones), karras -> the checkpoint's scheduler
 # config, seed -> drawn at random and recorded.
-DEFAULT_STEPS = {"ddim": 200, "dpmsolver++": 20}  # diffusers' 200; the HF blog's fast recipe: 20 DPM-Solver++
+DEFAULT_STEPS = {name: spec.steps for name, spec in SAMPLERS.items()}  # samplers.SAMPLERS, the one table
 DEFAULT_GUIDANCE = 3.5
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
 EDIT_FIELDS = ("strength", "regenerate_seconds", "regenerate_above_hz")
@@ -60,8 +60,8 @@ class Request:
     transcription: str | None = None  # the words to say (speech checkpoints); the prompt describes the voice
     seconds: float | None = None  # None: the model's training length; an edit keeps its input's length
     steps: int | None = None  # None: DEFAULT_STEPS[scheduler]
-    scheduler: str | None = None  # "ddim" or "dpmsolver++"; None: the checkpoint's
-    karras: bool | None = None  # DPM-Solver++ on Karras noise levels; None: the checkpoint's scheduler config
+    scheduler: str | None = None  # a samplers.SAMPLERS name ("ddim", "euler", "unipc", ...); None: the checkpoint's
+    karras: bool | None = None  # Karras noise levels (samplers that offer them); None: the checkpoint's config
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance; 1 or below: none
     candidates: int = 1  # waveforms made, ranked by CLAP similarity to the prompt, best first
     seed: int | None = None  # None: drawn; the result records the one used
@@ -86,8 +86,8 @@ class Request:
         limits = limits or ModelLimits()
         scheduler = self.scheduler or limits.scheduler.sampler  # the folder's scheduler class names it
         karras = self.karras
-        if karras is None:
-            karras = scheduler == "dpmsolver++" and limits.scheduler.use_karras_sigmas
+        if karras is None:  # the folder's setting, where the sampler asked for offers Karras levels
+            karras = scheduler in SAMPLERS and limits.scheduler.for_sampler(scheduler).use_karras_sigmas
         steps = self.steps if self.steps is not None else DEFAULT_STEPS.get(scheduler, 20)
         seconds = self.seconds if self.seconds is not None or self.is_edit else limits.default_seconds
         return dataclasses.replace(self, scheduler=scheduler, karras=karras, steps=steps, seconds=seconds)
@@ -108,9 +108,12 @@ class Request:
                                "(the prompt describes the voice)")
         if r.scheduler not in SAMPLERS:
             raise RequestError(f"unknown scheduler '{r.scheduler}'; choose from {', '.join(SAMPLERS)}")
-        if r.karras and r.scheduler != "dpmsolver++":
-            raise RequestError("karras noise levels apply to the dpmsolver++ scheduler only")
-        config = dataclasses.replace(limits.scheduler, use_karras_sigmas=r.karras)
+        if r.karras and "karras" not in SAMPLERS[r.scheduler].noise_levels:
+            offered = ", ".join(name for name, spec in SAMPLERS.items() if "karras" in spec.noise_levels)
+            raise RequestError(f"karras noise levels apply to these schedulers only: {offered}")
+        config = dataclasses.replace(limits.scheduler.for_sampler(r.scheduler), use_karras_sigmas=r.karras)
+        if r.karras:
+            config = dataclasses.replace(config, use_exponential_sigmas=False)
         try:
             check_steps(r.scheduler, config, r.steps)
         except ValueError as error:

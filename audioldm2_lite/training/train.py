@@ -73,7 +73,7 @@ from ..generation.loading import (
 from ..generation.lora import apply_lora
 from ..generation.mel import MelConfig
 from ..generation.pipeline import default_device
-from ..generation.samplers import SchedulerConfig, alphas_cumprod
+from ..generation.samplers import SAMPLERS, SchedulerConfig, alphas_cumprod
 from .data import EncodedDataset, checkpoint_key, latent_file, read_dataset
 from .export import export_checkpoint
 from .schedules import SCHEDULES, learning_rate, swapped, update_ema
@@ -106,7 +106,8 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
     validation_prompts: str | None = None  # .txt / .csv / .jsonl of prompts generated every validation_every
     validation_every: int = 500  # steps between validations (and one before the first step, one at the end)
-    validation_steps: int = 20  # DPM-Solver++ steps of each validation clip
+    validation_steps: int = 20  # sampler steps of each validation clip
+    validation_scheduler: str = "dpmsolver++"  # the sampler of each validation clip (samplers.SAMPLERS)
     validation_reference: str | None = None  # reference stats (.npz, audioldm2-lite-eval --save-stats): fd_clap
     resume: bool = False  # continue from OUT/training/state.pt
     device: str | None = None  # default: CUDA (cuda:LOCAL_RANK under torchrun), then MPS, then the CPU
@@ -257,7 +258,7 @@ def train(config: TrainConfig) -> Path:
         from .validation import Validation  # its prompts and reference checked before anything loads
 
         validation = Validation(root, c.validation_prompts, c.validation_reference, c.validation_steps, c.seconds,
-                                device, reference)
+                                device, reference, c.validation_scheduler)
     mel_config = MelConfig.from_hub(load_config(root, "vocoder"), load_config(root, "vae"))
     num_samples = round(c.seconds * mel_config.sampling_rate)
     cache = Path(c.cache_dir or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "audioldm2-lite" / "train")
@@ -404,6 +405,9 @@ def check_config(c: TrainConfig, state_file: Path) -> None:
     positive = {"max_steps": c.max_steps, "batch_size": c.batch_size, "checkpoint_every": c.checkpoint_every,
                 "gradient_accumulation": c.gradient_accumulation, "seconds": c.seconds,
                 "validation_every": c.validation_every, "validation_steps": c.validation_steps}
+    if c.validation_scheduler not in SAMPLERS:
+        raise UsageError(f"validation_scheduler: unknown scheduler '{c.validation_scheduler}'; choose from "
+                         f"{', '.join(SAMPLERS)}")
     for name, value in positive.items():
         if not value > 0:
             raise UsageError(f"{name} must be positive, got {value}")
@@ -476,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
         "validation_prompts": "prompts (.txt, one a line; or .csv / .jsonl with a prompt column) generated with "
                               "fixed seeds and scored into OUTPUT/training/validation/ while training",
         "validation_every": "steps between validations (default: 500; also before the first step and at the end)",
-        "validation_steps": "DPM-Solver++ steps per validation clip (default: 20)",
+        "validation_steps": "sampler steps per validation clip (default: 20)",
+        "validation_scheduler": "the sampler of the validation clips, a --scheduler name (default: dpmsolver++)",
         "validation_reference": "reference stats from audioldm2-lite-eval --save-stats: fd_clap of each validation",
         "resume": "continue the run saved in OUTPUT/training/state.pt (with any number of processes)",
         "device": "cpu, cuda, cuda:1 (default: CUDA, cuda:LOCAL_RANK under torchrun, then MPS, then the CPU)",

@@ -51,8 +51,8 @@ def read_validation_prompts(file) -> list[str]:
 
 class Validation:
     def __init__(self, root: Path, prompts_file, reference_stats, steps: int, seconds: float, device,
-                 reference: str = "diffusers"):
-        self.root, self.steps, self.seconds, self.device = root, steps, seconds, device
+                 reference: str = "diffusers", scheduler: str = "dpmsolver++"):
+        self.root, self.steps, self.seconds, self.device, self.scheduler = root, steps, seconds, device, scheduler
         self.reference = reference  # the model trained: authors.py
         self.prompts = read_validation_prompts(prompts_file)
         self.reference_stats = reference_stats
@@ -89,7 +89,7 @@ class Validation:
         audios = []
         for seed, (prompt, name) in enumerate(zip(self.prompts, self.names)):
             audio = self.pipe(prompt, audio_length_in_s=self.seconds, num_inference_steps=self.steps,
-                              guidance_scale=GUIDANCE, scheduler="dpmsolver++", seed=seed).audios[0]  # (samples,)
+                              guidance_scale=GUIDANCE, scheduler=self.scheduler, seed=seed).audios[0]  # (samples,)
             soundfile.write(here / name, audio, self.pipe.sampling_rate, subtype="FLOAT")
             audios.append(audio)
         lines = [json.dumps({"file_name": name, "prompt": prompt}, ensure_ascii=False)

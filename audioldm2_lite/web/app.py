@@ -48,6 +48,7 @@ from ..generation.authors import describe as describe_reference
 from ..generation.editing import mel_config, steps_to_run
 from ..generation.pipeline import Generated
 from ..generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEED, Request
+from ..generation.samplers import SAMPLERS, unet_calls
 from .serving import BatchingQueue, ServingError
 from .spectrogram import spectrogram_image
 
@@ -55,7 +56,8 @@ from .spectrogram import spectrogram_image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 PROG = "audioldm2-lite-app"
-SCHEDULERS = {"DPM-Solver++ (fast)": "dpmsolver++", "DDIM": "ddim"}
+# the dropdown: every sampler of the one table (samplers.SAMPLERS), two with the labels they always had
+SCHEDULERS = {{"dpmsolver++": "DPM-Solver++ (fast)", "ddim": "DDIM"}.get(name, name): name for name in SAMPLERS}
 MAX_CANDIDATES = 4  # players on the page; the best one first
 EXAMPLES = [
     ["A hammer is hitting a wooden surface", "low quality"],
@@ -94,7 +96,9 @@ def generate(pipe, request: Request, on_step=None) -> tuple[list, int]:
     The samples are the ones the command line writes to its files (console.pcm16): Gradio would otherwise
     peak-normalise float audio. `on_step(i, total)` reports progress."""
     request = pipe.with_seed(request)  # checked once, by pipe.generate
-    total = steps_to_run(request.strength, request.resolved(pipe.limits()).steps)  # an edit runs the last part
+    resolved = request.resolved(pipe.limits())
+    # UNet calls: an edit runs only the last part of the schedule
+    total = unet_calls(resolved.scheduler, resolved.steps, steps_to_run(request.strength, resolved.steps))
     [result] = pipe.generate(request, callback=None if on_step is None else (lambda i, t, x: on_step(i + 1, total)))
     return [(pipe.sampling_rate, pcm16(audio)) for audio in result.audios], result.request.seed
 
