@@ -87,7 +87,7 @@ def build_parser() -> OneLineParser:
 
 def checked_request(args, limits=None, **row) -> Request:
     """`request_from_args` checked against the model's limits (read from a local checkpoint's configs)."""
-    from .generation.loading import checkpoint_limits
+    from .generation.request import checkpoint_limits
 
     try:
         return request_from_args(args, **row).check(limits or checkpoint_limits(args.model))

@@ -65,9 +65,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .console import UsageError, one_line_warnings, write_atomically
-from .generation.loading import (
-    DEFAULT_CHECKPOINT, load_component, load_config, resolve_checkpoint,
-)
+from .generation.hub import resolve_checkpoint
+from .generation.loading import DEFAULT_CHECKPOINT, load_component, load_config
 from .generation.lora import apply_lora
 from .generation.mel import MelConfig
 from .generation.pipeline import default_device

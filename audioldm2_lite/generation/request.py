@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core import DEFAULT_STEPS, is_guided
+from .loading import hub_class_name, read_json
 from .samplers import SAMPLERS, SchedulerConfig, check_steps
-
-
-def is_guided(guidance_scale: float) -> bool:
-    """Classifier-free guidance runs above a scale of 1 (at 1 it is the conditional prediction alone), as diffusers."""
-    return guidance_scale > 1.0
 
 
 class RequestError(ValueError):
@@ -33,8 +31,7 @@ class RequestError(ValueError):
 # The one table of defaults. `None` means "decided by the model or the other fields": seconds -> the UNet's
 # training length (10.24 s for every official checkpoint), steps -> DEFAULT_STEPS of the scheduler, scheduler ->
 # the checkpoint's own (its scheduler class: DDIM for the official ones), karras -> the checkpoint's scheduler
-# config, seed -> drawn at random and recorded.
-DEFAULT_STEPS = {"ddim": 200, "dpmsolver++": 20}  # diffusers' 200; the HF blog's fast recipe: 20 DPM-Solver++
+# config, seed -> drawn at random and recorded. DEFAULT_STEPS (core.py): 200 for DDIM, 20 for DPM-Solver++.
 DEFAULT_GUIDANCE = 3.5
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
 MIN_SECONDS = 0.01  # one mel frame: 160 samples at 16 kHz in every AudioLDM 2 checkpoint
@@ -51,6 +48,31 @@ class ModelLimits:
     mel_top_hz: float = 8000.0  # the mel filterbank's upper edge: the model's Nyquist
     default_seconds: float = 10.24  # the UNet's sample_size x 4 x 160 / 16000
     speech: bool = False  # a text-to-speech checkpoint (VITS text_encoder_2): a transcription is needed
+
+
+def checkpoint_limits(checkpoint: str | os.PathLike) -> ModelLimits:
+    """What a request is checked against (request.ModelLimits), read from a local checkpoint's config files alone:
+    nothing downloaded, no weights read, so the checks run before any model loads. A hub id not on disk as a
+    folder gets the official checkpoints' values (the pipeline checks again once loaded)."""
+    folder = Path(checkpoint).expanduser()
+    if not (folder / "model_index.json").is_file():
+        return ModelLimits()
+
+    def config(name: str, file: str = "config.json") -> dict:
+        return read_json(folder / name / file) if (folder / name / file).is_file() else {}
+
+    unet, vocoder, speech = config("unet"), config("vocoder"), config("text_encoder_2")
+    rate = int(vocoder.get("sampling_rate", 16000))
+    hop = 1
+    for factor in vocoder.get("upsample_rates", (5, 4, 2, 2, 2)):
+        hop *= factor
+    vae_factor = 2 ** (len(config("vae").get("block_out_channels", (128, 256, 384))) - 1)
+    return ModelLimits(
+        scheduler=SchedulerConfig.from_hub(config("scheduler", "scheduler_config.json")), sampling_rate=rate,
+        samples_per_latent_frame=hop * vae_factor, mel_top_hz=rate / 2,
+        default_seconds=unet.get("sample_size", 256) * vae_factor * hop / rate,
+        speech=hub_class_name(speech) == "VitsModel",
+    )
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,7 @@ class DPMSolverPlusPlus2M(Sampler):
     - the first step is first order (no history yet) and so is the last one (final sigma 0: it returns x0);
       every other step is second order (first order too with `solver_order` 1).
     - the second-order correction is added as its own term, alpha_{i+1} (1 - e^{-h}) / 2 * (x0_i - x0_{i-1}) / r_i,
-      grouped as diffusers groups it (grouped as D_i above, a 50-step run drifted 1.0e-6 from diffusers).
+      grouped as diffusers groups it (grouped as D_i above, a run drifts from diffusers by float rounding).
     - the update runs in float32; diffusers forms x0 in the sample's dtype (float16 in, float16 x0), here
       x0 is float32 too. Coefficients are diffusers' float32 expressions, so float32 runs agree to rounding.
     """
