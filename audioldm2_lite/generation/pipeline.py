@@ -177,7 +177,7 @@ class AudioLDM2Pipeline(AudioLDM2):
         """
         runners = self.plain_runners()
         if compile:
-            runners.unet = torch.compile(self.unet, fullgraph=True, dynamic=False)
+            runners.unet = torch.compile(runners.unet, fullgraph=True, dynamic=False)  # the GuidedUNet
             runners.decode_mel = torch.compile(self.vae.decode, dynamic=False)
             runners.vocode = torch.compile(self.vocoder, dynamic=False)
         if cuda_graphs and self.device.type == "cuda":

@@ -241,9 +241,8 @@ def decode_in_tiles(vae: AutoencoderKL, latents: torch.Tensor, tile_frames: int,
     """`vae.decode(latents)` with the up path one layer at a time over tiles of `tile_frames` latent frames.
 
     Each layer's output is kept at full length and normalised with the whole input's statistics: the
-    same result as one pass, for the same work plus two overlap frames per tile. At its peak it holds
-    about 2.5 full-length tensors of the widest activation plus a few of one tile (memory.py). The mid
-    block, whose attention spans the whole T/4 x 16 map, runs in one piece. With `storage`, the kept
+    same result as one pass, for the same work plus two overlap frames per tile, in less memory (memory.py
+    estimates how much). The mid block, whose attention spans the whole T/4 x 16 map, runs in one piece. With `storage`, the kept
     full-length tensors (and the returned mel) live there: the CPU while a GPU decodes.
     """
     decoder = vae.decoder
