@@ -145,7 +145,8 @@ def test_guided_unet_compiles_without_graph_breaks():
     with torch.no_grad():
         context = guided.context(*conditioning)
         compiled = torch.compile(guided, backend="eager", fullgraph=True)
-        assert torch.equal(compiled(latents, torch.tensor(10), context, 2), guided(latents, torch.tensor(10), context, 2))
+        t = torch.tensor(10)
+        assert torch.equal(compiled(latents, t, context, 2), guided(latents, t, context, 2))
 
 
 def test_engine_predict_noise_is_the_cores(both):

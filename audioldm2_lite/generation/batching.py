@@ -42,7 +42,7 @@ def run_requests(pipe, requests: list[Request], progress: bool = False, callback
 
 
 def batchable(requests: list[Request]) -> list[list[int]]:
-    """Indices of requests that can share one pipeline call, in order: text to audio with the same length and
+    """Indices of requests that can share one run, in order: text to audio with the same length and
     settings together; every edit alone (each has its own input)."""
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):

@@ -118,8 +118,9 @@ class TextConditioner(nn.Module):
                      device=None, transcriptions: list[str | None] | None = None, encode_tokens=None) -> Conditioning:
         """CLAP, T5, projection and GPT-2 on a batch of texts, their T5 tokens padded or cut to `t5_length`.
 
-        `transcriptions`: for speech.SpeechConditioner, which reads them instead of the texts. `encode_tokens` runs the stages on the tokens: `self.encode_tokens` unless the caller passes its own
-        version of it (the pipeline passes a CUDA-graphed one after `optimize()`).
+        `transcriptions`: for speech.SpeechConditioner, which reads them instead of the texts. `encode_tokens`
+        runs the stages on the tokens: `self.encode_tokens` unless the caller passes its own version of it (the
+        pipeline passes a CUDA-graphed one after `optimize()`).
         """
         device = device or self.device
         warn_if_truncated(texts, [("CLAP", self.tokenizer), ("T5", self.tokenizer_2)])

@@ -57,7 +57,8 @@ class AudioLDM2:
         # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
         # masked, so the features agree to float rounding, at a fraction of the cost
         conditioner = TextConditioner.from_pretrained(root, device=device, dtype=dtype, clap_pad_to_max_length=False)
-        unet, vae, vocoder = (load_component(root, name, dtype=dtype, device=device) for name in ("unet", "vae", "vocoder"))
+        unet, vae, vocoder = (load_component(root, name, dtype=dtype, device=device)
+                              for name in ("unet", "vae", "vocoder"))
         return cls(conditioner, unet, vae, vocoder, SchedulerConfig.from_hub(load_config(root, "scheduler")),
                    device, dtype)
 
@@ -135,8 +136,9 @@ class AudioLDM2:
                  num_waveforms_per_prompt: int = 1, eta: float = 0.0, generator=None) -> torch.Tensor:
         """Audio for `prompt`: (B * num_waveforms_per_prompt, samples) float32 at `sampling_rate`. The length
         defaults to the UNet's training length (10.24 s), the steps to the sampler's (200 for DDIM)."""
-        if audio_length_in_s is None:
-            audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate
+        if audio_length_in_s is None:  # the UNet's sample size in seconds
+            audio_length_in_s = self.unet.config.sample_size * self.vae_scale_factor * self.hop_length
+            audio_length_in_s /= self.sampling_rate
         num_inference_steps = num_inference_steps or DEFAULT_STEPS[self.scheduler_config.sampler]
         guided = is_guided(guidance_scale)
         conditioning = self.encode_prompt(prompt, negative_prompt, num_waveforms_per_prompt, guided)

@@ -157,8 +157,18 @@ class AudioLDM2Pipeline(AudioLDM2):
             variant=variant, precision=precision,
         )
 
+    @property
+    def guided_unet(self) -> GuidedUNet | None:
+        """The engine's UNet call over the current UNet (guided_unet.py), built once per UNet; None for a pipeline
+        that only decodes (no UNet)."""
+        if self.unet is None:
+            return None
+        if getattr(self, "_guided_unet", None) is None or self._guided_unet.unet is not self.unet:
+            self._guided_unet = GuidedUNet(self.unet)
+        return self._guided_unet
+
     def plain_runners(self) -> Runners:
-        unet = GuidedUNet(self.unet) if self.unet is not None else None  # None: a pipeline that only decodes
+        unet = self.guided_unet
         return Runners(self.conditioner.encode_tokens, unet and unet.context, unet, self.predict_noise,
                        self.vae.decode, self.vocoder)
 
@@ -414,8 +424,8 @@ class AudioLDM2Pipeline(AudioLDM2):
         Each request's audio depends on the request alone, not on which others share its batch: its noise comes
         from a generator of its own seeded with its seed (drawn when None, and recorded in the result), and its
         text is encoded alone, so batched UNet arithmetic moves it by float rounding only. Requests that can
-        share a batch (text to audio with the same length, steps, sampler, guidance and candidates) run as one
-        pipeline call; edits run one at a time. `callback(i, t, latents)` after every denoising step.
+        share a batch (text to audio with the same length, steps, sampler, guidance and candidates) go through one
+        `run`, as requests; edits run one at a time. `callback(i, t, latents)` after every denoising step.
         """
         return run_requests(self, [requests] if isinstance(requests, Request) else list(requests), progress, callback)
 

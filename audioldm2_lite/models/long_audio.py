@@ -242,8 +242,9 @@ def decode_in_tiles(vae: AutoencoderKL, latents: torch.Tensor, tile_frames: int,
 
     Each layer's output is kept at full length and normalised with the whole input's statistics: the
     same result as one pass, for the same work plus two overlap frames per tile, in less memory (memory.py
-    estimates how much). The mid block, whose attention spans the whole T/4 x 16 map, runs in one piece. With `storage`, the kept
-    full-length tensors (and the returned mel) live there: the CPU while a GPU decodes.
+    estimates how much). The mid block, whose attention spans the whole T/4 x 16 map, runs in one piece.
+    With `storage`, the kept full-length tensors (and the returned mel) live there: the CPU while a GPU
+    decodes.
     """
     decoder = vae.decoder
     latents = latents.to(vae.post_quant_conv.weight.dtype)
