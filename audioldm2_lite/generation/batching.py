@@ -55,16 +55,18 @@ def generate_batch(pipe, requests: list[Request], progress: bool = False, callba
     """Requests that share one run (see `batchable`); each with its own noise and text encoding."""
     first = requests[0]
     n = first.candidates
-    if len(requests) > 1:  # each row encoded alone, its noise from its own generator
-        conditioning = conditioning_per_row(pipe, requests, first.guided)
+    with pipe.progress_stage("encoding the prompt", progress):
+        if len(requests) > 1:  # each row encoded alone
+            conditioning = conditioning_per_row(pipe, requests, first.guided)
+        else:
+            conditioning = pipe.encode_prompt(first.prompt, first.negative_prompt, n, first.guided,
+                                              transcription=first.transcription)
+    generator, latents = torch.Generator().manual_seed(first.seed), None
+    if len(requests) > 1:  # each row's noise from its own generator
         frames, _ = pipe.latent_frames(first.seconds)
         generator = None
         latents = torch.cat([pipe.prepare_latents(n, frames, torch.Generator().manual_seed(r.seed))
                              for r in requests])  # (B * n, 8, T/4, 16)
-    else:
-        conditioning = pipe.encode_prompt(first.prompt, first.negative_prompt, n, first.guided,
-                                          transcription=first.transcription)
-        generator, latents = torch.Generator().manual_seed(first.seed), None
     audio, scores = pipe.run(first, conditioning, generator, latents, [r.prompt for r in requests],
                              callback=callback, progress=progress)
     audio, scores = audio.numpy(), None if scores is None else scores.numpy()

@@ -101,6 +101,8 @@ class AudioLDM2Pipeline(AudioLDM2):
         self.checkpoint, self.variant, self.scorer, self.offload = checkpoint, variant, None, offload
         self.runners = self.plain_runners()
 
+    progress_stage = staticmethod(progress_stage)  # for batching.py, which runs requests through `run`
+
     # The stages may be replaced, as diffusers' components are (`pipe.vocoder = ...`): what follows from them is
     # read from the current ones, and a replaced stage runs as it is (the runners, and any optimize(), reset).
     STAGE_ATTRIBUTES = ("conditioner", "unet", "vae", "vocoder")
@@ -367,6 +369,7 @@ class AudioLDM2Pipeline(AudioLDM2):
         output = AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio, scores=scores)
         return output if return_dict else (output.audios,)
 
+    @torch.no_grad()
     def run(self, request: Request, conditioning: Conditioning, generator=None, latents=None,
             prompts: list[str] | None = None, eta: float = 0.0, callback=None, callback_steps: int = 1,
             progress: bool = False, decode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -418,6 +421,7 @@ class AudioLDM2Pipeline(AudioLDM2):
                              "LoRA scale they were captured with. Load the LoRA with lora_scale=s instead.")
         set_lora_call_scale(self.unet, scale)
 
+    @torch.no_grad()
     def generate(self, requests: Request | list[Request], progress: bool = False, callback=None) -> list[Generated]:
         """Run requests (checked first, all of them, before any work): what every program calls.
 
