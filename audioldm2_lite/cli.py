@@ -17,9 +17,8 @@ import warnings
 from pathlib import Path
 
 from .console import (FORMATS, OneLineParser, UsageError, add_editing_arguments, add_model_arguments, as_options,
-                      check_local_model, check_model_options, file_metadata, load_pipeline, one_line_warnings,
-                      report_errors, request_from_args, resolve_device, write_audio)
-from .generation.authors import describe as describe_reference
+                      check_local_model, check_model_options, describe_reference, file_metadata, load_pipeline,
+                      one_line_warnings, report_errors, request_from_args, resolve_device, write_audio)
 from .generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, Request
 from .generation.samplers import SAMPLERS
 
@@ -78,7 +77,7 @@ def build_parser() -> OneLineParser:
 
 def checked_request(args, limits=None, **row) -> Request:
     """`request_from_args` checked against the model's limits (read from a local checkpoint's configs)."""
-    from .generation.loading import checkpoint_limits
+    from .generation.request import checkpoint_limits
 
     try:
         return request_from_args(args, **row).check(limits or checkpoint_limits(args.model))

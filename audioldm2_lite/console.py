@@ -304,3 +304,10 @@ def load_pipeline(args, progress: bool = True):
     if pipe.device.type == "cuda" and not args.offload:
         pipe.optimize(compile=args.compile, cuda_graphs=True)
     return pipe
+
+
+def describe_reference(reference: str) -> str:
+    """One line on what ran, for the console and the page."""
+    if reference == "authors":
+        return "the authors' model (heads of 32 channels, zero unconditional sequence, CLAP eps 1e-5)"
+    return "diffusers' conversion (attention_head_dim as heads, unconditional from '', CLAP eps from the config)"

@@ -46,6 +46,7 @@ import torch
 from .console import OneLineParser, UsageError, add_model_arguments, read_table, report_errors, write_atomically
 
 from .generation.audio_io import AudioInputError, read_audio
+from .generation.ranking import ClapScorer
 
 PROG = "audioldm2-lite-eval"
 # Suffixes listed as audio (other files, e.g. a manifest.jsonl next to the audio, are ignored).
@@ -201,57 +202,25 @@ def write_stats(path, mean: np.ndarray, cov: np.ndarray, num_files: int) -> None
 # Embedding with the checkpoint's CLAP
 
 
-class ClapScorer:
-    """The checkpoint's CLAP (both towers), its tokenizer and its audio front end; no other stage."""
+def embed_files(scorer: ClapScorer, files: list[Path], batch_size: int = 8, progress: bool = True,
+                desc: str = "CLAP audio") -> np.ndarray:
+    """(N, D) float64 unit vectors, one per audio file, read at CLAP's rate."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, model=None, device=None, reference: str | None = None):
-        from .generation.ranking import load_audio_tower
-        from .generation.loading import (
-            DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_tokenizer, resolve_checkpoint,
-        )
-        from .generation.devices import default_device
+    rate = scorer.feature_config.sampling_rate
+    out = []
+    with torch.inference_mode(), tqdm(total=len(files), desc=desc, unit="file", disable=not progress) as bar:
+        for start in range(0, len(files), batch_size):
+            waveforms = [read_named(file, rate) for file in files[start:start + batch_size]]  # (T,) each at 48 kHz
+            out.append(scorer.embed_waveforms(waveforms, rate).double().cpu())
+            bar.update(len(waveforms))
+    return torch.cat(out).numpy()
 
-        self.device = torch.device(device) if device is not None else default_device()
-        # the CLAP text tower's LayerNorm eps is the reference's (authors.py): the checkpoint's own by default
-        self.reference = checkpoint_reference(model or DEFAULT_CHECKPOINT, reference)
-        root = resolve_checkpoint(model or DEFAULT_CHECKPOINT, ["text_encoder", "tokenizer", "feature_extractor"])
-        self.clap = load_component(root, "text_encoder", device=self.device, reference=self.reference)
-        self.tokenizer = load_tokenizer(root, "tokenizer")
-        self.audio_tower, self.feature_config = load_audio_tower(root, device=self.device)
-        self.dim = self.clap.config.projection_dim
 
-    @torch.inference_mode()
-    def embed_audio(self, files: list[Path], batch_size: int = 8, progress: bool = True,
-                    desc: str = "CLAP audio") -> np.ndarray:
-        """(N, D) float64 unit vectors, one per file."""
-        from tqdm.auto import tqdm
-
-        from .generation.audio_features import clap_input_features
-
-        rate = self.feature_config.sampling_rate
-        out = []
-        with tqdm(total=len(files), desc=desc, unit="file", disable=not progress) as bar:
-            for start in range(0, len(files), batch_size):
-                features = []
-                for file in files[start:start + batch_size]:
-                    waveform = read_named(file, rate).to(self.device)  # (T,) at 48 kHz
-                    features.append(clap_input_features(waveform[None], rate, self.feature_config)[0])
-                batch = torch.cat(features)  # (B, 1, frames, mels)
-                out.append(self.audio_tower(batch).double().cpu())
-                bar.update(len(features))
-        return torch.cat(out).numpy()
-
-    @torch.inference_mode()
-    def embed_text(self, texts: list[str], batch_size: int = 8) -> np.ndarray:
-        """(N, D) float64 unit vectors, one per text (padded to the batch's longest; the padding is masked)."""
-        from .generation.conditioning import tokenize
-
-        out = []
-        for start in range(0, len(texts), batch_size):
-            ids, mask = tokenize(self.tokenizer, texts[start:start + batch_size], self.tokenizer.model_max_length,
-                                 False, self.device)
-            out.append(self.clap.get_text_features(ids, mask).double().cpu())
-        return torch.cat(out).numpy()
+def embed_texts(scorer: ClapScorer, texts: list[str], batch_size: int = 8) -> np.ndarray:
+    """(N, D) float64 unit vectors, one per text."""
+    with torch.inference_mode():
+        return scorer.embed_text(texts, batch_size).double().cpu().numpy()
 
 
 def read_named(file: Path, rate: int) -> torch.Tensor:
@@ -294,19 +263,20 @@ def evaluate(generated, reference=None, reference_stats=None, prompts=None, mode
     if reference_files is not None and len(reference_files) < 2:
         raise EvaluationError(f"a covariance needs at least 2 files; '{reference}' holds {len(reference_files)}")
 
-    scorer = scorer or ClapScorer(model, device, model_reference)
+    scorer = scorer or ClapScorer(model, device, reference=model_reference)
     if stats is not None and stats[0].size != scorer.dim:
         raise EvaluationError(f"stats file '{reference_stats}' holds {stats[0].size}-d embeddings, but this "
                               f"checkpoint's CLAP makes {scorer.dim}-d ones: it comes from another model")
 
     names = list(files)
-    embeddings = scorer.embed_audio(list(files.values()), batch_size, progress, "CLAP audio (generated)")
+    embeddings = embed_files(scorer, list(files.values()), batch_size, progress, "CLAP audio (generated)")
     report = {"generated": str(generated), "num_files": len(names), "embedding_dim": scorer.dim,
-              "model": scorer.reference, "notes": [], "files": {name: {} for name in names}}
+              "model": scorer.reference, "notes": [],
+              "files": {name: {} for name in names}}
 
     if file_prompts is not None:
         texts = sorted(set(file_prompts.values()))
-        text_embeddings = dict(zip(texts, scorer.embed_text(texts, batch_size)))
+        text_embeddings = dict(zip(texts, embed_texts(scorer, texts, batch_size)))
         scores = cosine(embeddings, np.stack([text_embeddings[file_prompts[n]] for n in names]))
         for name, score in zip(names, scores):
             report["files"][name].update(prompt=file_prompts[name], clap_score=float(score))
@@ -316,7 +286,7 @@ def evaluate(generated, reference=None, reference_stats=None, prompts=None, mode
     mean, cov = gaussian_stats(embeddings)
     if reference_files is not None or stats is not None:
         if reference_files is not None:
-            reference_embeddings = scorer.embed_audio(list(reference_files.values()), batch_size, progress,
+            reference_embeddings = embed_files(scorer, list(reference_files.values()), batch_size, progress,
                                                       "CLAP audio (reference)")
             reference_mean, reference_cov = gaussian_stats(reference_embeddings)
             report.update(reference=str(reference), num_reference_files=len(reference_files))

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from .console import (FORMATS, UsageError, check_local_model, check_model_options, file_metadata, load_pipeline,
-                      read_table, request_from_args, resolve_device, slug, write_atomically, write_audio)
-from .generation.authors import describe as describe_reference
+from .console import (FORMATS, UsageError, check_local_model, check_model_options, describe_reference, file_metadata,
+                      load_pipeline, read_table, request_from_args, resolve_device, slug, write_atomically, write_audio)
 from .generation.request import Request
 
 # the columns a row may set: every request field a person writes per row, and the file's name
@@ -159,7 +158,7 @@ def safe_file_name(name: str, suffix: str) -> str:
 def batches(rows: list[Row], batch_size: int) -> list[list[Row]]:
     """Rows that can share a pipeline call together (the pipeline's rule, `batchable`), in row order, at most
     `batch_size` per batch."""
-    from .generation.requests import batchable
+    from .generation.batching import batchable
 
     groups = batchable([row.request for row in rows])
     return [[rows[i] for i in group[k:k + batch_size]] for group in groups for k in range(0, len(group), batch_size)]
@@ -260,7 +259,7 @@ def barrier(world: int) -> None:
 def check_arguments(args) -> list[Row]:
     """The batch options, the CLI's own checks, then every row as a checked request: before anything loads,
     and before the output folder is made (a refused run leaves nothing behind)."""
-    from .generation.loading import checkpoint_limits
+    from .generation.request import checkpoint_limits
 
     if args.prompt is not None:
         raise UsageError("give a PROMPT or --prompts-file, not both")

@@ -49,7 +49,7 @@ def stage_callables(side: str, pipe) -> dict:
     c = pipe.conditioner
     return {
         "clap_text": (c.clap, "get_text_features"), "t5": (c.t5, "forward"), "projection": (c.projection, "forward"),
-        "gpt2": (c.gpt2, "generate"), "unet": (pipe.unet, "forward"), "vae": (pipe.runners, "decode_mel"),
+        "gpt2": (c.gpt2, "generate"), "unet": (pipe.runners, "unet"), "vae": (pipe.runners, "decode_mel"),
         "vocoder": (pipe.vocoder, "forward"), "ranking": (pipe, "rank_candidates"),
     }
 

@@ -69,7 +69,8 @@ def main(argv=None) -> None:
 
     from reference import max_rel_error
 
-    from audioldm2_lite.generation.loading import load_component, resolve_checkpoint
+    from audioldm2_lite.generation.hub import resolve_checkpoint
+    from audioldm2_lite.generation.loading import load_component
     from audioldm2_lite.generation.memory import decode_bytes, plan_decode
     from audioldm2_lite.generation.pipeline import AudioLDM2Pipeline
 

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     import torch
 
     from audioldm2_lite import AudioLDM2Pipeline, CheckpointError
-    from audioldm2_lite.generation.loading import resolve_checkpoint
+    from audioldm2_lite.generation.hub import resolve_checkpoint
 
     try:
         folder = resolve_checkpoint(args.model)

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from audioldm2_lite.generation.loading import CheckpointError, _hub_reachable, download_from_hub
+from audioldm2_lite.generation.hub import _hub_reachable, download_from_hub
+from audioldm2_lite.generation.loading import CheckpointError
 
 
 def main():

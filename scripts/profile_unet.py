@@ -3,9 +3,9 @@
     python scripts/profile_unet.py [--config scripts/checkpoint_configs/audioldm2/unet/config.json]
                                    [--seconds 10.24] [--device cpu|cuda] [--dtype float32|float16]
 
-"before": the UNet on [x, x] with the conditioning's keys and values computed inside the call (every step);
-"now": `cross_attention_context` computed once per generation (outside the step) and `batch_repeats=2`
-(the layers before the first attention run once). Random weights from the config: the count does not
+"before": the core's plain UNet on [x, x], the conditioning's keys and values computed inside the call (every
+step); "now": the engine's `GuidedUNet`, its `context` computed once per generation (outside the step) and
+`repeats=2` (the layers before the first attention run once). Random weights from the config: the count does not
 depend on them. On the CPU a kernel is an operator the model's Python code calls (a top-level aten
 operator of the profile; views and empty allocations are not counted); on CUDA it is a GPU kernel launch. Also prints the time per step (median of 3) and the max relative
 difference of the two outputs.
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from audioldm2_lite.generation.guided_unet import GuidedUNet
 from audioldm2_lite.models.unet import UNet, UNetConfig
 from timing import seconds_per_call
 
@@ -65,9 +66,10 @@ def main() -> None:
                     torch.randn(2, 20, t5_dim, device=device, dtype=dtype),
                     torch.ones(2, 20, dtype=torch.long, device=device))
     with torch.no_grad():
-        context = model.cross_attention_context(*conditioning)
+        guided = GuidedUNet(model)
+        context = guided.context(*conditioning)
         before = lambda: model(torch.cat([x, x]), t, *conditioning)
-        now = lambda: model(x, t, context=context, batch_repeats=2)
+        now = lambda: guided(x, t, context, 2)
         before(), now()  # warm-up
         rows = {name: (count_kernels(step, device), seconds_per_call(step, device)) for name, step in
                 (("before", before), ("now", now))}

@@ -48,7 +48,8 @@ def denoise(pipe, noise, conditioning, sampler: str, steps: int, args):
 
 def main(argv=None) -> int:
     global SAMPLERS
-    from audioldm2_lite.generation.samplers import SAMPLERS, unet_calls
+    from audioldm2_lite.generation.samplers import SAMPLERS
+    from audioldm2_lite.generation.samplers.extras import unet_calls
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="cvssp/audioldm2", help="hub id or local folder")

@@ -24,7 +24,7 @@ from audioldm2_lite.generation.audio_features import (
     clap_input_features,
     resample,
 )
-from audioldm2_lite.generation.ranking import load_audio_tower, rank_waveforms
+from audioldm2_lite.generation.ranking import CLAP_AUDIO_STAGE, load_audio_tower, rank_waveforms
 from audioldm2_lite.generation.loading import load_component
 
 OFFICIAL_FEATURES = Path(__file__).resolve().parents[1] / "scripts/checkpoint_configs/audioldm2/feature_extractor"
@@ -71,7 +71,7 @@ def test_relative_position_index_matches_stored_tables(tiny_checkpoint):
 @pytest.mark.parametrize("use_sdpa", [True, False])
 def test_audio_features_match_transformers_tiny(tiny_checkpoint, frames, use_sdpa, monkeypatch):
     monkeypatch.setattr(attention_module, "USE_SDPA", use_sdpa)
-    ours = load_component(tiny_checkpoint, "clap_audio")
+    ours = load_component(tiny_checkpoint, "text_encoder", stage=CLAP_AUDIO_STAGE)
     reference = reference_clap(tiny_checkpoint / "text_encoder")
     perturb_untrained_tensors(reference, ours)
     x = random_log_mel(3, frames, ours.config.num_mel_bins)
@@ -85,7 +85,7 @@ def test_audio_features_match_transformers_tiny(tiny_checkpoint, frames, use_sdp
 
 def test_four_channel_tower_matches_transformers(fusion_checkpoint):
     """HTSAT reading four log-mels per clip (patch_embed_input_channels=4, as diffusers' test checkpoints)."""
-    ours = load_component(fusion_checkpoint, "clap_audio")
+    ours = load_component(fusion_checkpoint, "text_encoder", stage=CLAP_AUDIO_STAGE)
     reference = reference_clap(fusion_checkpoint / "text_encoder")
     perturb_untrained_tensors(reference, ours)
     x = random_log_mel(3, 251, ours.config.num_mel_bins, channels=4)  # four different mels: every channel counts
@@ -99,8 +99,8 @@ def test_four_channel_tower_matches_transformers(fusion_checkpoint):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_audio_features_low_precision_tiny(tiny_checkpoint, dtype):
-    ours32 = load_component(tiny_checkpoint, "clap_audio")
-    ours = load_component(tiny_checkpoint, "clap_audio", dtype=dtype)
+    ours32 = load_component(tiny_checkpoint, "text_encoder", stage=CLAP_AUDIO_STAGE)
+    ours = load_component(tiny_checkpoint, "text_encoder", stage=CLAP_AUDIO_STAGE, dtype=dtype)
     x = random_log_mel(2, 251, ours.config.num_mel_bins)
     with torch.no_grad():
         expected = ours32(x)
@@ -114,7 +114,7 @@ def test_audio_features_low_precision_tiny(tiny_checkpoint, dtype):
 @pytest.mark.slow
 def test_audio_features_match_transformers_full(full_checkpoint):
     folder = full_checkpoint("audioldm2", ["text_encoder"])
-    ours = load_component(folder, "clap_audio")
+    ours = load_component(folder, "text_encoder", stage=CLAP_AUDIO_STAGE)
     reference = reference_clap(folder / "text_encoder")
     perturb_untrained_tensors(reference, ours)
     x = random_log_mel(1, 1001, 64)  # 10 s at hop 480: the official feature extractor's output

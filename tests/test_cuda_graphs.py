@@ -153,7 +153,8 @@ def test_graphed_and_compiled_runners_are_wired_in_and_can_be_undone(tiny_checkp
     pipe.optimize(compile=True)
     pipe.device = torch.device("cpu")
     runners = pipe.runners
-    assert compiled == [pipe.unet, pipe.vae.decode, pipe.vocoder]  # the stages are compiled, not replaced
+    # the stages are compiled, not replaced: the UNet inside the engine's call of it (guided_unet.py)
+    assert compiled == [pipe.guided_unet, pipe.vae.decode, pipe.vocoder] and pipe.guided_unet.unet is pipe.unet
     graphed = [runners.encode_tokens, runners.predict_noise, runners.decode_mel, runners.vocode]
     assert all(isinstance(r, CUDAGraphed) and r.pool == "pool" for r in graphed)
     assert runners.unet is not pipe.unet

@@ -17,7 +17,7 @@ from audioldm2_lite import AudioLDM2Pipeline, load_config
 from audioldm2_lite.generation.editing import AudioEdit, denoise, encode_audio, frequency_mask, mel_config, time_mask
 from audioldm2_lite.generation.mel import waveform_to_mel
 from audioldm2_lite.generation.samplers import SAMPLERS, make_sampler
-from audioldm2_lite.models.vocoder import receptive_field_frames
+from audioldm2_lite.models.long_audio import receptive_field_frames
 
 RATE = 16000
 

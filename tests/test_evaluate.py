@@ -27,6 +27,8 @@ from audioldm2_lite.generation.audio_io import read_audio
 from audioldm2_lite.evaluate import (
     ClapScorer,
     EvaluationError,
+    embed_files,
+    embed_texts,
     evaluate,
     frechet_distance,
     gaussian_stats,
@@ -158,7 +160,7 @@ def test_embeddings_and_clap_score_match_transformers(clap_checkpoint, tmp_path)
     prompts = write_prompts(tmp_path / "prompts.csv", FILES)
     scorer = ClapScorer(clap_checkpoint, device="cpu")
     report = evaluate(folder, prompts=prompts, scorer=scorer, progress=False)
-    got = scorer.embed_audio([folder / name for name in FILES], batch_size=3, progress=False)
+    got = embed_files(scorer, [folder / name for name in FILES], batch_size=3, progress=False)
 
     extractor = ClapFeatureExtractor.from_pretrained(str(clap_checkpoint / "feature_extractor"))
     model = ClapModel.from_pretrained(str(clap_checkpoint / "text_encoder")).eval()
@@ -175,7 +177,7 @@ def test_embeddings_and_clap_score_match_transformers(clap_checkpoint, tmp_path)
     # fp32, the same operations up to summation order (the front ends agree to float32 rounding of the
     # dB values; see test_clap_audio.py): a few ulp of a unit vector. Measured 1.1e-7 (audio and text)
     assert max_rel_error(torch.from_numpy(got), expected) <= 1e-5
-    assert max_rel_error(torch.from_numpy(scorer.embed_text(texts, batch_size=3)), expected_text) <= 1e-5
+    assert max_rel_error(torch.from_numpy(embed_texts(scorer, texts, batch_size=3)), expected_text) <= 1e-5
     expected_scores = torch.nn.functional.cosine_similarity(expected, expected_text).numpy()
     assert [report["files"][name]["clap_score"] for name in FILES] == pytest.approx(expected_scores, abs=1e-5)
     assert report["clap_score"] == pytest.approx(expected_scores.mean(), abs=1e-5)

@@ -16,10 +16,10 @@ from audioldm2_lite import (
     load_config,
     resolve_checkpoint,
 )
+from audioldm2_lite.generation.hub import _choose_hub_files
 from audioldm2_lite.generation.loading import (
     STAGES,
     UnsupportedConfigError,
-    _choose_hub_files,
     build_config,
     read_json,
     read_weights,

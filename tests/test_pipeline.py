@@ -96,7 +96,7 @@ def test_ranking_only_configs_refuse_ranking_not_generation(tiny_checkpoint, tmp
     pipe = AudioLDM2Pipeline.from_pretrained(ckpt, device="cpu")
     args = dict(audio_length_in_s=0.5, num_inference_steps=2)
     assert pipe("a dog barks", **args).audios.shape == (1, 8000)
-    assert pipe.clap_audio is None  # never loaded without ranking
+    assert pipe.scorer is None  # CLAP's audio tower: never loaded without ranking
     with pytest.raises(UnsupportedConfigError, match=re.escape(f"{features_file}: truncation = 'head' is not")):
         pipe("a dog barks", num_waveforms_per_prompt=2, **args)
     edit(features_file, truncation="rand_trunc")

@@ -52,7 +52,8 @@ def test_sampler_study_runs_every_sampler(tiny_checkpoint, tmp_path):
     import json
     import math
 
-    from audioldm2_lite.generation.samplers import SAMPLERS, unet_calls
+    from audioldm2_lite.generation.samplers import SAMPLERS
+    from audioldm2_lite.generation.samplers.extras import unet_calls
 
     out = run("sampler_study.py", "--checkpoint", str(tiny_checkpoint), "--seconds", "0.5", "--steps", "2", "3",
               "--reference-steps", "4", "--device", "cpu", "--json", str(tmp_path / "study.json"))

@@ -14,6 +14,7 @@ from test_pipeline import WAVEFORM_TOLERANCE, both, report
 
 from audioldm2_lite.generation import speech
 from audioldm2_lite.generation.conditioning import TextConditioner
+from audioldm2_lite.generation.speech import SpeechConditioner
 from audioldm2_lite.generation.speech import END_TOKEN_ID, SpeechDependencyError, tokenize_transcriptions
 
 PROMPTS = ["A female reporter is speaking", "A man shouts angrily"]
@@ -22,7 +23,7 @@ TRANSCRIPTIONS = ["wish you a good day", "Get out, now!"]
 
 @pytest.fixture(scope="module")
 def tiny(tiny_speech_checkpoint):
-    return TextConditioner.from_pretrained(tiny_speech_checkpoint), reference_pipeline(tiny_speech_checkpoint)
+    return SpeechConditioner.from_pretrained(tiny_speech_checkpoint), reference_pipeline(tiny_speech_checkpoint)
 
 
 def assert_same(ours, reference):
@@ -76,7 +77,7 @@ def test_one_transcription_for_every_prompt_and_repetition(tiny):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_stays_close(tiny, tiny_speech_checkpoint, dtype):
     ours, _ = tiny
-    half = TextConditioner.from_pretrained(tiny_speech_checkpoint, dtype=dtype)
+    half = SpeechConditioner.from_pretrained(tiny_speech_checkpoint, dtype=dtype)
     kwargs = dict(transcription="hello there", max_new_tokens=64)
     expected, encoded = ours.encode_prompt("a man", **kwargs), half.encode_prompt("a man", **kwargs)
     assert encoded.generated.dtype == encoded.t5_states.dtype == dtype
@@ -180,7 +181,7 @@ def teacher_forced_check(checkpoint, label):
     states are checked by teacher forcing: one GPT-2 forward over [prompt, states 1..511] must give each state
     at its position.
     """
-    ours = TextConditioner.from_pretrained(checkpoint, reference="diffusers")  # diffusers' CLAP eps
+    ours = SpeechConditioner.from_pretrained(checkpoint, reference="diffusers")  # diffusers' CLAP eps
     ours.tokenizer_2.phonemize = False  # phonemisation has its own test; here the slots and the 512 states
     encoded = ours.encode_prompt(PROMPTS[0], transcription=TRANSCRIPTIONS[0], negative_prompt="noise")
     del ours

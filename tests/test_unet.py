@@ -178,10 +178,6 @@ def test_forward_compiles_without_graph_breaks():
     with torch.no_grad():
         compiled = torch.compile(model, backend="eager", fullgraph=True)
         assert torch.equal(compiled(**inputs), model(**inputs))
-        # the sampling loop's call: the conditioning's keys and values given, the guidance batch shared
-        context = model.cross_attention_context(*(inputs[k] for k in list(inputs)[2:]))
-        shared = dict(sample=inputs["sample"][:1], timestep=inputs["timestep"], context=context, batch_repeats=2)
-        assert torch.equal(compiled(**shared), model(**shared))
 
 
 @pytest.mark.slow
@@ -194,35 +190,3 @@ def test_full_size_matches_diffusers(full_checkpoint, variant, time_frames):
     assert ours.shape == (2, 8, time_frames, 16)
     # float32, the same operations through ~40 (base) / ~100 (large) layers: rounding only
     assert max_rel_error(ours, reference) <= 1e-5
-
-
-# ---- work removed from the sampling loop (issue: speed), each checked against the plain forward pass
-
-
-def test_cross_attention_context_computed_once_is_the_same(tiny_checkpoint):
-    """Keys and values of the GPT-2 and T5 sequences, computed once per generation, give the same numbers."""
-    model = load_component(tiny_checkpoint, "unet")
-    inputs = unet_inputs(config_of(tiny_checkpoint), 16)
-    conditioning = {k: inputs.pop(k) for k in ("encoder_hidden_states", "encoder_hidden_states_1",
-                                               "encoder_attention_mask_1")}
-    with torch.no_grad():
-        context = model.cross_attention_context(**conditioning)
-        # one entry per cross-attention (the tiny layout has [None, gpt2, t5] per level: 2 of 3 transformers)
-        cross = [m for m in model.modules() if isinstance(m, unet.Attention) and m.name in context]
-        assert len(context) == len(cross) > 0 and all(m.name.endswith("attn2") for m in cross)
-        for _ in range(2):  # reused across steps
-            assert torch.equal(model(**inputs, context=context), model(**inputs, **conditioning))  # same arithmetic
-
-
-@pytest.mark.parametrize("time_frames", [16, 13])
-def test_guidance_batch_shares_the_layers_before_the_first_attention(tiny_checkpoint, time_frames):
-    """batch_repeats=2 on x equals the forward pass on [x, x] (the classifier-free-guidance batch)."""
-    model = load_component(tiny_checkpoint, "unet")
-    inputs = unet_inputs(config_of(tiny_checkpoint), time_frames, batch=2)
-    x = inputs.pop("sample")[:1]
-    inputs["timestep"] = torch.tensor(500)  # one timestep for both halves, as in the sampling loop
-    with torch.no_grad():
-        shared = model(x, **inputs, batch_repeats=2)
-        repeated = model(torch.cat([x, x]), **inputs)
-    # the same operations on a batch of 1 instead of 2: oneDNN may pick another blocking, so rounding only
-    assert max_rel_error(shared, repeated) <= 1e-6

@@ -9,6 +9,7 @@ import torch
 from reference import max_rel_error
 
 from audioldm2_lite.generation.loading import CheckpointError, load_component, load_tokenizer
+from audioldm2_lite.generation.speech import VITS_STAGE
 
 TRANSCRIPTIONS = ["wish you a good day", "Hello, World!", "a"]
 
@@ -33,7 +34,7 @@ def test_last_hidden_state_matches_transformers(tiny_speech_checkpoint):
     input_ids, attention_mask = phoneme_ids(tiny_speech_checkpoint, TRANSCRIPTIONS)
     assert (attention_mask == 0).any() and input_ids.shape[1] > 2 * 2 + 1  # padding and offsets beyond the window
     with torch.no_grad():
-        ours = load_component(tiny_speech_checkpoint, "text_encoder_2")(input_ids, attention_mask)
+        ours = load_component(tiny_speech_checkpoint, "text_encoder_2", stage=VITS_STAGE)(input_ids, attention_mask)
     reference = transformers_states(tiny_speech_checkpoint, input_ids, attention_mask)
     # float32, the same sums in a different order (the relative-position terms gathered, not skewed): rounding only
     error = max_rel_error(ours, reference)
@@ -48,7 +49,7 @@ def test_strict_load_names_the_ignored_parts(tiny_speech_checkpoint, tmp_path):
     folder = tiny_speech_checkpoint / "text_encoder_2"
     tensors = load_file(folder / "model.safetensors")
     assert any(k.startswith(("flow.", "decoder.", "duration_predictor.", "posterior_encoder.")) for k in tensors)
-    model = load_component(tiny_speech_checkpoint, "text_encoder_2")  # the unused parts load without complaint
+    model = load_component(tiny_speech_checkpoint, "text_encoder_2", stage=VITS_STAGE)  # the unused parts load without complaint
     assert not any(name.startswith(("flow", "decoder")) for name in model.state_dict())
 
     # a tensor that is neither used nor named as ignored, and a missing one, are errors naming them
@@ -61,13 +62,13 @@ def test_strict_load_names_the_ignored_parts(tiny_speech_checkpoint, tmp_path):
     del tensors["text_encoder.encoder.layers.0.attention.emb_rel_k"]
     save_file(tensors, broken / "text_encoder_2" / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"(?s)emb_rel_k.*surprise\.weight"):
-        load_component(broken, "text_encoder_2")
+        load_component(broken, "text_encoder_2", stage=VITS_STAGE)
 
 
 def test_largest_relative_offset_is_used(tiny_speech_checkpoint):
     """The value embedding of the window's last offset (+2 in the tiny model) reaches the output."""
     input_ids, attention_mask = phoneme_ids(tiny_speech_checkpoint, TRANSCRIPTIONS[:1])
-    model = load_component(tiny_speech_checkpoint, "text_encoder_2")
+    model = load_component(tiny_speech_checkpoint, "text_encoder_2", stage=VITS_STAGE)
     with torch.no_grad():
         before = model(input_ids, attention_mask)
         model.text_encoder.encoder.layers[0].attention.emb_rel_v[0, -1] += 1.0
@@ -86,7 +87,7 @@ def test_full_size_matches_transformers(full_checkpoint):
                        return_tensors="pt")
     assert tokens.input_ids.shape[1] == 310  # the speech checkpoints' phoneme slots
     with torch.no_grad():
-        ours = load_component(checkpoint, "text_encoder_2")(tokens.input_ids, tokens.attention_mask)
+        ours = load_component(checkpoint, "text_encoder_2", stage=VITS_STAGE)(tokens.input_ids, tokens.attention_mask)
     reference = transformers_states(checkpoint, tokens.input_ids, tokens.attention_mask)
     # float32 through 6 layers of random weights, sums in a different order: rounding only
     error = max_rel_error(ours, reference)

@@ -1,4 +1,5 @@
-"""Parity of audioldm2_lite.models.vocoder (HiFi-GAN) with transformers' SpeechT5HifiGan, and its chunked path."""
+"""Parity of audioldm2_lite.models.vocoder (HiFi-GAN) with transformers' SpeechT5HifiGan, and its chunked path
+(models/long_audio.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from reference import max_rel_error
 
 from audioldm2_lite import load_component
-from audioldm2_lite.models.vocoder import HifiGanConfig, receptive_field_frames
+from audioldm2_lite.models.long_audio import receptive_field_frames, vocode_in_windows
+from audioldm2_lite.models.vocoder import HifiGanConfig
 
 
 def reference_vocoder(checkpoint):
@@ -96,16 +98,16 @@ def test_chunked_30_seconds_matches_one_pass(tiny_checkpoint):
     """30 s (3000 frames) in chunks of 500 with the default overlap (the receptive field).
 
     Run on the tiny vocoder: the full-size one needs about 2.5 minutes of 2-core CPU for one pass of
-    3000 frames (measured ~5.5 s per 100 frames), more than the whole slow-test budget.
+    3000 frames, more than the whole slow-test budget.
     """
     ours = load_component(tiny_checkpoint, "vocoder")
     ours64 = load_component(tiny_checkpoint, "vocoder", dtype=torch.float64)
     mel = torch.randn(1, 3000, ours.config.model_in_dim)
-    one_pass, chunked = ours(mel), ours(mel, chunk_frames=500)
+    one_pass, chunked = ours(mel), vocode_in_windows(ours, mel, 500)
     exact = ours64(mel.double())
     # In float64 the chunked result is the one-pass result (every layer is a convolution, the overlap
     # covers its reach), so any float32 difference is rounding.
-    assert max_rel_error(ours64(mel.double(), chunk_frames=500), exact) <= 1e-12
+    assert max_rel_error(vocode_in_windows(ours64, mel.double(), 500), exact) <= 1e-12
     # In float32 the windows' different lengths change the summation order; the tiny model's large
     # weights (init 0.2, activations in the hundreds) amplify rounding to ~1e-4, which is also how far
     # its one float32 pass is from float64. The chunked result must be as close to float64 as that.
@@ -120,7 +122,7 @@ def test_too_little_overlap_is_detected(tiny_checkpoint):
     ours = load_component(tiny_checkpoint, "vocoder", dtype=torch.float64)
     mel = torch.randn(1, 120, ours.config.model_in_dim, dtype=torch.float64)
     # in float64 enough overlap agrees to ~1e-15; 4 frames of overlap leave ~1e-4 at the seams
-    assert max_rel_error(ours(mel, chunk_frames=30, overlap=4), ours(mel)) > 1e-6
+    assert max_rel_error(vocode_in_windows(ours, mel, 30, 4), ours(mel)) > 1e-6
 
 
 @pytest.mark.slow
@@ -134,8 +136,8 @@ def test_full_size_matches_transformers_and_chunks(full_checkpoint):
     assert max_rel_error(audio, reference(mel)) <= 1e-5  # same ops: float32 rounding only
     del reference
     gc.collect()
-    # overlap 27 frames (the receptive field): float32 rounding only (measured 2.5e-7)
-    assert max_rel_error(ours(mel, chunk_frames=32), audio) <= 1e-5
+    # overlap 27 frames (the receptive field): float32 rounding only
+    assert max_rel_error(vocode_in_windows(ours, mel, 32), audio) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -144,5 +146,5 @@ def test_half_precision_runs(tiny_checkpoint, dtype):
     """Weights and activations stay in the requested dtype, chunked path included, and stay finite."""
     ours = load_component(tiny_checkpoint, "vocoder", dtype=dtype)
     mel = torch.randn(1, 40, ours.config.model_in_dim, dtype=dtype)
-    for audio in (ours(mel), ours(mel, chunk_frames=16)):
+    for audio in (ours(mel), vocode_in_windows(ours, mel, 16)):
         assert audio.dtype == dtype and torch.isfinite(audio).all()

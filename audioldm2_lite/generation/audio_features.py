@@ -16,11 +16,8 @@ Differences from the reference, by design:
   (True for such clips) but the non-fusion HTSAT of AudioLDM 2 ignores it.
 - Resampling: soxr's filter is not bit-reproducible in torch. Ours is a Kaiser-windowed sinc whose
   cut-off (7655 Hz), window (beta 12.8) and length (+-96 input samples) were chosen to match soxr HQ's
-  measured 16 -> 48 kHz impulse response: it agrees to 7e-6 of the peak (passband flat to 7.3 kHz,
-  -6 dB at 7.65 kHz, > 125 dB rejection from 8 kHz). Measured (tests/test_clap_audio.py): the 48 kHz
-  waveforms differ by 2e-5 (harmonic sound) to 4e-5 (white noise) of their peak, the log-mels by at most
-  0.03 dB (in the 7.6 - 9 kHz bins, where the filters' transition bands differ; < 1e-3 dB elsewhere),
-  and the tiny checkpoint's CLAP cosine similarities by 2e-7.
+  measured 16 -> 48 kHz impulse response; tests/test_clap_audio.py bounds the difference in the 48 kHz
+  waveforms, the log-mels and the CLAP similarities (the measured figures: scripts/BENCHMARKS.md).
 - The spectrogram is computed in float64 (float32 where a device has no float64), which the
   extractor also does; on the same 48 kHz audio the two agree to the float32 rounding of the output
   (< 1e-5 dB).

@@ -1,26 +1,16 @@
-"""The authors' model: where diffusers' conversion of AudioLDM 2 computes a different model, and the switch.
+"""The authors' model: where diffusers' conversion of AudioLDM 2 computes another model, and the switch.
 
-The checkpoints were trained with the authors' code (haoheliu/AudioLDM2, `audioldm2` 0.1.0 on the package
-index). Diffusers' conversion of them, and so diffusers' `AudioLDM2Pipeline`, departs from that code in three
-places; `reference="authors"` runs the model the weights were trained as, `reference="diffusers"` runs what
-diffusers 0.42 computes:
-
-1. UNet attention heads. The authors' UNet config sets `num_head_channels: 32`: every transformer splits its
-   channels into heads of 32 (`openaimodel.py`: num_heads = channels // 32). The conversion writes no head
-   setting, so the hub configs hold `attention_head_dim: 8`, which diffusers reads as 8 heads everywhere:
-   the same at 256 channels, but 8 heads of 48 and 80 instead of 12 and 20 heads of 32 at 384 and 640 channels
-   and in the mid block.
-2. The unconditional half of classifier-free guidance. The authors' unconditional GPT-2 sequence is zeros
-   with a mask of ones (`AudioMAEConditionCTPoolRand.get_unconditional_condition`), their T5 one the states
-   of "" with a mask of ones (`FlanT5HiddenState.get_unconditional_condition`): what training dropped the
-   condition to. Diffusers encodes "" through CLAP, T5, the projection and GPT-2 instead. A negative prompt
-   (not empty) keeps diffusers' behaviour under both references: it is diffusers' extension.
-3. CLAP's text LayerNorm epsilon. The authors' text tower is RoBERTa-base (eps 1e-5); the hub's CLAP text
-   config leaves it unset, so transformers' `ClapTextConfig` default 1e-12 applies.
-
-The default reference is the authors' for the official checkpoints, recognised by their UNet config (a local
-copy of cvssp/audioldm2 is the same model), and diffusers' for any other folder (a diffusers test fixture, a
-fine-tune saved with another head layout). Given explicitly, either applies to any folder.
+The checkpoints were trained with haoheliu's code (`audioldm2` 0.1.0). `reference="authors"` runs that model,
+`reference="diffusers"` what diffusers 0.42 computes. They differ in three places:
+1. UNet heads: the authors split every transformer into heads of 32 channels (`num_head_channels: 32`); the hub
+   configs say `attention_head_dim: 8`, which diffusers reads as 8 heads (heads of 48 and 80 channels at 384 and
+   640 channels and in the mid block).
+2. The unconditional half of guidance: the authors' is zeros for GPT-2's slot and T5("") for T5's, masks of
+   ones (`AudioMAEConditionCTPoolRand`, `FlanT5HiddenState.get_unconditional_condition`): what training dropped
+   the condition to. Diffusers encodes "" through every text stage. A negative prompt keeps diffusers' way.
+3. CLAP's text LayerNorm eps: RoBERTa-base's 1e-5; the hub config leaves it unset (transformers: 1e-12).
+The default is the authors' for the official checkpoints, recognised by their UNet config (a local copy is the
+same model), and diffusers' for other folders; given explicitly, either applies to any folder.
 """
 
 from __future__ import annotations
@@ -82,13 +72,6 @@ def apply_reference(name: str, config, reference: str):
     if name == "text_encoder":
         return dataclasses.replace(config, layer_norm_eps=CLAP_TEXT_LAYER_NORM_EPS)
     return config
-
-
-def describe(reference: str) -> str:
-    """One line on what ran, for the console and the page."""
-    if reference == "authors":
-        return "the authors' model (heads of 32 channels, zero unconditional sequence, CLAP eps 1e-5)"
-    return "diffusers' conversion (attention_head_dim as heads, unconditional from '', CLAP eps from the config)"
 
 
 def is_unconditional_text(negative_prompt) -> bool:

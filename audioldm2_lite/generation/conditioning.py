@@ -21,9 +21,8 @@ Parity details (diffusers' `AudioLDM2Pipeline.encode_prompt`):
 - T5 states come back in the T5 model's dtype, the generated states in GPT-2's, the mask as int64.
   Precomputed embeddings are used as given (on the device); the UNet casts what it reads to its dtype.
 
-Text-to-speech checkpoints (a VITS `text_encoder_2`): the `transcription` takes T5's place, read as phonemes
-by the VITS encoder; the unconditional half has all-zero VITS states; GPT-2 generates 512 states. The
-"t5_*" tensors then hold the VITS states and mask (the speech UNet does not read them). See speech.py.
+Text-to-speech checkpoints (a VITS `text_encoder_2`) read a `transcription` in T5's place: speech.py's
+`SpeechConditioner` is this class with that difference.
 """
 
 from __future__ import annotations
@@ -35,10 +34,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..models.vits import VitsTextEncoder
 from .authors import is_unconditional_text
-from .loading import DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_tokenizer, resolve_checkpoint
-from .speech import encode_transcriptions, speech_new_tokens, transcriptions_for
+from .loading import DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_tokenizer, local_checkpoint
 
 COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "projection_model", "language_model")
 
@@ -73,13 +70,15 @@ def tokenize(tokenizer, texts: list[str], max_length: int, pad_to_max_length: bo
 class TextConditioner(nn.Module):
     """The tokenizers and the four text stages; an nn.Module so that `.to(device)` moves them together."""
 
+    speaks = False  # a text-to-speech checkpoint, which needs a transcription (speech.SpeechConditioner)
+    STAGES = {}  # component -> loading.Stage, where it is another network than loading.STAGES names
+
     def __init__(self, tokenizer, tokenizer_2, clap, t5, projection, gpt2, clap_pad_to_max_length: bool = True,
                  reference: str = "diffusers"):
         super().__init__()
         self.reference = reference  # "authors": the authors' unconditional half (authors.py); "diffusers": ""'s
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2  # RoBERTa (CLAP), T5 (or VITS: text-to-speech)
         self.clap, self.t5, self.projection, self.gpt2 = clap, t5, projection, gpt2
-        self.speaks = isinstance(t5, VitsTextEncoder)  # a text-to-speech checkpoint: needs a transcription
         # diffusers pads CLAP's input to 512 tokens. Padding to the longest prompt instead gives the same
         # features up to float rounding (padding is masked and does not move positions) for far less work.
         self.clap_pad_to_max_length = clap_pad_to_max_length
@@ -91,10 +90,11 @@ class TextConditioner(nn.Module):
     ) -> "TextConditioner":
         """`reference`: "authors" or "diffusers" (default: the checkpoint's own, authors.py)."""
         reference = checkpoint_reference(checkpoint, reference)
-        root = resolve_checkpoint(checkpoint, COMPONENTS, variant)
+        root = local_checkpoint(checkpoint, COMPONENTS, variant)
 
         def load(name):
-            return load_component(root, name, dtype=dtype, device=device, variant=variant, reference=reference)
+            return load_component(root, name, dtype=dtype, device=device, variant=variant, stage=cls.STAGES.get(name),
+                                  reference=reference)
 
         return cls(
             load_tokenizer(root, "tokenizer"), load_tokenizer(root, "tokenizer_2"), load("text_encoder"),
@@ -119,8 +119,6 @@ class TextConditioner(nn.Module):
 
     def t5_length(self, prompts: list[str]) -> int:
         """T5 tokens per prompt in a batch: the longest prompt's, at most the tokenizer's maximum (128)."""
-        if self.speaks:  # VITS: every transcription fills the tokenizer's slots (310)
-            return self.tokenizer_2.model_max_length
         longest = max(len(ids) for ids in self.tokenizer_2(prompts, verbose=False).input_ids)
         return min(longest, self.tokenizer_2.model_max_length)
 
@@ -128,18 +126,13 @@ class TextConditioner(nn.Module):
                      device=None, transcriptions: list[str | None] | None = None, encode_tokens=None) -> Conditioning:
         """CLAP, T5, projection and GPT-2 on a batch of texts, their T5 tokens padded or cut to `t5_length`.
 
-        Text-to-speech: VITS reads `transcriptions` (one per text; None or missing = unconditional) instead.
-        `encode_tokens` runs the stages on the tokens: `self.encode_tokens` unless the caller passes its own
-        version of it (the pipeline passes a CUDA-graphed one after `optimize()`).
+        `transcriptions`: for speech.SpeechConditioner, which reads them instead of the texts. `encode_tokens`
+        runs the stages on the tokens: `self.encode_tokens` unless the caller passes its own version of it (the
+        pipeline passes a CUDA-graphed one after `optimize()`).
         """
         device = device or self.device
-        warn_if_truncated(texts, [("CLAP", self.tokenizer)] + ([] if self.speaks else [("T5", self.tokenizer_2)]))
+        warn_if_truncated(texts, [("CLAP", self.tokenizer), ("T5", self.tokenizer_2)])
         clap_ids, clap_mask = self.clap_tokens(texts, device)
-        if self.speaks:  # VITS: one state per phoneme slot of the transcription (B, 310, 192); speech.py
-            states, mask = encode_transcriptions(self.t5, self.tokenizer_2, transcriptions or [None] * len(texts),
-                                                 device)
-            max_new_tokens = max_new_tokens or speech_new_tokens(self.gpt2.config.max_new_tokens)
-            return self.generate_from(clap_ids, clap_mask, states, mask, max_new_tokens)
         t5_ids, t5_mask = tokenize(self.tokenizer_2, texts, t5_length, True, device)
         return (encode_tokens or self.encode_tokens)(clap_ids, clap_mask, t5_ids, t5_mask, max_new_tokens)
 
@@ -250,18 +243,11 @@ class TextConditioner(nn.Module):
         return self.t5(ids, mask), mask
 
     def check_transcription(self, transcription, prompts: list[str] | None) -> list[str] | None:
-        """One transcription per prompt for a text-to-speech checkpoint (when prompts are encoded), else None."""
-        if not self.speaks:
-            if transcription is not None:
-                raise ValueError("`transcription` needs a text-to-speech checkpoint (e.g. anhnct/audioldm2_gigaspeech); "
-                                 "this one makes audio from the prompt alone")
-            return None
-        if prompts is None:
-            return None
-        if transcription is None:
-            raise ValueError("this is a text-to-speech checkpoint: give the words to say as `transcription` "
-                             "(the prompt describes the voice)")
-        return transcriptions_for(transcription, len(prompts))
+        """One transcription per prompt for a text-to-speech checkpoint (speech.SpeechConditioner), else None."""
+        if transcription is not None:
+            raise ValueError("`transcription` needs a text-to-speech checkpoint (e.g. anhnct/audioldm2_gigaspeech); "
+                             "this one makes audio from the prompt alone")
+        return None
 
     @staticmethod
     def negative_texts(negative_prompt, batch: int) -> list[str]:

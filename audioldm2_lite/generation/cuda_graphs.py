@@ -1,8 +1,8 @@
 """CUDA-graph replay of a stage: capture its kernels once per input shape, then launch them all at once.
 
-Eager PyTorch pays a few tens of microseconds of CPU time per kernel launch. The UNet issues about 1,600
-kernels per step whose GPU work at fp16 on an H100 is ~9 ms, but whose launches take ~75 ms: the GPU
-waits on Python. A CUDA graph records the launches once and replays them with one call.
+Eager PyTorch pays CPU time for every kernel launch. The UNet issues over a thousand small kernels per
+step, and on a fast GPU their launches take longer than their work: the GPU waits on Python (counts and
+timings: scripts/BENCHMARKS.md). A CUDA graph records the launches once and replays them with one call.
 
 `CUDAGraphed(fn)` wraps a function of tensors (and plain Python values, which become part of the cache
 key and are baked into the capture). On the first call for a given signature of shapes, dtypes and

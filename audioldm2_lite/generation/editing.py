@@ -26,7 +26,7 @@ What "kept" means at the output: the final latent equals x0 outside the mask. Th
 mid-block attention spans the whole latent, so a decoded kept region would still move a little with the
 regenerated one; instead, outside the mask the mel of the plain reconstruction, decode(x0), is pasted
 back before the vocoder. Time-masked output then equals the plain reconstruction vocode(decode(x0))
-except within the vocoder's receptive field of the regenerated frames: `vocoder.receptive_field_frames`,
+except within the vocoder's receptive field of the regenerated frames: `long_audio.receptive_field_frames`,
 27 mel frames = 0.27 s on either side for the official vocoder. A frequency mask keeps the low mel bins
 the vocoder reads exactly, but the vocoder mixes all bins into every sample, so no waveform sample stays
 bit-equal there.
@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.long_audio import encode_in_tiles
 from .audio_io import read_audio
 from .mel import MelConfig, mel_frequencies, waveform_to_mel
 from .memory import plan_encode
@@ -78,7 +79,10 @@ def encode_audio(pipe, audio, sampling_rate=None, generator=None, sample_posteri
     # in one pass when it fits, else layer by layer over time tiles: the same latent (memory.py)
     plan = plan_encode(pipe.vae, mel.shape, pipe.precision.vae, pipe.device, pipe.max_memory)
     with pipe._running(pipe.vae):
-        mean, logvar = pipe.vae.encode_distribution(mel, plan.tile_frames, plan.storage)  # (1, C, T/4, F/4) each
+        if plan.one_pass:
+            mean, logvar = pipe.vae.encode_distribution(mel)  # (1, C, T/4, F/4) each
+        else:
+            mean, logvar = encode_in_tiles(pipe.vae, mel, plan.tile_frames, plan.storage)
     mean, logvar = mean.to(pipe.device), logvar.to(pipe.device)
     latent = mean
     if sample_posterior:

@@ -4,8 +4,8 @@ An AudioLDM 2 checkpoint in hub layout (cvssp/audioldm2, -large, -music) is a fo
 `model_index.json` and one sub-folder per component (`unet/config.json` plus
 `unet/diffusion_pytorch_model.safetensors`, ...). This module
 
-- resolves a checkpoint given as a hub id or a local folder (`resolve_checkpoint`), downloading from
-  the hub only the files the requested components need (configs and one weight format);
+- resolves a checkpoint given as a local folder, or a hub id in the local Hugging Face cache
+  (`local_checkpoint`; hub.py downloads);
 - reads configs and weights (safetensors preferred, `.bin` only through `torch.load(weights_only=True)`,
   sharded `*.index.json` supported, `variant="fp16"` files as diffusers names them) and casts them to the
   requested dtype;
@@ -36,17 +36,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from urllib.parse import urlparse
 
 import torch
 
-from ..models import clap, clap_audio, gpt2, projection, t5, unet, vae, vits, vocoder
-from .authors import apply_reference, resolve_reference
+from ..models import clap, gpt2, projection, t5, unet, vae, vocoder
 from ..models.hub_config import CheckpointError, HubConfig, UnsupportedConfigError, hub_field, unsupported_config
+from .authors import apply_reference, resolve_reference
 
 DEFAULT_CHECKPOINT = "cvssp/audioldm2"
 
@@ -69,17 +67,6 @@ STAGES: dict[str, Stage] = {
     "unet": Stage(unet, unet.UNetConfig, unet.UNet, ("AudioLDM2UNet2DConditionModel",)),
     "vae": Stage(vae, vae.VAEConfig, vae.AutoencoderKL, ("AutoencoderKL",)),
     "vocoder": Stage(vocoder, vocoder.HifiGanConfig, vocoder.HifiGan, ("SpeechT5HifiGan",)),
-}
-# Stages stored inside another component's folder and loaded on their own: CLAP's audio tower, which
-# only candidate ranking needs (the pipeline loads it when it first ranks).
-PART_STAGES: dict[str, tuple[str, Stage]] = {
-    "clap_audio": ("text_encoder", Stage(clap_audio, clap_audio.ClapAudioConfig, clap_audio.ClapAudioTower,
-                                         ("ClapModel",))),
-}
-# Stages that replace a component's usual one when its config names their hub class: the text-to-speech
-# checkpoints store a VITS model as `text_encoder_2` where the others store Flan-T5.
-ALTERNATIVE_STAGES: dict[str, tuple[Stage, ...]] = {
-    "text_encoder_2": (Stage(vits, vits.VitsConfig, vits.VitsTextEncoder, ("VitsModel",)),),
 }
 # Components that are configuration or tokenizer files only.
 FILE_COMPONENTS = ("tokenizer", "tokenizer_2", "scheduler", "feature_extractor")
@@ -112,21 +99,6 @@ def _offline_message(repo_id: str, cause: str) -> str:
     )
 
 
-def _hub_reachable(timeout: float = 5.0) -> str | None:
-    """None if the hub's host answers a TCP connection, else the reason. Avoids minutes of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # a proxy decides; let huggingface_hub try
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(endpoint).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as error:
-        return f"no connection to {host}: {error}"
-    return None
-
-
 def _component_patterns(components) -> list[str]:
     patterns = ["model_index.json"]
     for name in components:
@@ -151,49 +123,20 @@ def weight_file_names(variant: str | None = None) -> list[tuple[tuple[str, ...],
     return formats
 
 
-def _choose_hub_files(repo_files: list[str], components, variant: str | None = None) -> list[str]:
-    """Configs of each component plus one weight format (safetensors first; shards with their index); with a
-    variant, its files where the component has them, else the component's plain files (as diffusers)."""
-    chosen = ["model_index.json"]
-    for name in components:
-        inside = [f[len(name) + 1:] for f in repo_files if f.startswith(name + "/") and f.count("/") == 1]
-        chosen += [f"{name}/{f}" for f in inside if f in CONFIG_NAMES + TOKENIZER_FILES]
-        if name in FILE_COMPONENTS:
-            continue
-        formats = (weight_file_names(variant) if variant else []) + weight_file_names()
-        for single_names, index_names in formats:
-            single = [f for f in inside if f in single_names]
-            index = [f for f in inside if f in index_names]
-            if single or index:
-                chosen += [f"{name}/{f}" for f in single[:1]]
-                if not single:  # sharded: the index and every shard it names
-                    shard = _shard_name_pattern(index[0])
-                    chosen += [f"{name}/{index[0]}"] + [f"{name}/{f}" for f in inside if shard.fullmatch(f)]
-                break
-    return chosen
+def is_hub_id(checkpoint: str | os.PathLike) -> bool:
+    """Whether `checkpoint` names a hub repository (owner/name), not a local folder (weights/audioldm2)."""
+    path = Path(str(checkpoint)).expanduser()
+    return not path.is_dir() and bool(HUB_ID.fullmatch(str(checkpoint))) and not (
+        path.parent != Path(".") and path.parent.is_dir())
 
 
-def _shard_name_pattern(index_name: str) -> re.Pattern:
-    """The names of the shards an index file lists: `model-00001-of-00002.safetensors` for
-    `model.safetensors.index.json`, `model.fp16-00001-of-00002.safetensors` for `...index.fp16.json` and
-    the legacy `model-00001-of-00002.fp16.safetensors` for `...fp16.index.json`."""
-    stem, ext, *rest = index_name.split(".")
-    variant = next((part for part in rest if part not in ("index", "json")), None)
-    if variant is None:
-        return re.compile(rf"{stem}-\d+-of-\d+\.{ext}")
-    if rest[0] == "index":
-        return re.compile(rf"{stem}\.{variant}-\d+-of-\d+\.{ext}")
-    return re.compile(rf"{stem}-\d+-of-\d+\.{variant}\.{ext}")
+def local_checkpoint(checkpoint: str | os.PathLike, components=None, variant: str | None = None) -> Path:
+    """A local folder in hub layout for `checkpoint`: a folder, or a hub id already in the Hugging Face cache.
 
-
-def resolve_checkpoint(checkpoint: str | os.PathLike, components=None, variant: str | None = None) -> Path:
-    """A local folder in hub layout for `checkpoint` (a folder, or a hub id fetched into the HF cache).
-
-    `components` limits a hub download to those components' files (default: every component
-    named in model_index.json); `variant` ("fp16") fetches those weight files where a component has them.
+    Nothing is downloaded here: `hub.resolve_checkpoint` (what the pipeline loads through) fetches a hub id.
+    `components` and `variant`: the files a cached hub id must hold (default every component).
     """
-    checkpoint = str(checkpoint)
-    path = Path(checkpoint).expanduser()
+    path = Path(str(checkpoint)).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise CheckpointError(
@@ -201,54 +144,29 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, components=None, variant: 
                 f"that holds model_index.json and the component folders (unet/, vae/, ...)."
             )
         return path
-    if not HUB_ID.fullmatch(checkpoint) or (path.parent != Path(".") and path.parent.is_dir()):
-        # not a hub id, or one whose first part is a folder here (weights/audioldm2): a local folder not made yet
+    if not is_hub_id(checkpoint):  # not a hub id, or one whose first part is a folder here: a folder not made yet
         raise CheckpointError(
             f"checkpoint folder '{checkpoint}' does not exist. Pass an existing folder in hub layout or a hub id "
             f"such as '{DEFAULT_CHECKPOINT}'."
         )
-    return _fetch_from_hub(checkpoint, components, variant)
+    return cached_checkpoint(str(checkpoint), components, variant,
+                             "AudioLDM2Pipeline.from_pretrained and hub.resolve_checkpoint download, the core reads")
 
 
-def download_from_hub(repo_id: str, components=None, local_dir=None, variant: str | None = None) -> Path:
-    """Fetch the configs and one weight format of `components` (default: all) from the hub; no error handling."""
-    from huggingface_hub import HfApi, snapshot_download
-
-    wanted = list(components) if components is not None else list(STAGES) + list(FILE_COMPONENTS)
-    files = _choose_hub_files(HfApi().list_repo_files(repo_id), wanted, variant)
-    return Path(snapshot_download(repo_id, allow_patterns=files, local_dir=local_dir))
-
-
-def _fetch_from_hub(repo_id: str, components, variant: str | None = None) -> Path:
+def cached_checkpoint(repo_id: str, components, variant: str | None, cause: str) -> Path:
+    """The folder of `repo_id` in the local Hugging Face cache, holding `components`; else a CheckpointError
+    that names `cause` (why it was not downloaded)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     wanted = list(components) if components is not None else list(STAGES) + list(FILE_COMPONENTS)
-    offline = _hub_reachable()
-    if offline is None:
-        try:
-            return download_from_hub(repo_id, wanted, variant=variant)
-        except RepositoryNotFoundError:
-            raise CheckpointError(
-                f"'{repo_id}' is neither a local folder nor a repository on the Hugging Face hub "
-                f"(official checkpoints: cvssp/audioldm2, cvssp/audioldm2-large, cvssp/audioldm2-music)."
-            ) from None
-        except GatedRepoError:
-            raise CheckpointError(f"'{repo_id}' is gated on the hub: log in with `hf auth login`.") from None
-        except Exception as error:  # network trouble mid-way: fall back to the cache below
-            offline = f"{type(error).__name__}: {error}"
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=_component_patterns(wanted), local_files_only=True))
     except Exception:
-        raise CheckpointError(_offline_message(repo_id, offline)) from None
+        raise CheckpointError(_offline_message(repo_id, cause)) from None
     missing = [c for c in wanted if c in STAGES and not _weight_files(folder / c, variant)]
     if missing or not (folder / "model_index.json").is_file():
-        raise CheckpointError(_offline_message(repo_id, offline))
+        raise CheckpointError(_offline_message(repo_id, cause))
     return folder
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading config fields: what every stage's `from_hub` uses
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,7 +185,7 @@ def read_json(file: Path) -> dict:
 
 
 def component_folder(checkpoint: str | os.PathLike, name: str, variant: str | None = None) -> Path:
-    root = resolve_checkpoint(checkpoint, [name], variant)
+    root = local_checkpoint(checkpoint, [name], variant)
     folder = root / name
     if not folder.is_dir():
         index = read_json(root / "model_index.json")
@@ -350,27 +268,16 @@ def hub_class_name(config: dict) -> str | None:
     return config.get("_class_name") or (config.get("architectures") or [None])[0]
 
 
-def find_stage(name: str, hub_config: dict | None = None) -> tuple[str, Stage]:
-    """(component folder, stage) of a neural component or of a stage in PART_STAGES; an ALTERNATIVE_STAGES
-    stage where the component's hub config names its class."""
-    if name in PART_STAGES:
-        return PART_STAGES[name]
-    if name not in STAGES:
-        raise CheckpointError(
-            f"unknown component '{name}'; the neural components are {sorted(STAGES)} (and {sorted(PART_STAGES)})."
-        )
-    found = hub_class_name(hub_config or {})
-    return name, next((s for s in ALTERNATIVE_STAGES.get(name, ()) if found in s.hub_classes), STAGES[name])
-
-
-def build_config(name: str, hub_config: dict, source: Path | str = "config.json"):
-    """Our dataclass config for component `name` from its hub config dict (checks the class)."""
-    stage = find_stage(name, hub_config)[1]
+def build_config(name: str, hub_config: dict, source: Path | str = "config.json", stage: Stage | None = None):
+    """Our dataclass config for component `name` (built as `stage`, default STAGES[name]) from its hub config
+    dict (checks the class)."""
+    if stage is None and name not in STAGES:
+        raise CheckpointError(f"unknown component '{name}'; the neural components are {sorted(STAGES)}.")
+    stage = stage or STAGES[name]
     found = hub_class_name(hub_config)
     if found not in stage.hub_classes:
-        accepted = [c for s in (stage, *ALTERNATIVE_STAGES.get(name, ())) for c in s.hub_classes]
         raise CheckpointError(
-            f"{source} describes a '{found}', but component '{name}' must be one of {accepted}. "
+            f"{source} describes a '{found}', but component '{name}' must be one of {list(stage.hub_classes)}. "
             f"Is the folder layout mixed up?"
         )
     return stage.config.from_hub(hub_config)
@@ -382,19 +289,21 @@ def load_component(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     variant: str | None = None,
+    stage: Stage | None = None,
     reference: str | None = None,
 ) -> torch.nn.Module:
-    """Our module for component `name` of `checkpoint` (or a stage in PART_STAGES), weights loaded strictly,
-    in eval mode. `variant` ("fp16") reads the component's weight files of that variant where it has them.
-    `reference` ("authors" or "diffusers"; default: the checkpoint's, `checkpoint_reference`) decides the
-    UNet's heads and CLAP's text LayerNorm epsilon (authors.py)."""
-    folder = component_folder(checkpoint, find_stage(name)[0], variant)
+    """Our module for component `name` of `checkpoint`, weights loaded strictly, in eval mode. `variant`
+    ("fp16") reads the component's weight files of that variant where it has them. `stage` builds another
+    network than STAGES[name] from the folder: a part of it (CLAP's audio tower, ranking.py) or another model
+    stored under that name (the speech checkpoints' VITS encoder, speech.py). `reference` ("authors" or
+    "diffusers"; default: the checkpoint's) decides the UNet's heads and CLAP's LayerNorm eps (authors.py)."""
+    folder = component_folder(checkpoint, name, variant)
     hub_config = read_json(folder / "config.json")
-    stage = find_stage(name, hub_config)[1]
-    module = stage.module
-    config = build_config(name, hub_config, folder / "config.json")
-    if name in ("unet", "text_encoder"):
+    stage = stage or STAGES.get(name)
+    config = build_config(name, hub_config, folder / "config.json", stage)
+    if name in ("unet", "text_encoder") and stage in (None, STAGES.get(name)):
         config = apply_reference(name, config, checkpoint_reference(checkpoint, reference))
+    module = stage.module
     state_dict, origin = read_weights(folder, variant)
     convert = getattr(module, "convert_hub_state_dict", None)
     if convert is not None:
@@ -450,18 +359,14 @@ def assign_strict(model, state_dict, origin, name, unused_patterns, dtype, devic
 
 def checkpoint_reference(checkpoint: str | os.PathLike, reference: str | None = None) -> str:
     """The model a checkpoint runs as (authors.py): `reference` if given, else "authors" for an official
-    checkpoint (recognised by its UNet config) and "diffusers" for any other."""
-    if reference is not None:
-        return resolve_reference(reference, {})
-    file = Path(checkpoint).expanduser() / "unet" / "config.json"
-    if not Path(checkpoint).expanduser().is_dir() and HUB_ID.fullmatch(str(checkpoint)):
-        try:  # a hub id: its UNet config alone (a small file, cached like the rest)
-            from huggingface_hub import hf_hub_download
+    checkpoint (recognised by its UNet config, of a folder or of a hub id in the cache) and "diffusers" else."""
+    file = Path(str(checkpoint)).expanduser() / "unet" / "config.json"
+    if reference is None and not file.is_file() and is_hub_id(checkpoint):
+        from huggingface_hub import try_to_load_from_cache
 
-            file = Path(hf_hub_download(str(checkpoint), "unet/config.json", local_files_only=_hub_reachable() is not None))
-        except Exception:  # offline and not cached: the component's own load says so
-            pass
-    return resolve_reference(None, read_json(file) if file.is_file() else {})
+        cached = try_to_load_from_cache(str(checkpoint), "unet/config.json")
+        file = Path(cached) if isinstance(cached, str) else file
+    return resolve_reference(reference, read_json(file) if reference is None and file.is_file() else {})
 
 
 def load_tokenizer(checkpoint: str | os.PathLike, name: str = "tokenizer"):
@@ -473,31 +378,3 @@ def load_tokenizer(checkpoint: str | os.PathLike, name: str = "tokenizer"):
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as error:
         raise CheckpointError(f"cannot load the tokenizer in {folder}: {type(error).__name__}: {error}") from None
-
-
-def checkpoint_limits(checkpoint: str | os.PathLike):
-    """What a request is checked against (request.ModelLimits), read from a local checkpoint's config files alone:
-    nothing downloaded, no weights read, so the checks run before any model loads. A hub id not on disk as a
-    folder gets the official checkpoints' values (the pipeline checks again once loaded)."""
-    from .request import ModelLimits
-    from .samplers import SchedulerConfig
-
-    folder = Path(checkpoint).expanduser()
-    if not (folder / "model_index.json").is_file():
-        return ModelLimits()
-
-    def config(name: str, file: str = "config.json") -> dict:
-        return read_json(folder / name / file) if (folder / name / file).is_file() else {}
-
-    unet, vocoder, speech = config("unet"), config("vocoder"), config("text_encoder_2")
-    rate = int(vocoder.get("sampling_rate", 16000))
-    hop = 1
-    for factor in vocoder.get("upsample_rates", (5, 4, 2, 2, 2)):
-        hop *= factor
-    vae_factor = 2 ** (len(config("vae").get("block_out_channels", (128, 256, 384))) - 1)
-    return ModelLimits(
-        scheduler=SchedulerConfig.from_hub(config("scheduler", "scheduler_config.json")), sampling_rate=rate,
-        samples_per_latent_frame=hop * vae_factor, samples_per_mel_frame=hop, mel_top_hz=rate / 2,
-        default_seconds=unet.get("sample_size", 256) * vae_factor * hop / rate,
-        speech=hub_class_name(speech) == "VitsModel",
-    )

@@ -8,7 +8,7 @@ tensors plus one tile's temporaries. Past that, on a GPU, the tiles' full-length
 memory and the GPU holds one tile's. Encoding an input to edit follows the same rule with the
 encoder's widest activation, half the decoder's.
 
-The estimates are the widest activation (`AutoencoderKL.widest_activation`, `HifiGan.widest_activation`)
+The estimates are the widest activation (`vae_widest_activation`, `vocoder_widest_activation`)
 times the batch, the length and the dtype's size, times how many such tensors were measured to be
 held at the peak (the factors below, with their measurements).
 """
@@ -58,15 +58,41 @@ def available_memory(device) -> int | None:
     return None
 
 
+def vae_widest_activation(vae, latent_bins: int, encoder: bool = False) -> int:
+    """Values per latent frame (and batch item) of the VAE decoder's (encoder's) largest activation: the
+    decoder's is the last upsampler's output, the encoder's its first level.
+
+    Level i of the decoder runs at 2^i rows and 2^i x latent_bins columns per latent frame, on the
+    wider of its input and output widths; the encoder's levels run the other way.
+    """
+    widths = vae.config.block_out_channels
+    levels = len(widths)
+    if encoder:
+        return max(max(widths[max(i - 1, 0)], widths[i]) * 4 ** (levels - 1 - i) for i in range(levels)) * latent_bins
+    widths = widths[::-1]
+    return max(max(widths[max(i - 1, 0)], widths[i]) * 4 ** i for i in range(levels)) * latent_bins
+
+
+def vocoder_widest_activation(vocoder) -> int:
+    """Values per mel frame (and batch item) of the vocoder's largest activation: a stage's width times its
+    samples per frame."""
+    config = vocoder.config
+    widest, samples_per_frame = config.upsample_initial_channel, 1  # conv_pre's output
+    for i, rate in enumerate(config.upsample_rates):
+        samples_per_frame *= rate
+        widest = max(widest, config.upsample_initial_channel // 2 ** (i + 1) * samples_per_frame)
+    return widest
+
+
 def decode_bytes(vae, vocoder, batch: int, frames: int, latent_bins: int, dtype: torch.dtype,
                  tile_frames: int | None = None) -> int:
     """Estimated peak bytes of decoding `frames` latent frames: in one pass, or with the VAE in tiles of
     `tile_frames` and the vocoder in windows (whose memory is bounded by their length)."""
     size = torch.empty((), dtype=dtype).element_size()
-    widest = vae.widest_activation(latent_bins) * batch * size  # bytes per latent frame
+    widest = vae_widest_activation(vae, latent_bins) * batch * size  # bytes per latent frame
     if tile_frames is None:
         mel_frames = frames * vae.upsampling_factor
-        vocoder_bytes = VOCODER_ONE_PASS * vocoder.widest_activation() * batch * size * mel_frames
+        vocoder_bytes = VOCODER_ONE_PASS * vocoder_widest_activation(vocoder) * batch * size * mel_frames
         return int(max(VAE_ONE_PASS * widest * frames, vocoder_bytes))
     tile = min(tile_frames, frames)
     return int(VAE_TILED_FULL_LENGTH * widest * frames + VAE_TILED_PER_TILE * widest * tile)
@@ -76,7 +102,7 @@ def encode_bytes(vae, batch: int, frames: int, latent_bins: int, dtype: torch.dt
                  tile_frames: int | None = None) -> int:
     """Estimated peak bytes of encoding a mel spectrogram of `frames` latent frames."""
     size = torch.empty((), dtype=dtype).element_size()
-    widest = vae.widest_activation(latent_bins, encoder=True) * batch * size
+    widest = vae_widest_activation(vae, latent_bins, encoder=True) * batch * size
     if tile_frames is None:
         return int(ENCODER_ONE_PASS * widest * frames)
     return int(ENCODER_TILED_FULL_LENGTH * widest * frames + ENCODER_TILED_PER_TILE * widest * min(tile_frames, frames))

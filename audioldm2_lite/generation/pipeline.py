@@ -1,21 +1,25 @@
-"""AudioLDM 2 text-to-audio, end to end: the thin pipeline that ties the stages together.
+"""The engine: AudioLDM 2 (core.py) run faster, bigger and for many people, behind diffusers' call API.
 
-    prompt --(conditioning.py: CLAP text, Flan-T5, projection, GPT-2)--> GPT-2 states, T5 states + mask
-           --(unet.py x T steps, samplers/, classifier-free guidance here)--> denoised latent (B, 8, T/4, 16)
-           --(vae.py decoder)--> log-mel (B, 1, T, 64) --(vocoder.py HiFi-GAN)--> 16 kHz waveform
-           --(clap_audio.py, when several candidates per prompt)--> candidates ranked best first
+`AudioLDM2Pipeline` is the core `AudioLDM2` with each step replaced or wrapped where it must do more, every
+piece tested equal to the core step it replaces (tests/test_core.py):
+
+- the UNet step: keys and values computed once per generation, the layers both halves of guidance share run
+  once (guided_unet.py); torch.compile and CUDA graphs (`optimize`, cuda_graphs.py);
+- decoding: in time tiles when one pass does not fit in memory (memory.py, models/long_audio.py);
+- precision recipes per stage (precision.py), model CPU offload, LoRA adapters and their per-call scale;
+- requests: diffusers' keyword arguments become a `Request` once (request.py); `generate(requests)` runs
+  many, batched (batching.py); edits of an input recording (editing.py); text-to-speech checkpoints
+  (speech.py); candidates ranked by CLAP (ranking.py).
 
 The call takes diffusers' `AudioLDM2Pipeline.__call__` argument names and returns what it returns (an
 output object indexable as diffusers', or a tuple with `return_dict=False`), so switching is a change of
-import; `generate_latents` yields the latent after every step, for readers and research hooks. Classifier-free
-guidance, batching and candidate ranking live here, not in the models.
+import.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import secrets
 import warnings
 from pathlib import Path
@@ -25,22 +29,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .audio_features import clap_input_features
-from .ranking import load_audio_tower, rank_waveforms
-from .conditioning import TextConditioner
+from ..models.long_audio import decode_in_tiles, vocode_in_windows
+from .batching import Generated, batchable, run_requests  # noqa: F401  (re-exported)
+from .conditioning import Conditioning, TextConditioner
+from .core import AudioLDM2, classifier_free_guidance, is_guided
 from .cuda_graphs import CUDAGraphed
 from .devices import default_device, resolve_device  # noqa: F401  (default_device: documented here)
 from .editing import AudioEdit, mel_config
+from .guided_unet import GuidedUNet
+from .hub import resolve_checkpoint
 from .loading import (
     DEFAULT_CHECKPOINT, STAGES, CheckpointError, checkpoint_reference, has_variant, load_component, load_config,
-    resolve_checkpoint,
 )
 from .lora import load_lora, set_lora_call_scale
 from .memory import TilePlan, plan_decode
 from .precision import Precision, resolve_precision
-from .request import ModelLimits, Request, RequestError, is_guided
-from .requests import Generated, batchable, run_requests  # noqa: F401  (re-exported)
-from .samplers import SchedulerConfig, denoise, draw_noise, make_sampler, unet_calls
+from .ranking import ClapScorer
+from .request import ModelLimits, Request, RequestError
+from .samplers import SchedulerConfig, denoise
+from .samplers.extras import to_hub, unet_calls
+from .speech import load_conditioner
 
 
 @dataclass
@@ -64,7 +72,8 @@ class Runners:
     `optimize()` their torch.compile'd and CUDA-graphed versions. The stages themselves are never changed."""
 
     encode_tokens: Callable  # CLAP text, T5, projection, GPT-2 on tokens: TextConditioner.encode_tokens
-    unet: Callable  # the UNet, called by predict_noise
+    unet_context: Callable  # keys and values of the conditioning, once per generation: GuidedUNet.context
+    unet: Callable  # the UNet, called by predict_noise: GuidedUNet
     predict_noise: Callable  # the guided UNet call: AudioLDM2Pipeline.predict_noise
     decode_mel: Callable  # the VAE decoder: AutoencoderKL.decode
     vocode: Callable  # the vocoder: HifiGan.forward
@@ -90,19 +99,19 @@ class SchedulerSettings:
     config: dict
 
 
-class AudioLDM2Pipeline:
+class AudioLDM2Pipeline(AudioLDM2):
     def __init__(self, conditioner: TextConditioner, unet, vae, vocoder, scheduler_config: SchedulerConfig,
                  checkpoint=None, device="cpu", dtype=torch.float32, offload: bool = False, variant: str | None = None,
                  precision: Precision | None = None):
-        self.conditioner, self.unet, self.vae, self.vocoder = conditioner, unet, vae, vocoder
-        self.scheduler_config = scheduler_config
-        # CLAP's audio tower and its feature extractor's settings: loaded from `checkpoint` when candidates
-        # are first ranked (clap_audio_tower), so generation neither loads them nor depends on their configs
-        self.checkpoint, self.variant, self.clap_audio, self.feature_config = checkpoint, variant, None, None
         # each stage's dtype (precision.py); `dtype` is the UNet's, which the latents are drawn and denoised in
         self.precision = precision or Precision.uniform(dtype)
-        self.device, self.dtype, self.offload = torch.device(device), self.precision.unet, offload
+        super().__init__(conditioner, unet, vae, vocoder, scheduler_config, device, self.precision.unet)
+        # CLAP's audio tower: loaded from `checkpoint` when candidates are first ranked (clap_scorer), so
+        # generation neither loads it nor depends on its configs
+        self.checkpoint, self.variant, self.scorer, self.offload = checkpoint, variant, None, offload
         self.runners = self.plain_runners()
+
+    progress_stage = staticmethod(progress_stage)  # for batching.py, which runs requests through `run`
 
     # The stages may be replaced, as diffusers' components are (`pipe.vocoder = ...`): what follows from them is
     # read from the current ones, and a replaced stage runs as it is (the runners, and any optimize(), reset).
@@ -114,35 +123,18 @@ class AudioLDM2Pipeline:
             super().__setattr__("runners", self.plain_runners())
 
     @property
-    def reference(self) -> str:
-        """"authors" or "diffusers": the model this pipeline computes (authors.py)."""
-        return self.conditioner.reference
-
-    @property
     def scheduler(self) -> "SchedulerSettings":
         """The scheduler a call runs by default, as diffusers shows it: `.config` is a dict with `_class_name`
         that diffusers' `<Class>.from_config` takes. Assigning any object with a `.config` (diffusers'
         idiom, `pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)`) picks the sampler
         here by its class name and config (samplers.SchedulerConfig.from_hub); diffusers is not imported."""
-        return SchedulerSettings(self.scheduler_config.to_hub())
+        return SchedulerSettings(to_hub(self.scheduler_config))
 
     @scheduler.setter
     def scheduler(self, scheduler):
         config = dict(scheduler.config)
         self.scheduler_config = SchedulerConfig.from_hub({**config, "_class_name": type(scheduler).__name__}
                                                          if not isinstance(scheduler, SchedulerSettings) else config)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return self.vae.upsampling_factor  # 4: mel frames per latent frame
-
-    @property
-    def sampling_rate(self) -> int:
-        return self.vocoder.config.sampling_rate  # 16 kHz
-
-    @property
-    def hop_length(self) -> int:
-        return self.vocoder.hop_length  # 160 samples per mel frame
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False,
@@ -181,8 +173,8 @@ class AudioLDM2Pipeline:
         # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
         # masked, so the features agree to float rounding, at a fraction of the cost
         with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
-            conditioner = TextConditioner.from_pretrained(root, device=home, dtype=precision.text, variant=variant,
-                                                          clap_pad_to_max_length=False, reference=reference)
+            conditioner = load_conditioner(root, device=home, dtype=precision.text, variant=variant,
+                                           clap_pad_to_max_length=False, reference=reference)  # speech.py: VITS
         if lora is not None and Path(lora).resolve().parent == root.resolve():
             # audioldm2-lite-train exports OUT/ with the adapter merged into OUT/unet and the adapter alone beside it
             warnings.warn(f"{lora} lies in the checkpoint {root}, an export whose UNet has this adapter merged in "
@@ -197,8 +189,20 @@ class AudioLDM2Pipeline:
             variant=variant, precision=precision,
         )
 
+    @property
+    def guided_unet(self) -> GuidedUNet | None:
+        """The engine's UNet call over the current UNet (guided_unet.py), built once per UNet; None for a pipeline
+        that only decodes (no UNet)."""
+        if self.unet is None:
+            return None
+        if getattr(self, "_guided_unet", None) is None or self._guided_unet.unet is not self.unet:
+            self._guided_unet = GuidedUNet(self.unet)
+        return self._guided_unet
+
     def plain_runners(self) -> Runners:
-        return Runners(self.conditioner.encode_tokens, self.unet, self.predict_noise, self.vae.decode, self.vocoder)
+        unet = self.guided_unet
+        return Runners(self.conditioner.encode_tokens, unet and unet.context, unet, self.predict_noise,
+                       self.vae.decode, self.vocoder)
 
     def optimize(self, compile: bool = False, cuda_graphs: bool = True) -> "AudioLDM2Pipeline":
         """Speed options for CUDA; results stay within float rounding of the eager pipeline.
@@ -215,7 +219,7 @@ class AudioLDM2Pipeline:
         """
         runners = self.plain_runners()
         if compile:
-            runners.unet = torch.compile(self.unet, fullgraph=True, dynamic=False)
+            runners.unet = torch.compile(runners.unet, fullgraph=True, dynamic=False)  # the GuidedUNet
             runners.decode_mel = torch.compile(self.vae.decode, dynamic=False)
             runners.vocode = torch.compile(self.vocoder, dynamic=False)
         if cuda_graphs and self.device.type == "cuda":
@@ -241,11 +245,13 @@ class AudioLDM2Pipeline:
                     module.to("cpu")
 
     # ------------------------------------------------------------------------------------------
-    # The stages, in order
+    # The core's steps, replaced
 
     def encode_prompt(self, prompt, negative_prompt=None, num_waveforms_per_prompt=1,
-                      do_classifier_free_guidance=True, max_new_tokens=None, **embeds):
-        """(GPT-2 states (B, N, 768), T5 states (B, L, 1024), T5 mask (B, L)), [uncond, cond] with guidance."""
+                      do_classifier_free_guidance=True, max_new_tokens=None, **embeds) -> Conditioning:
+        """The core's `encode_prompt` (on the device during the call with offload, through the runners), with
+        diffusers' precomputed `*prompt_embeds` and `*attention_mask` arguments and, on a text-to-speech
+        checkpoint, the `transcription` (conditioning.py)."""
         with self._running(self.conditioner):
             return self.conditioner.encode_prompt(
                 prompt, negative_prompt=negative_prompt, num_waveforms_per_prompt=num_waveforms_per_prompt,
@@ -253,39 +259,14 @@ class AudioLDM2Pipeline:
                 device=self.device, encode_tokens=self.runners.encode_tokens, **embeds,
             )
 
-    def latent_frames(self, audio_length_in_s: float) -> tuple[int, int]:
-        """(mel frames rounded up to the VAE's factor, waveform samples to keep), as diffusers does."""
-        frames = int(audio_length_in_s * self.sampling_rate / self.hop_length)
-        frames = math.ceil(frames / self.vae_scale_factor) * self.vae_scale_factor
-        return frames, int(audio_length_in_s * self.sampling_rate)
-
-    def prepare_latents(self, batch: int, frames: int, generator=None, latents=None) -> torch.Tensor:
-        shape = (batch, self.unet.config.in_channels, frames // self.vae_scale_factor,
-                 self.vocoder.config.model_in_dim // self.vae_scale_factor)  # (B, 8, T/4, 16)
-        if latents is None:
-            latents = draw_noise(shape, generator, self.device, self.dtype)  # a list: one generator per row
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for this audio length")
-        return latents.to(self.device, self.dtype)
-
     def generate_latents(self, latents, conditioning, num_inference_steps=200, guidance_scale=3.5,
                          scheduler=None, eta=0.0, generator=None, karras_sigmas=None, edit: AudioEdit | None = None):
-        """Denoise `latents` (the starting noise), yielding (timestep, latent) after every step: the one loop of
-        every mode (samplers.denoise). With `edit`, an edit of its source: from the step `strength` gives, the
-        source noised there as the start (SDEdit), and outside its mask the source kept (inpainting, bandwidth).
-
-        `scheduler` (a samplers.SAMPLERS name) defaults to the checkpoint's. `karras_sigmas` puts the steps
-        on Karras et al.'s noise levels (diffusers' `use_karras_sigmas=True`), for the samplers whose diffusers
-        class offers them; None keeps the scheduler config's setting.
-        """
-        name = scheduler or self.scheduler_config.sampler
-        config = self.scheduler_config.for_sampler(name)
-        if karras_sigmas is not None:
-            config = dataclasses.replace(config, use_karras_sigmas=karras_sigmas,
-                                         use_exponential_sigmas=config.use_exponential_sigmas and not karras_sigmas)
-        sampler = make_sampler(name, config, num_inference_steps, device=self.device, eta=eta)
+        """The core's `generate_latents`, with the cross-attentions' keys and values computed once, and with
+        `edit`, an edit of its source: from the step `strength` gives, the source noised there as the start
+        (SDEdit), and outside its mask the source kept (inpainting, bandwidth)."""
+        sampler = self.make_sampler(num_inference_steps, scheduler, eta, karras_sigmas)
         with self._running(self.unet):
-            context = self.unet.cross_attention_context(*conditioning)  # the same at every step
+            context = self.runners.unet_context(*conditioning)  # the same at every step
 
             def predict_noise(x, t):
                 return self.runners.predict_noise(x, t, context, guidance_scale)
@@ -299,18 +280,11 @@ class AudioLDM2Pipeline:
                                    start_from_noise=edit.strength == 1.0)
 
     def predict_noise(self, latents, t, context, guidance_scale: float) -> torch.Tensor:
-        """The UNet's noise prediction for `latents` at timestep `t`, with classifier-free guidance.
-
-        `context` is `unet.cross_attention_context` of the conditioning ([uncond, cond] with guidance).
-        """
+        """The core's `predict_noise`, on `context` (`GuidedUNet.context` of the conditioning) instead of the
+        conditioning: with guidance the layers before the first attention run once for both halves."""
         guided = is_guided(guidance_scale)
-        # with guidance the UNet sees [latents, latents] (2B, 8, T/4, 16) against [uncond, cond]; it runs the
-        # layers before the first attention once and repeats their output (batch_repeats)
-        noise = self.runners.unet(latents, t, context=context, batch_repeats=2 if guided else 1)
-        if guided:  # one batched call, then extrapolate from the unconditional towards the conditional
-            uncond, cond = noise.chunk(2)
-            noise = uncond + guidance_scale * (cond - uncond)
-        return noise
+        noise = self.runners.unet(latents, t, context, 2 if guided else 1)
+        return classifier_free_guidance(noise, guidance_scale) if guided else noise
 
     # The most memory decoding may take, in bytes; None: most of what is free on the device when it starts.
     # Set it (`pipe.max_memory = 4 * 2**30`, or per call) to bound decoding on a small or shared GPU.
@@ -331,14 +305,14 @@ class AudioLDM2Pipeline:
             if plan.one_pass:
                 mel = self.runners.decode_mel(latents)  # (B, 1, T, 64)
             else:  # not through the runners: a CUDA graph cannot hold the tiles' host copies
-                mel = self.vae.decode(latents, tile_frames=plan.tile_frames, storage=plan.storage)
+                mel = decode_in_tiles(self.vae, latents, plan.tile_frames, plan.storage)
         return mel.squeeze(1).to(self.device)  # (B, T, 64)
 
     def decode(self, latents: torch.Tensor, num_samples: int | None = None, edit: AudioEdit | None = None,
                max_memory: int | None = None) -> torch.Tensor:
-        """Latent (B, 8, T/4, 16) -> waveform (B, samples) float32 on the CPU, for every mode: with an `edit` that
-        keeps a region, the reconstruction's mel outside its mask (AudioEdit.mel). `max_memory` bounds it
-        (default `self.max_memory`, else most of the memory free on the device)."""
+        """The core's `decode`, for every mode: with an `edit` that keeps a region, the reconstruction's mel
+        outside its mask (AudioEdit.mel). In time tiles and vocoder windows when one pass does not fit in
+        `max_memory` (default `self.max_memory`, else most of the memory free on the device)."""
         keeps = edit is not None and edit.regenerate is not None
         mel = edit.mel(latents, max_memory) if keeps else self.decode_mel(latents, max_memory)
         plan = self.decode_plan(latents.shape, max_memory)
@@ -347,7 +321,7 @@ class AudioLDM2Pipeline:
             if plan.vocoder_chunk_frames is None:
                 audio = self.runners.vocode(mel)
             else:
-                audio = self.vocoder(mel, chunk_frames=plan.vocoder_chunk_frames)
+                audio = vocode_in_windows(self.vocoder, mel, plan.vocoder_chunk_frames)
         return audio[:, :num_samples].float().cpu()
 
     # ------------------------------------------------------------------------------------------
@@ -379,7 +353,7 @@ class AudioLDM2Pipeline:
         """Audio for `prompt` (diffusers' argument names). `seed` is the simple way to reproducible output:
         the starting noise is drawn on the CPU, so a seed gives the same audio on every device (to float
         rounding); `generator` takes precedence, one or a list (one per waveform). `progress` shows every stage
-        with tqdm. `num_inference_steps` defaults to the scheduler's (request.DEFAULT_STEPS: 200 for DDIM).
+        with tqdm. `num_inference_steps` defaults to the scheduler's (core.DEFAULT_STEPS: 200 for DDIM).
 
         As diffusers: `generator` may be a list with one generator per output waveform (row i's noise is then
         what a single run with generator i draws); `return_dict=False` returns `(audios,)`;
@@ -398,56 +372,72 @@ class AudioLDM2Pipeline:
             raise RequestError(f"callback_steps must be a positive int, got {callback_steps!r}")
         first = prompt if isinstance(prompt, str) else (prompt[0] if prompt else "(given embeddings)")
         spoken = transcription if transcription is None or isinstance(transcription, str) else transcription[0]
-        settings = Request(
+        # the one translation: diffusers' keyword arguments become a request, checked once
+        request = Request(
             first, transcription=spoken, seconds=audio_length_in_s, steps=num_inference_steps, scheduler=scheduler,
             karras=karras_sigmas, guidance=guidance_scale, candidates=num_waveforms_per_prompt, audio=audio,
             audio_sampling_rate=audio_sampling_rate, strength=strength, regenerate_seconds=regenerate_seconds,
             regenerate_above_hz=regenerate_above_hz,
         ).check(self.limits() if prompt_embeds is None else dataclasses.replace(self.limits(), speech=False))
-        num_inference_steps, scheduler, karras_sigmas = settings.steps, settings.scheduler, settings.karras
         self.set_cross_attention_kwargs(cross_attention_kwargs)  # diffusers' per-call LoRA scale
         if seed is not None and generator is None:
             generator = torch.Generator("cpu").manual_seed(seed)
-        edit = None
-        if settings.is_edit:
-            edit = AudioEdit.prepare(self, audio, audio_sampling_rate, None, strength, regenerate_seconds,
-                                     regenerate_above_hz)
-        ranking = num_waveforms_per_prompt > 1 and prompt is not None and output_type != "latent"
-        if ranking:
-            self.clap_audio_tower()  # loaded on first ranking, and any config it refuses refused before the work
+        ranked = [prompt] if isinstance(prompt, str) else prompt
+        if num_waveforms_per_prompt > 1 and prompt is not None and output_type != "latent":
+            self.clap_scorer()  # loaded on first ranking, and any config it refuses refused before the work
         with progress_stage("encoding the prompt", progress):
             conditioning = self.encode_prompt(
-                prompt, negative_prompt, num_waveforms_per_prompt, is_guided(guidance_scale), max_new_tokens,
+                prompt, negative_prompt, num_waveforms_per_prompt, request.guided, max_new_tokens,
                 prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
                 generated_prompt_embeds=generated_prompt_embeds,
                 negative_generated_prompt_embeds=negative_generated_prompt_embeds,
                 attention_mask=attention_mask, negative_attention_mask=negative_attention_mask,
                 transcription=transcription,
             )
-        batch = conditioning[0].shape[0] // (2 if is_guided(guidance_scale) else 1)
-        frames, num_samples = (edit.num_frames, edit.num_samples) if edit else self.latent_frames(settings.seconds)
+        audio, scores = self.run(request, conditioning, generator, latents, ranked, eta, callback, callback_steps,
+                                 progress, decode=output_type != "latent")
+        if output_type == "latent":
+            return AudioLDM2PipelineOutput(audios=audio) if return_dict else (audio,)
+        output = AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio, scores=scores)
+        return output if return_dict else (output.audios,)
+
+    @torch.no_grad()
+    def run(self, request: Request, conditioning: Conditioning, generator=None, latents=None,
+            prompts: list[str] | None = None, eta: float = 0.0, callback=None, callback_steps: int = 1,
+            progress: bool = False, decode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A checked request from its conditioning on: (audio (B * n, samples) float32 on the CPU, best first
+        when ranked, and its CLAP scores, else None); with `decode=False` (the final latents, None).
+
+        Starts from `latents`, else from noise drawn with `generator`; with several candidates per prompt
+        (request.candidates) they are ranked against `prompts` (None: not ranked).
+        `callback(i, t, latents)` after every `callback_steps`-th denoising step."""
+        edit = None
+        if request.is_edit:
+            edit = AudioEdit.prepare(self, request.audio, request.audio_sampling_rate, None, request.strength,
+                                     request.regenerate_seconds, request.regenerate_above_hz)
+        batch = conditioning.generated.shape[0] // (2 if request.guided else 1)
+        frames, num_samples = (edit.num_frames, edit.num_samples) if edit else self.latent_frames(request.seconds)
         latents = self.prepare_latents(batch, frames, generator, latents)
 
-        steps = self.generate_latents(latents, conditioning, num_inference_steps, guidance_scale, scheduler, eta,
-                                      generator, karras_sigmas, edit)
+        steps = self.generate_latents(latents, conditioning, request.steps, request.guidance, request.scheduler, eta,
+                                      generator, request.karras, edit)
         if progress:
             from tqdm.auto import tqdm
 
-            total = unet_calls(scheduler, num_inference_steps, edit.check_steps(num_inference_steps) if edit else None)
+            total = unet_calls(request.scheduler, request.steps, edit.check_steps(request.steps) if edit else None)
             steps = tqdm(steps, total=total, desc="denoising", unit="step")
         for i, (t, latents) in enumerate(steps):
             if callback is not None and i % callback_steps == 0:
                 callback(i, t, latents)
-        if output_type == "latent":
-            return AudioLDM2PipelineOutput(audios=latents) if return_dict else (latents,)
+        if not decode:
+            return latents, None
 
         with progress_stage("decoding", progress):
             audio, scores = self.decode(latents, num_samples, edit), None
-        if ranking:
+        if request.candidates > 1 and prompts is not None:
             with progress_stage("ranking the candidates", progress):
-                audio, scores = self.rank_candidates(prompt, audio, num_waveforms_per_prompt)
-        output = AudioLDM2PipelineOutput(audios=audio.numpy() if output_type == "np" else audio, scores=scores)
-        return output if return_dict else (output.audios,)
+                audio, scores = self.rank_candidates(prompts, audio, request.candidates)
+        return audio, scores
 
     def set_cross_attention_kwargs(self, cross_attention_kwargs: dict | None) -> None:
         """diffusers' per-call `cross_attention_kwargs`: {"scale": s} multiplies the update of the LoRA loaded
@@ -463,14 +453,15 @@ class AudioLDM2Pipeline:
                              "LoRA scale they were captured with. Load the LoRA with lora_scale=s instead.")
         set_lora_call_scale(self.unet, scale)
 
+    @torch.no_grad()
     def generate(self, requests: Request | list[Request], progress: bool = False, callback=None) -> list[Generated]:
         """Run requests (checked first, all of them, before any work): what every program calls.
 
         Each request's audio depends on the request alone, not on which others share its batch: its noise comes
         from a generator of its own seeded with its seed (drawn when None, and recorded in the result), and its
         text is encoded alone, so batched UNet arithmetic moves it by float rounding only. Requests that can
-        share a batch (text to audio with the same length, steps, sampler, guidance and candidates) run as one
-        pipeline call; edits run one at a time. `callback(i, t, latents)` after every denoising step.
+        share a batch (text to audio with the same length, steps, sampler, guidance and candidates) go through one
+        `run`, as requests; edits run one at a time. `callback(i, t, latents)` after every denoising step.
         """
         return run_requests(self, [requests] if isinstance(requests, Request) else list(requests), progress, callback)
 
@@ -479,28 +470,29 @@ class AudioLDM2Pipeline:
         """The request with a seed: its own, or one drawn from the system's entropy (then recorded)."""
         return request if request.seed is not None else dataclasses.replace(request, seed=secrets.randbelow(2**32))
 
+    def clap_scorer(self) -> ClapScorer:
+        """CLAP as a scorer (ranking.py): the text stages' CLAP, and its audio tower loaded from the checkpoint on
+        first use (for ranking), in the text stages' dtype, as the text tower it is compared with."""
+        if self.scorer is None:
+            home = torch.device("cpu") if self.offload else self.device
+            self.scorer = ClapScorer(self.checkpoint, home, self.precision.text, self.variant,
+                                     clap=self.conditioner.clap, tokenizer=self.conditioner.tokenizer,
+                                     reference=self.reference)
+            self.scorer.device = self.device  # where it runs: with offload, moved there for the call
+        return self.scorer
+
     def clap_audio_tower(self):
         """(CLAP audio tower, ClapFeatureConfig), loaded from the checkpoint on first use (for ranking)."""
-        if self.clap_audio is None:
-            home = torch.device("cpu") if self.offload else self.device
-            # CLAP's audio tower in the text stages' dtype, as CLAP's text tower it is compared with
-            self.clap_audio, self.feature_config = load_audio_tower(self.checkpoint, self.precision.text, home,
-                                                                    self.variant)
-        return self.clap_audio, self.feature_config
+        scorer = self.clap_scorer()
+        return scorer.audio_tower, scorer.feature_config
 
     def rank_candidates(self, prompt, audio: torch.Tensor, num_waveforms_per_prompt: int):
-        """Each prompt's candidates sorted by CLAP audio-text cosine similarity, best first (see clap_audio.py),
-        and those similarities: (audio (P * n, samples), scores (P * n,))."""
+        """Each prompt's candidates sorted by CLAP audio-text cosine similarity, best first (ranking.py), and
+        those similarities: (audio (P * n, samples), scores (P * n,))."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        tower, feature_config = self.clap_audio_tower()
-        with self._running(self.conditioner, tower):
-            features, _ = clap_input_features(audio.to(self.device), self.sampling_rate, feature_config)
-            audio_embeds = tower(features).float()  # (P * n, 512)
-            text_embeds = self.conditioner.clap_text_features(prompts, self.device).float()  # (P, 512)
-        order = rank_waveforms(audio_embeds, text_embeds, num_waveforms_per_prompt).cpu()
-        similarity = (text_embeds @ audio_embeds.T).cpu()  # (P, P * n)
-        owner = torch.arange(len(order)) // num_waveforms_per_prompt  # the prompt of each ranked waveform
-        return audio[order], similarity[owner, order]
+        scorer = self.clap_scorer()
+        with self._running(self.conditioner, scorer.audio_tower):
+            return scorer.rank(prompts, audio, self.sampling_rate, num_waveforms_per_prompt)
 
     def check_inputs(self, prompt, prompt_embeds, transcription, output_type):
         """The call's shapes: a prompt or embeddings, every prompt text, one transcription per prompt."""

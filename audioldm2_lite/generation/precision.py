@@ -1,7 +1,7 @@
 """Which dtype each stage runs in: the precision recipe.
 
-AudioLDM 2 has four stages with different needs. The UNet does nearly all the work (20 guided steps of
-294 GFLOP at 10.24 s); the text stages (CLAP, T5, projection, GPT-2) run once on a few tokens; the VAE decoder and the
+AudioLDM 2 has four stages with different needs. The UNet does nearly all the work (a guided step per
+sampler step); the text stages (CLAP, T5, projection, GPT-2) run once on a few tokens; the VAE decoder and the
 HiFi-GAN vocoder run once on the whole spectrogram. Each can run in its own dtype: the pipeline casts the
 latents to the UNet's dtype and to the VAE's at decoding, and the mel to the vocoder's.
 
@@ -9,7 +9,7 @@ The default:
 - CUDA: float16 everywhere (T5 keeps its overflowing feed-forward in float32 by itself, t5.py).
 - A CPU that multiplies bfloat16 natively (x86 AVX512-BF16 or AMX-BF16: Intel Xeon since Cooper / Sapphire
   Rapids, AMD Zen 4 and later; Arm cores with the BF16 extension): the UNet, the text stages and the vocoder in
-  bfloat16, the VAE decoder in float32 (see `CPU_BF16_RECIPE` for the measurements).
+  bfloat16, the VAE decoder in float32 (`CPU_BF16_RECIPE`; scripts/BENCHMARKS.md has the measurements).
 - Any other CPU, and MPS: float32 everywhere. Without native bf16 instructions torch emulates bfloat16
   matmuls through float32 conversions, which is slower than float32 itself.
 An explicit `dtype=` runs every stage in it; a `Precision` gives each stage its own.
@@ -67,17 +67,10 @@ def native_bf16_cpu() -> bool:
     return False
 
 
-# The default recipe on a CPU with native bf16. Measured on the full-size random checkpoint, AMD EPYC with
-# AVX512-BF16 (no AMX), 10.24 s of audio, on a machine shared with other jobs: CPU time of one thread, so ratios
-# only (scripts/benchmark.py gives the wall-clock table):
-# - UNet in bfloat16: a guided step about 2x faster than float32 (oneDNN's bf16 matmuls and convolutions);
-# - text stages in bfloat16: conditioning drift 0.015 relative (GPT-2 states); little time either way, half the
-#   memory;
-# - vocoder in bfloat16: 1.9x faster (13.6 -> 7.1 CPU-s), waveform drift from the same mel only 0.0019;
-# - VAE decoder in float32: bfloat16 is 1.8x faster (7.6 -> 4.2 CPU-s; 3.7 channels-last) but its mel drifts
-#   0.012, the most of any single stage: every stage in bfloat16 drifts 0.0178 from float32 (issue #25), a hair
-#   under diffusers' own bf16 drift (0.0181, the bound), while this recipe drifts 0.0019 (waveform relative L2,
-#   README case, tests/test_precision.py). The tiny checkpoint's VAE is finite in bfloat16 too (same file).
+# The default recipe on a CPU with native bf16: bfloat16 where it is faster and drifts little from float32 (the
+# UNet, the text stages, the vocoder); the VAE decoder in float32, the stage whose mel drifts most in bfloat16.
+# tests/test_precision.py bounds the recipe's drift by diffusers' own bf16 drift; the speed and drift figures
+# are in scripts/BENCHMARKS.md.
 CPU_BF16_RECIPE = Precision(text=torch.bfloat16, unet=torch.bfloat16, vae=torch.float32, vocoder=torch.bfloat16,
                             why="native bf16 CPU")
 

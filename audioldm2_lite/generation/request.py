@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core import is_guided
+from .loading import hub_class_name, read_json
 from .samplers import SAMPLERS, SchedulerConfig, check_steps
-
-
-def is_guided(guidance_scale: float) -> bool:
-    """Classifier-free guidance runs above a scale of 1 (at 1 it is the conditional prediction alone), as diffusers."""
-    return guidance_scale > 1.0
 
 
 class RequestError(ValueError):
@@ -51,6 +49,31 @@ class ModelLimits:
     mel_top_hz: float = 8000.0  # the mel filterbank's upper edge: the model's Nyquist
     default_seconds: float = 10.24  # the UNet's sample_size x 4 x 160 / 16000
     speech: bool = False  # a text-to-speech checkpoint (VITS text_encoder_2): a transcription is needed
+
+
+def checkpoint_limits(checkpoint: str | os.PathLike) -> ModelLimits:
+    """What a request is checked against (request.ModelLimits), read from a local checkpoint's config files alone:
+    nothing downloaded, no weights read, so the checks run before any model loads. A hub id not on disk as a
+    folder gets the official checkpoints' values (the pipeline checks again once loaded)."""
+    folder = Path(checkpoint).expanduser()
+    if not (folder / "model_index.json").is_file():
+        return ModelLimits()
+
+    def config(name: str, file: str = "config.json") -> dict:
+        return read_json(folder / name / file) if (folder / name / file).is_file() else {}
+
+    unet, vocoder, speech = config("unet"), config("vocoder"), config("text_encoder_2")
+    rate = int(vocoder.get("sampling_rate", 16000))
+    hop = 1
+    for factor in vocoder.get("upsample_rates", (5, 4, 2, 2, 2)):
+        hop *= factor
+    vae_factor = 2 ** (len(config("vae").get("block_out_channels", (128, 256, 384))) - 1)
+    return ModelLimits(
+        scheduler=SchedulerConfig.from_hub(config("scheduler", "scheduler_config.json")), sampling_rate=rate,
+        samples_per_latent_frame=hop * vae_factor, samples_per_mel_frame=hop, mel_top_hz=rate / 2,
+        default_seconds=unet.get("sample_size", 256) * vae_factor * hop / rate,
+        speech=hub_class_name(speech) == "VitsModel",
+    )
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Text-to-speech conditioning: what the AudioLDM 2 speech checkpoints do differently from text-to-audio.
 
+`SpeechConditioner` is conditioning.py's `TextConditioner` with these differences; the pipeline picks it
+for a checkpoint whose `text_encoder_2` is a VITS model (`load_conditioner`).
+
 The speech checkpoints (`anhnct/audioldm2_gigaspeech`, `anhnct/audioldm2_ljspeech`) keep CLAP, the
 projection and GPT-2, but their second encoder reads the *transcription* instead of the prompt:
 
@@ -31,6 +34,10 @@ import functools
 import warnings
 
 import torch
+
+from ..models import vits
+from .conditioning import Conditioning, TextConditioner, warn_if_truncated
+from .loading import Stage, hub_class_name, load_config
 
 END_TOKEN_ID = 182  # appended after the last phoneme (the original's vocabulary: 182 symbols and this end token)
 SPEECH_NEW_TOKENS = 512  # GPT-2 states the speech UNet reads
@@ -109,3 +116,49 @@ def encode_transcriptions(vits, tokenizer, transcriptions: list[str | None], dev
         states[spoken] = vits(ids, spoken_mask)
         mask[spoken] = spoken_mask
     return states, mask
+
+
+# The network the speech checkpoints store as `text_encoder_2`, where the others store Flan-T5.
+VITS_STAGE = Stage(vits, vits.VitsConfig, vits.VitsTextEncoder, ("VitsModel",))
+
+
+def is_speech_checkpoint(checkpoint) -> bool:
+    """Whether a checkpoint's `text_encoder_2` is a VITS model (a text-to-speech checkpoint)."""
+    return hub_class_name(load_config(checkpoint, "text_encoder_2")) in VITS_STAGE.hub_classes
+
+
+def load_conditioner(checkpoint, **kwargs) -> TextConditioner:
+    """The text stages of a checkpoint: a SpeechConditioner for a text-to-speech one, else a TextConditioner."""
+    kind = SpeechConditioner if is_speech_checkpoint(checkpoint) else TextConditioner
+    return kind.from_pretrained(checkpoint, **kwargs)
+
+
+class SpeechConditioner(TextConditioner):
+    """The text stages of a text-to-speech checkpoint: the VITS encoder reads the transcription in T5's place.
+    The conditioning's "t5_*" tensors then hold the VITS states and mask (the speech UNet does not read them)."""
+
+    speaks = True
+    STAGES = {"text_encoder_2": VITS_STAGE}
+
+    def t5_length(self, prompts: list[str]) -> int:
+        return self.tokenizer_2.model_max_length  # every transcription fills the tokenizer's slots (310)
+
+    def encode_texts(self, texts: list[str], t5_length: int, max_new_tokens: int | None = None,
+                     device=None, transcriptions: list[str | None] | None = None, encode_tokens=None) -> Conditioning:
+        """CLAP on the texts; VITS on `transcriptions` (one per text; None or missing = unconditional),
+        one state per phoneme slot (B, 310, 192); the projection and GPT-2 on both."""
+        device = device or self.device
+        warn_if_truncated(texts, [("CLAP", self.tokenizer)])
+        clap_ids, clap_mask = self.clap_tokens(texts, device)
+        states, mask = encode_transcriptions(self.t5, self.tokenizer_2, transcriptions or [None] * len(texts), device)
+        max_new_tokens = max_new_tokens or speech_new_tokens(self.gpt2.config.max_new_tokens)
+        return self.generate_from(clap_ids, clap_mask, states, mask, max_new_tokens)
+
+    def check_transcription(self, transcription, prompts: list[str] | None) -> list[str] | None:
+        """One transcription per prompt (when prompts are encoded), else None."""
+        if prompts is None:
+            return None
+        if transcription is None:
+            raise ValueError("this is a text-to-speech checkpoint: give the words to say as `transcription` "
+                             "(the prompt describes the voice)")
+        return transcriptions_for(transcription, len(prompts))

@@ -25,7 +25,7 @@ ignores the feature extractor's `is_longer` flag.
 
 Loading: the tower's tensors live in the hub component `text_encoder` (`audio_model.*`,
 `audio_projection.*`, beside the text tower of clap.py). Only candidate ranking needs them, so the
-pipeline loads this stage on its own (`load_component(checkpoint, "clap_audio")`) when it first ranks:
+pipeline loads this stage on its own (generation/ranking.py `load_audio_tower`) when it first ranks:
 text-to-audio without ranking does not keep them in memory (the text tower's load reads the file and
 drops them), and a config only ranking reads (the audio tower's, the feature extractor's) can only
 refuse ranking, never generation.

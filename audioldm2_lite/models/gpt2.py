@@ -127,7 +127,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         # GPT-2's GELU ("gelu_new"): the tanh approximation. torch's matches the hand-written formula of
-        # transformers' NewGELUActivation to float rounding (measured 4.8e-7 absolute in float32)
+        # transformers' NewGELUActivation to float rounding
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 

@@ -30,9 +30,7 @@ Parity details (diffusers 0.2x-0.4x):
 - a latent size that is not a multiple of 8 (T = 250 for 10.0 s) is handled by upsampling to the
   size of the skip connection read next (nearest neighbour), which equals 2x for multiples of 8;
 - the spatial transformers' GroupNorm uses eps 1e-6 whatever `norm_eps` says (ResNets use it).
-Measured against diffusers in float32 (tests/test_unet.py): identical outputs (max relative error 0)
-on the tiny checkpoint and on full-size random audioldm2 and audioldm2-large weights, for latent
-lengths 13, 16, 32, 50 and 250; bfloat16 / float16 stay within 9e-3 / 1.3e-3 of float32 (tiny).
+tests/test_unet.py compares it with diffusers' model, built from the same config and weights.
 
 References:
 - Liu et al., "AudioLDM 2: Learning Holistic Audio Generation with Self-supervised Pretraining",
@@ -195,12 +193,12 @@ class Attention(nn.Module):
         """(B, S, context_dim) -> keys and values (B, heads, S, d)."""
         return split_heads(self.to_k(context), self.num_heads), split_heads(self.to_v(context), self.num_heads)
 
-    def forward(self, x: torch.Tensor, context=None, bias: torch.Tensor | None = None):
-        """Attention of x's positions over themselves (`context` None), over a sequence (B, S, context_dim),
-        or over a sequence's (keys, values) computed beforehand (`UNet.cross_attention_context`)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, bias: torch.Tensor | None = None):
+        """Attention of x's positions (B, L, dim) over themselves (`context` None) or over a sequence
+        (B, S, context_dim); `bias` is added to the scores (the T5 mask)."""
         context = x if context is None else context
         queries = split_heads(self.to_q(x), self.num_heads)  # q before k and v, as the reference: the same gradient sums
-        keys, values = context if isinstance(context, tuple) else self.keys_values(context)
+        keys, values = self.keys_values(context)
         out = attention(queries, keys, values, bias)  # (B, heads, L, d)
         return self.to_out[0](merge_heads(out))  # (B, L, heads * d)
 
@@ -237,9 +235,9 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, context: dict) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), *context.get(self.attn2.name, (None, None)))  # absent: self-attention
+        x = x + self.attn2(self.norm2(x), context, bias)  # context None: self-attention again
         x = x + self.ff(self.norm3(x))
         return x
 
@@ -261,11 +259,13 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, context: dict) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sequences: dict) -> torch.Tensor:
+        """`sequences`: {"gpt2": (states, None), "t5": (states, score bias)}, as `UNet.sequences` builds it."""
         H = x.shape[2]
+        context, bias = sequences.get(self.reads, (None, None))  # "self": no sequence
         h = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")  # one token per latent position
         for block in self.transformer_blocks:
-            h = block(h, context)
+            h = block(h, context, bias)
         h = rearrange(h, "b (h w) c -> b c h w", h=H).contiguous()
         return x + self.proj_out(h)
 
@@ -312,12 +312,12 @@ class DownBlock(nn.Module):
         self.per_resnet = len(dims)
         self.downsamplers = nn.ModuleList([Downsample(out_channels)] if downsample else [])
 
-    def forward(self, x, time_emb, context):
+    def forward(self, x, time_emb, sequences):
         skips = []
         for i, resnet in enumerate(self.resnets):
             x = resnet(x, time_emb)
             for transformer in self.attentions[i * self.per_resnet:(i + 1) * self.per_resnet]:
-                x = transformer(x, context)
+                x = transformer(x, sequences)
             skips.append(x)
         for downsampler in self.downsamplers:
             x = downsampler(x)
@@ -333,10 +333,10 @@ class MidBlock(nn.Module):
         self.resnets = nn.ModuleList([ResnetBlock(channels, channels, time_channels, groups, eps) for _ in range(2)])
         self.attentions = attention_stack(channels, 1, dims, transformer_layers, num_heads, groups)
 
-    def forward(self, x, time_emb, context):
+    def forward(self, x, time_emb, sequences):
         x = self.resnets[0](x, time_emb)
         for transformer in self.attentions:
-            x = transformer(x, context)
+            x = transformer(x, sequences)
         return self.resnets[1](x, time_emb)
 
 
@@ -359,12 +359,12 @@ class UpBlock(nn.Module):
         self.per_resnet = len(dims)
         self.upsamplers = nn.ModuleList([Upsample(out_channels)] if upsample else [])
 
-    def forward(self, x, skips, time_emb, context, output_size):
+    def forward(self, x, skips, time_emb, sequences, output_size):
         for i, resnet in enumerate(self.resnets):
             x = torch.cat([x, skips.pop()], dim=1)  # (B, C + C_skip, H, W): the latest skip first
             x = resnet(x, time_emb)
             for transformer in self.attentions[i * self.per_resnet:(i + 1) * self.per_resnet]:
-                x = transformer(x, context)
+                x = transformer(x, sequences)
         for upsampler in self.upsamplers:
             x = upsampler(x, output_size)
         return x
@@ -410,83 +410,54 @@ class UNet(nn.Module):
         ])
         self.conv_norm_out = nn.GroupNorm(c.norm_num_groups, channels[0], eps=c.norm_eps)
         self.conv_out = nn.Conv2d(channels[0], c.out_channels, 3, padding=1)
-        for name, module in self.named_modules():
-            if isinstance(module, Attention):
-                module.name = name  # its entry in cross_attention_context(...)
 
-    def cross_attention_context(
+    def sequences(
         self,
         encoder_hidden_states: torch.Tensor,  # (B, 8, 768) GPT-2's generated states
         encoder_hidden_states_1: torch.Tensor,  # (B, S, 1024) T5's states
         encoder_attention_mask_1: torch.Tensor | None = None,  # (B, S) 1 = token, 0 = padding
-        precompute: bool = True,
     ) -> dict:
-        """What every cross-attention reads: {its module name: ((keys, values) (B, heads, S, d), score bias)}.
-
-        It depends on the conditioning only, not on the latent or the timestep, so a sampler computes it
-        once per generation and passes it to every step (`forward(..., context=...)`). `precompute=False`
-        gives each attention its sequence (B, S, D) instead, to project where it reads it: the plain forward
-        pass does so, in the reference's order of operations (training's gradients match it exactly).
-        """
+        """What the cross-attentions read, by name: {"gpt2": (states, None), "t5": (states, score bias)}."""
         dtype = self.conv_in.weight.dtype
         t5_bias = None
         if encoder_attention_mask_1 is not None:
             t5_bias = (1 - encoder_attention_mask_1.to(dtype)) * -10000.0  # padding -> -1e4, as diffusers
             t5_bias = t5_bias[:, None, None, :]  # (B, 1 head, 1 query, S): broadcast over heads and queries
-        sequences = {"gpt2": (encoder_hidden_states.to(dtype), None), "t5": (encoder_hidden_states_1.to(dtype), t5_bias)}
-        context = {}
-        for transformer in self.modules():
-            if isinstance(transformer, SpatialTransformer) and transformer.reads != "self":
-                states, bias = sequences[transformer.reads]
-                for block in transformer.transformer_blocks:
-                    context[block.attn2.name] = (block.attn2.keys_values(states) if precompute else states, bias)
-        return context
+        return {"gpt2": (encoder_hidden_states.to(dtype), None), "t5": (encoder_hidden_states_1.to(dtype), t5_bias)}
+
+    def embed_timestep(self, timestep: torch.Tensor, batch: int) -> torch.Tensor:
+        """Scalar or (B,) timesteps -> (B, 4 C0): sinusoids in float32, then the MLP in the model's dtype."""
+        timesteps = torch.as_tensor(timestep, device=self.conv_in.weight.device).reshape(-1).expand(batch)  # (B,)
+        t_emb = timestep_embedding(timesteps, self.config.block_out_channels[0], self.config.flip_sin_to_cos,
+                                   self.config.freq_shift).to(self.conv_in.weight.dtype)
+        return self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(t_emb)))
+
+    def up_path(self, x: torch.Tensor, skips: list, time_emb: torch.Tensor, sequences: dict) -> torch.Tensor:
+        """The up levels, each consuming its skips latest first and upsampling to the size of the next skip,
+        then the output layer: (B, C3, T/8, F/8) -> (B, C_out, T, F)."""
+        for block in self.up_blocks:
+            block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
+            output_size = skips[-1].shape[-2:] if skips else None
+            x = block(x, block_skips, time_emb, sequences, output_size)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))  # (B, C_out, T, F)
 
     def forward(
         self,
         sample: torch.Tensor,  # (B, C, T, F) noisy latent
         timestep: torch.Tensor,  # scalar or (B,)
-        encoder_hidden_states: torch.Tensor | None = None,  # (R B, 8, 768) GPT-2's generated states
-        encoder_hidden_states_1: torch.Tensor | None = None,  # (R B, S, 1024) T5's states
-        encoder_attention_mask_1: torch.Tensor | None = None,  # (R B, S) 1 = token, 0 = padding
-        context: dict | None = None,  # cross_attention_context(...) of the three above, instead of them
-        batch_repeats: int = 1,  # R: the conditioning's batch is R copies of the sample's (guidance: R = 2)
+        encoder_hidden_states: torch.Tensor,  # (B, 8, 768) GPT-2's generated states
+        encoder_hidden_states_1: torch.Tensor,  # (B, S, 1024) T5's states
+        encoder_attention_mask_1: torch.Tensor | None = None,  # (B, S) 1 = token, 0 = padding
     ) -> torch.Tensor:
-        """The predicted noise (R B, C, T, F).
-
-        With `batch_repeats` R > 1 the sample is one copy of a batch repeated R times: the layers before the
-        first attention (timestep MLP, conv_in, the DownBlock2D level) run once on it and their outputs are
-        repeated, the same numbers as running them on the repeated batch (what classifier-free guidance uses).
-        """
-        dtype = self.conv_in.weight.dtype
-        if context is None:
-            context = self.cross_attention_context(encoder_hidden_states, encoder_hidden_states_1,
-                                                   encoder_attention_mask_1, precompute=False)
-
-        # timestep embedding: sinusoids in float32, then the MLP in the model's dtype
-        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])  # (B,)
-        t_emb = timestep_embedding(timesteps, self.config.block_out_channels[0], self.config.flip_sin_to_cos,
-                                   self.config.freq_shift).to(dtype)
-        time_emb = self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(t_emb)))  # (B, 4 C0)
+        """The predicted noise (B, C, T, F)."""
+        sequences = self.sequences(encoder_hidden_states, encoder_hidden_states_1, encoder_attention_mask_1)
+        time_emb = self.embed_timestep(timestep, sample.shape[0])  # (B, 4 C0)
 
         # down: keep every intermediate state for the skip connections
-        x = self.conv_in(sample.to(dtype))  # (B, C0, T, F)
+        x = self.conv_in(sample.to(self.conv_in.weight.dtype))  # (B, C0, T, F)
         skips = [x]
-        repeat = lambda t: t.repeat(batch_repeats, *[1] * (t.dim() - 1))  # (B, ...) -> (R B, ...) = [t, t, ...]
-        for i, block in enumerate(self.down_blocks):
-            if batch_repeats > 1 and (len(block.attentions) > 0 or i == len(self.down_blocks) - 1):
-                # the first attention reads the conditioning: from here on, R B samples
-                x, time_emb, skips = repeat(x), repeat(time_emb), [repeat(skip) for skip in skips]
-                batch_repeats = 1
-            x, block_skips = block(x, time_emb, context)
+        for block in self.down_blocks:
+            x, block_skips = block(x, time_emb, sequences)
             skips += block_skips
-        x = self.mid_block(x, time_emb, context)  # (B, C3, T/8, F/8) (rounded up at each level)
-
-        # up: each level consumes its skips latest first, then upsamples to the size of the next skip
-        for block in self.up_blocks:
-            block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
-            output_size = skips[-1].shape[-2:] if skips else None
-            x = block(x, block_skips, time_emb, context, output_size)
-
-        x = self.conv_out(F.silu(self.conv_norm_out(x)))  # (B, C_out, T, F)
-        return x
+        x = self.mid_block(x, time_emb, sequences)  # (B, C3, T/8, F/8) (rounded up at each level)
+        return self.up_path(x, skips, time_emb, sequences)

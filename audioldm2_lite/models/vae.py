@@ -22,9 +22,8 @@ Parity with diffusers' `AutoencoderKL` (same names, so its checkpoints load stri
 - the attention is one head of width C, softmax scale 1/sqrt(C), residual added after `to_out.0`;
 - log-variance is clamped to [-30, 20] before use.
 
-Long audio: `decode(latents, tile_frames=...)` and `encode(mel, tile_frames=...)` run the convolutional
-layers one at a time over tiles of the time axis, each GroupNorm with its whole input's statistics, and
-match one pass at the cost of one pass (long_audio.py; `AutoencoderKL.decode` says what it holds).
+Long audio: the engine's long_audio.py walks these blocks layer by layer over tiles of the time axis
+(`decode_in_tiles`, `encode_in_tiles`), for one pass's result in less memory.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from torch import nn
 
 from .attention import attention
 from .hub_config import hub_field
-from .long_audio import TimeTiles
 
 GROUP_NORM_EPS = 1e-6
 
@@ -102,66 +100,30 @@ def silu_(x: torch.Tensor) -> torch.Tensor:
 # Blocks
 
 
-class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm with eps 1e-6; given `statistics`, (mean, 1 / std) per (batch, group), it normalises
-    with those instead of x's own, so that a time tile of a long input is normalised as the whole input
-    is (long_audio.TimeTiles)."""
-
-    def __init__(self, groups: int, channels: int):
-        super().__init__(groups, channels, eps=GROUP_NORM_EPS)
-
-    def forward(self, x: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        if statistics is None:
-            return super().forward(x)
-        # (x - mean) / std * weight + bias as one multiply-add per value, x * scale + shift, with scale
-        # and shift per (batch, channel), as PyTorch's own GroupNorm kernels apply it
-        mean, inv_std = (s.repeat_interleave(x.shape[1] // self.num_groups, dim=1) for s in statistics)  # (B, C)
-        scale = inv_std * self.weight.float()
-        shift = self.bias.float() - mean * scale
-        # in float32 at least, as PyTorch's kernels compute half-precision GroupNorm
-        return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None]).to(x.dtype)  # (B, C, H, W)
-
-
 class ResnetBlock(nn.Module):
-    """x + conv(SiLU(norm(conv(SiLU(norm(x)))))), with a 1x1 conv on x when the width changes.
-
-    Written as two layers, each one GroupNorm then a conv, so that long audio can run them one at a
-    time over the whole time axis (`forward_in_tiles`); `forward` is the two in a row.
-    """
+    """x + conv(SiLU(norm(conv(SiLU(norm(x)))))), with a 1x1 conv on x when the width changes."""
 
     def __init__(self, in_channels: int, out_channels: int, groups: int):
         super().__init__()
-        self.norm1 = GroupNorm(groups, in_channels)
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=GROUP_NORM_EPS)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = GroupNorm(groups, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=GROUP_NORM_EPS)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def first_layer(self, x: torch.Tensor, statistics=None) -> torch.Tensor:
-        return self.conv1(silu_(self.norm1(x, statistics)))  # (B, out, H, W)
-
-    def second_layer(self, h: torch.Tensor, x: torch.Tensor, statistics=None) -> torch.Tensor:
-        """The second conv on the first layer's output h, plus the block's input x."""
-        h = self.conv2(silu_(self.norm2(h, statistics)))
-        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        h += shortcut  # in place: h is a fresh conv output, and an addition's gradient needs neither input
-        return h
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second_layer(self.first_layer(x), x)
-
-    def forward_in_tiles(self, x: torch.Tensor, tiles: TimeTiles) -> torch.Tensor:
-        h = tiles.map(self.first_layer, x, norm=self.norm1)
-        return tiles.map(self.second_layer, h, x, norm=self.norm2)
+        h = self.conv1(silu_(self.norm1(x)))  # (B, out, H, W)
+        h = self.conv2(silu_(self.norm2(h)))
+        h += x if self.conv_shortcut is None else self.conv_shortcut(x)  # in place: h is a fresh conv output
+        return h
 
 
 class SelfAttention(nn.Module):
     """One head of self-attention over every (time, frequency) position, GroupNorm first, residual after."""
 
-
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.group_norm = GroupNorm(groups, channels)
+        self.group_norm = nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS)
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
@@ -225,11 +187,6 @@ class DownBlock(nn.Module):
             x = resnet(x)
         return x if self.downsamplers is None else self.downsamplers[0](x)
 
-    def forward_in_tiles(self, x: torch.Tensor, tiles: TimeTiles) -> torch.Tensor:
-        for resnet in self.resnets:
-            x = resnet.forward_in_tiles(x, tiles)
-        return x if self.downsamplers is None else tiles.map(self.downsamplers[0], x)
-
 
 class UpBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, upsample: bool):
@@ -242,11 +199,6 @@ class UpBlock(nn.Module):
         for resnet in self.resnets:
             x = resnet(x)
         return x if self.upsamplers is None else self.upsamplers[0](x)
-
-    def forward_in_tiles(self, x: torch.Tensor, tiles: TimeTiles) -> torch.Tensor:
-        for resnet in self.resnets:
-            x = resnet.forward_in_tiles(x, tiles)
-        return x if self.upsamplers is None else tiles.map(self.upsamplers[0], x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,29 +217,19 @@ class Encoder(nn.Module):
             for i in range(len(widths))
         ])
         self.mid_block = MidBlock(widths[-1], groups)
-        self.conv_norm_out = GroupNorm(groups, widths[-1])
+        self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=GROUP_NORM_EPS)
         self.conv_out = nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)
-
-    def output(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(silu_(self.conv_norm_out(x)))  # (B, 16, T/4, 16)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(mel)  # (B, 128, T, 64)
         for block in self.down_blocks:
             x = block(x)  # (B, 512, T/4, 16) after the last
-        return self.output(self.mid_block(x))
-
-    def forward_in_tiles(self, mel: torch.Tensor, tiles: TimeTiles) -> torch.Tensor:
-        """forward(mel) with the down path one layer at a time over time tiles (long_audio.py); the mid
-        block, whose attention spans the whole T/4 x 16 map, and the output run in one piece."""
-        x = tiles.map(self.conv_in, mel)
-        for block in self.down_blocks:
-            x = block.forward_in_tiles(x, tiles)
-        return self.output(self.mid_block(x.to(tiles.device)))
+        x = self.mid_block(x)
+        return self.conv_out(silu_(self.conv_norm_out(x)))  # (B, 16, T/4, 16)
 
 
 class Decoder(nn.Module):
-    """z (B, latent, T/4, 16) -> log-mel (B, 1, T, 64), in two halves so the up path can run in tiles."""
+    """z (B, latent, T/4, 16) -> log-mel (B, 1, T, 64)."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
@@ -298,30 +240,14 @@ class Decoder(nn.Module):
             UpBlock(widths[max(i - 1, 0)], widths[i], config.layers_per_block + 1, groups, upsample=i < len(widths) - 1)
             for i in range(len(widths))
         ])
-        self.conv_norm_out = GroupNorm(groups, widths[-1])
+        self.conv_norm_out = nn.GroupNorm(groups, widths[-1], eps=GROUP_NORM_EPS)
         self.conv_out = nn.Conv2d(widths[-1], config.out_channels, 3, padding=1)
 
-    def lowest_resolution(self, z: torch.Tensor) -> torch.Tensor:
-        """conv_in and the mid block: (B, latent, T/4, 16) -> (B, 512, T/4, 16); attention sees all of it."""
-        return self.mid_block(self.conv_in(z))
-
-    def output(self, x: torch.Tensor, statistics=None) -> torch.Tensor:
-        return self.conv_out(silu_(self.conv_norm_out(x, statistics)))  # (B, 1, T, 64)
-
-    def up_path(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 512, T/4, 16) -> (B, 1, T, 64): convolutions and GroupNorms only."""
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.mid_block(self.conv_in(z))  # (B, 512, T/4, 16): the attention sees all of it
         for block in self.up_blocks:
             x = block(x)  # (B, 512, T/2, 32), (B, 256, T, 64), (B, 128, T, 64)
-        return self.output(x)
-
-    def up_path_in_tiles(self, x: torch.Tensor, tiles: TimeTiles) -> torch.Tensor:
-        """up_path(x), one layer at a time over time tiles (long_audio.py)."""
-        for block in self.up_blocks:
-            x = block.forward_in_tiles(x, tiles)
-        return tiles.map(self.output, x, norm=self.conv_norm_out)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.up_path(self.lowest_resolution(z))
+        return self.conv_out(silu_(self.conv_norm_out(x)))  # (B, 1, T, 64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,67 +269,24 @@ class AutoencoderKL(nn.Module):
         """Mel frames (and mel bins) per latent frame (bin): 4."""
         return 2 ** (len(self.config.block_out_channels) - 1)
 
-    def widest_activation(self, latent_bins: int, encoder: bool = False) -> int:
-        """Values per latent frame (and batch item) of the decoder's (encoder's) largest activation, the
-        unit of `generation/memory.py`'s estimates: the decoder's is the last upsampler's output,
-        256 channels x 4 rows x 64 bins = 65536 for the official config; the encoder's, its first level,
-        128 x 4 x 64 = 32768.
-
-        Level i of the decoder runs at 2^i rows and 2^i x latent_bins columns per latent frame, on the
-        wider of its input and output widths; the encoder's levels run the other way.
-        """
-        widths = self.config.block_out_channels
-        levels = len(widths)
-        if encoder:
-            return max(max(widths[max(i - 1, 0)], widths[i]) * 4 ** (levels - 1 - i) for i in range(levels)) * latent_bins
-        widths = widths[::-1]
-        return max(max(widths[max(i - 1, 0)], widths[i]) * 4 ** i for i in range(levels)) * latent_bins
-
-    def time_tiles(self, frames: int, tile_frames: int, storage=None) -> TimeTiles:
-        """Tiles of `tile_frames` latent frames over `frames`, run where the weights are."""
-        return TimeTiles(frames, tile_frames, device=self.post_quant_conv.weight.device, storage=storage)
-
-    def encode_distribution(self, mel: torch.Tensor, tile_frames: int | None = None,
-                            storage=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_distribution(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log-mel (B, 1, T, 64) -> posterior (mean, logvar), each (B, 8, T/4, 16).
 
         A sample is `mean + exp(logvar / 2) * noise`; the diffusion model sees `sample * scaling_factor`.
-        `tile_frames` and `storage`: as for `decode` (T must then be a multiple of 4).
         """
         mel = mel.to(self.quant_conv.weight.dtype)  # a pipeline may run the stages around it in another dtype
-        if tile_frames is None:
-            hidden = self.encoder(mel)
-        else:
-            frames, remainder = divmod(mel.shape[2], self.upsampling_factor)
-            if remainder:
-                raise ValueError(f"tiled encoding needs whole latent frames: {mel.shape[2]} mel frames is not "
-                                 f"a multiple of {self.upsampling_factor}")
-            hidden = self.encoder.forward_in_tiles(mel, self.time_tiles(frames, tile_frames, storage))
-        moments = self.quant_conv(hidden)  # (B, 16, T/4, 16)
+        moments = self.quant_conv(self.encoder(mel))  # (B, 16, T/4, 16)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
-    def encode(self, mel: torch.Tensor, tile_frames: int | None = None, storage=None) -> torch.Tensor:
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """log-mel (B, 1, T, 64) -> posterior mean (B, 8, T/4, 16), not yet multiplied by scaling_factor."""
-        return self.encode_distribution(mel, tile_frames, storage)[0]
+        return self.encode_distribution(mel)[0]
 
-    def decode(self, latents: torch.Tensor, tile_frames: int | None = None, storage=None) -> torch.Tensor:
-        """Latents already divided by `scaling_factor` (B, 8, T/4, 16) -> log-mel (B, 1, T, 64).
-
-        With `tile_frames` (latent frames; 4 mel frames each) the up path runs one layer at a time over
-        tiles of the time axis, keeping each layer's output at full length and normalising with the
-        whole input's statistics (long_audio.py): the same result as one pass, for the same work plus
-        two overlap frames per tile. At its peak it holds about 2.5 full-length tensors of the widest
-        activation (`widest_activation`) plus a few of one tile, where one pass holds about 4
-        (measured: generation/memory.py). The mid block, whose attention spans the whole T/4 x 16 map,
-        runs in one piece. With `storage`, the kept full-length tensors (and the returned mel) live
-        there: the CPU while a GPU decodes, so the GPU holds one tile's.
-        """
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents already divided by `scaling_factor` (B, 8, T/4, 16) -> log-mel (B, 1, T, 64), in one pass."""
         latents = latents.to(self.post_quant_conv.weight.dtype)  # the UNet's latents may be in another dtype
-        x = self.decoder.lowest_resolution(self.post_quant_conv(latents))  # (B, 512, T/4, 16)
-        if tile_frames is None:
-            return self.decoder.up_path(x)
-        return self.decoder.up_path_in_tiles(x, self.time_tiles(latents.shape[2], tile_frames, storage))
+        return self.decoder(self.post_quant_conv(latents))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decode(latents)

@@ -17,9 +17,8 @@ Parity with transformers' `SpeechT5HifiGan` (same names, so its checkpoints load
 - the transposed convs pad (kernel - stride) / 2, which makes each stage's output 1 sample (x5),
   4 (x4) or 2 (x2) longer than stride x input: 160 T + 32 samples in all, which the pipeline cuts.
 
-Long audio: every layer is a convolution, so `forward(mel, chunk_frames=..., overlap=...)` on
-overlapping windows (long_audio.py) matches one pass to float rounding once `overlap` covers
-`receptive_field_frames`.
+Long audio: every layer is a convolution, so the engine's long_audio.py runs it on overlapping windows
+of the time axis (`vocode_in_windows`) for one pass's result.
 """
 
 from __future__ import annotations
@@ -27,14 +26,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .hub_config import hub_field
-from .long_audio import receptive_field, run_in_windows
 
 FINAL_LEAKY_RELU_SLOPE = 0.01  # F.leaky_relu's default, used by the reference before conv_post
 
@@ -120,27 +117,6 @@ class ResidualBlock(nn.Module):
         return x
 
 
-def receptive_field_frames(config: HifiGanConfig) -> int:
-    """Mel frames on either side of a frame that can change its samples (an upper bound).
-
-    Each layer's half-width in its own samples, divided by that stage's samples per frame:
-    conv_pre (kernel 7), each transposed conv (kernel / stride input samples, plus one for the
-    alignment of its windows), each stage's widest MRF block (a dilated conv then a plain conv per
-    dilation), conv_post (kernel 7). For the official config this is 27 frames.
-    """
-    widest = max(  # in samples of its stage
-        sum((k - 1) * d // 2 + (k - 1) // 2 for d in dilations)
-        for k, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes)
-    )
-    layers, samples_per_frame = [(3, 1)], 1  # (reach, samples per frame there), conv_pre first
-    for rate, kernel in zip(config.upsample_rates, config.upsample_kernel_sizes):
-        layers.append((Fraction(kernel, rate) + 1, samples_per_frame))  # transposed conv, in input samples
-        samples_per_frame *= rate
-        layers.append((widest, samples_per_frame))  # MRF
-    layers.append((3, samples_per_frame))  # conv_post
-    return receptive_field(layers)
-
-
 class HifiGan(nn.Module):
     def __init__(self, config: HifiGanConfig):
         super().__init__()
@@ -165,17 +141,9 @@ class HifiGan(nn.Module):
     def hop_length(self) -> int:
         return math.prod(self.config.upsample_rates)  # 160 samples per mel frame
 
-    def widest_activation(self) -> int:
-        """Values per mel frame (and batch item) of the largest activation, a stage's width times its samples
-        per frame (5120 for the official config), the unit of `generation/memory.py`'s estimates."""
-        widest, samples_per_frame = self.config.upsample_initial_channel, 1  # conv_pre's output
-        for i, rate in enumerate(self.config.upsample_rates):
-            samples_per_frame *= rate
-            widest = max(widest, self.config.upsample_initial_channel // 2 ** (i + 1) * samples_per_frame)
-        return widest
-
-    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
-        """One pass: log-mel (B, T, 64) -> waveform (B, 160 T + 32) in [-1, 1]."""
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """log-mel (B, T, 64) -> waveform (B, 160 T + 32) in [-1, 1]."""
+        mel = mel.to(self.conv_pre.weight.dtype)  # the VAE's mel may be in another dtype
         if self.config.normalize_before:
             mel = (mel - self.mean) / self.scale
         x = self.conv_pre(mel.transpose(1, 2))  # (B, 1024, T)
@@ -190,18 +158,3 @@ class HifiGan(nn.Module):
             x = fused.div_(kernels)
         x = self.conv_post(leaky_relu_(x, FINAL_LEAKY_RELU_SLOPE))  # (B, 1, 160 T + 32)
         return torch.tanh(x).squeeze(1)
-
-    def forward(self, mel: torch.Tensor, chunk_frames: int | None = None, overlap: int | None = None) -> torch.Tensor:
-        """log-mel (B, T, 64) -> waveform (B, 160 T + 32), optionally in chunks of `chunk_frames` frames.
-
-        Each chunk runs on a window with `overlap` extra frames on either side (default: the receptive
-        field, so the result matches one pass) and keeps the samples of its own frames. A window that
-        starts at frame s produces the samples of the whole input from 160 s on, because every layer
-        commutes with a shift by its stride; only the last chunk keeps the 32-sample tail.
-        """
-        mel = mel.to(self.conv_pre.weight.dtype)  # the VAE's mel may be in another dtype
-        if chunk_frames is None:
-            return self.vocode(mel)
-        overlap = receptive_field_frames(self.config) if overlap is None else overlap
-        return run_in_windows(self.vocode, mel, dim=1, chunk_frames=chunk_frames, overlap=overlap,
-                              per_frame=self.hop_length, keep_tail=True)  # (B, 160 T + 32)

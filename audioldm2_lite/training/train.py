@@ -64,12 +64,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..console import UsageError, one_line_warnings, write_atomically
+from ..console import UsageError, describe_reference, one_line_warnings, write_atomically
 from ..generation.authors import REFERENCES
-from ..generation.authors import describe as describe_reference
 from ..generation.loading import (
-    DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_config, resolve_checkpoint,
+    DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_config,
 )
+from ..generation.hub import resolve_checkpoint
 from ..generation.lora import apply_lora
 from ..generation.mel import MelConfig
 from ..generation.pipeline import default_device

@@ -27,7 +27,8 @@ import soundfile
 import torch
 
 from ..console import slug
-from ..evaluate import ClapScorer, EvaluationError, evaluate, read_prompt_rows, read_stats
+from ..evaluate import EvaluationError, evaluate, read_prompt_rows, read_stats
+from ..generation.ranking import ClapScorer
 from ..generation.conditioning import TextConditioner
 from ..generation.loading import load_component, load_config
 from ..generation.pipeline import AudioLDM2Pipeline

@@ -43,12 +43,12 @@ import uuid
 from pathlib import Path
 
 from ..console import (OneLineParser, UsageError, add_model_arguments, check_local_model, check_model_options,
-                       file_metadata, load_pipeline, pcm16, report_errors, slug, write_audio)
-from ..generation.authors import describe as describe_reference
+                       describe_reference, file_metadata, load_pipeline, pcm16, report_errors, slug, write_audio)
 from ..generation.editing import mel_config, steps_to_run
 from ..generation.pipeline import Generated
 from ..generation.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEED, Request
-from ..generation.samplers import SAMPLERS, unet_calls
+from ..generation.samplers import SAMPLERS
+from ..generation.samplers.extras import unet_calls
 from .serving import BatchingQueue, ServingError
 from .spectrogram import spectrogram_image
 

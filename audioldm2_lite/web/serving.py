@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..generation.editing import steps_to_run
-from ..generation.requests import Generated, batchable
+from ..generation.batching import Generated, batchable
 from ..generation.request import Request
 
 POLL_SECONDS = 0.05  # how often a waiting request looks at its job: progress, time limit, client still there

@@ -1,20 +1,10 @@
 """Samplers: turn the UNet's noise prediction into a denoised latent, one step at a time.
 
-One module per family, each readable alone (k-diffusion's `sampling.py` style), the update rule and the
-details that make it match diffusers in its docstrings:
-
-- ddim.py       DDIM (the checkpoints' own scheduler), with eta
-- pndm.py       PNDM's pseudo linear multistep (PLMS, diffusers' `skip_prk_steps`)
-- lms.py        linear multistep in sigma (order 4)
-- euler.py      Euler and Euler ancestral (Karras et al. 2022, algorithm 2; k-diffusion)
-- heun.py       Heun's second-order method (Karras et al. 2022, algorithm 1)
-- dpmsolver.py  DPM-Solver++ of orders 1-3, multistep, and its SDE variant
-- unipc.py      UniPC, predictor-corrector with B(h) = h (bh1) or e^h - 1 (bh2)
-- deis.py       DEIS, exponential integrator in rho = sigma / alpha
-
-base.py holds what they share (the config, noise levels, the loop, the `SAMPLERS` table). Importing this
-package imports base.py only; a sampler's module loads when `make_sampler` builds it (or on first use of
-its class name here).
+One module per family, each readable alone (k-diffusion style), its update rule and parity details in its
+docstrings: ddim.py, pndm.py (PLMS), lms.py, euler.py (and ancestral), heun.py, dpmsolver.py (DPM-Solver++
+orders 1-3, ODE and SDE), unipc.py, deis.py. base.py holds what all share (config, schedule, loop, the `SAMPLERS`
+table), sigmas.py the noise levels of the sigma-based ones, extras.py what the engine asks beyond running them.
+Importing this package imports base.py only; a sampler's module loads when `make_sampler` builds it.
 """
 
 from __future__ import annotations
@@ -35,7 +25,6 @@ from .base import (  # noqa: F401
     max_steps,
     sampler_spec,
     spaced_timesteps,
-    unet_calls,
 )
 
 _CLASSES = {"DDIMSampler": "ddim", "DPMSolverPlusPlus": "dpmsolver", "DPMSolverPlusPlus2M": "dpmsolver",

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Sampler, SchedulerConfig, alphas_cumprod, multistep_schedule
+from .base import Sampler, SchedulerConfig, alphas_cumprod
+from .sigmas import multistep_schedule
 from .dpmsolver import multistep_orders
 
 
@@ -45,7 +46,7 @@ class DEISSampler(Sampler):
         order k: x_t = alpha_t (x_s / alpha_s + sum_j c_j eps_{s-j})             (`deis_coefficients`)
 
     Parity details (diffusers 0.42):
-    - timesteps as DPM-Solver++'s (base.multistep_schedule), but the schedule ends at the smallest training
+    - timesteps as DPM-Solver++'s (sigmas.multistep_schedule), but the schedule ends at the smallest training
       sigma (the last Karras/exponential level repeated), not 0: the last step is a real step of its order.
     - the model output becomes x0 and then eps again, eps = (x - alpha x0) / sigma', as diffusers converts it.
     - orders as DPM-Solver++'s (dpmsolver.multistep_orders), the last step lowered only below 15 steps.

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Sampler, SchedulerConfig, draw_noise, multistep_schedule
+from .base import Sampler, SchedulerConfig, draw_noise
+from .sigmas import multistep_schedule
 
 
 def multistep_orders(config: SchedulerConfig, n: int, final_is_zero: bool = True) -> list[int]:
@@ -49,7 +50,7 @@ class DPMSolverPlusPlus(Sampler):
     - timesteps (N of them): "leading" k * (T // (N + 1)) + steps_offset for k = N .. 1; "trailing"
       round(arange(T, 0, -T / N)) - 1; "linspace" round(linspace(0, T - 1, N + 1)) without its final 0;
       one more level, sigma = 0, ends the schedule. Karras/exponential: N levels between the training
-      extremes, each timestep the level's position in the training table (base.multistep_schedule).
+      extremes, each timestep the level's position in the training table (sigmas.multistep_schedule).
     - orders: `multistep_orders`; the last step (to sigma 0) is first order and returns x0 (plus no noise).
     - every coefficient is diffusers' float32 expression, evaluated once per step at construction, and the
       terms are summed in diffusers' order, so float32 runs agree to rounding.

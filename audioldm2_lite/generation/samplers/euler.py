@@ -4,7 +4,8 @@ Diffusion-Based Generative Models", arXiv:2206.00364, algorithm 2 without churn;
 
 from __future__ import annotations
 
-from .base import SchedulerConfig, SigmaSampler, discrete_sigma_schedule, draw_noise
+from .base import SchedulerConfig, draw_noise
+from .sigmas import SigmaSampler, discrete_sigma_schedule
 
 
 class EulerSampler(SigmaSampler):
@@ -13,8 +14,8 @@ class EulerSampler(SigmaSampler):
 
         d = (x_i - x0_i) / sigma_i,    x_{i+1} = x_i + (sigma_{i+1} - sigma_i) d
 
-    on latents x = x0 + sigma eps (base.SigmaSampler: the UNet sees x / sqrt(sigma^2 + 1)). Noise levels and
-    timesteps: base.discrete_sigma_schedule (spacing rule, Karras or exponential), ending at sigma = 0; the
+    on latents x = x0 + sigma eps (sigmas.SigmaSampler: the UNet sees x / sqrt(sigma^2 + 1)). Noise levels and
+    timesteps: sigmas.discrete_sigma_schedule (spacing rule, Karras or exponential), ending at sigma = 0; the
     step is diffusers' float32 arithmetic in its order.
     """
 

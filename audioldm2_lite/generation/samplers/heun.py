@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import SchedulerConfig, SigmaSampler, discrete_sigma_schedule
+from .base import SchedulerConfig
+from .sigmas import SigmaSampler, discrete_sigma_schedule
 
 
 class HeunSampler(SigmaSampler):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import SchedulerConfig, SigmaSampler, discrete_sigma_schedule
+from .base import SchedulerConfig
+from .sigmas import SigmaSampler, discrete_sigma_schedule
 
 
 def lms_coefficient(sigmas: np.ndarray, i: int, order: int, j: int) -> float:
@@ -31,7 +32,7 @@ class LMSSampler(SigmaSampler):
         d_i     = (x_i - x0_i) / sigma_i
         x_{i+1} = x_i + sum_j c_ij d_{i-j},   j < min(i + 1, 4)   (c_ij: `lms_coefficient`)
 
-    Parity details (diffusers 0.42): noise levels as Euler's (base.discrete_sigma_schedule, ending at 0);
+    Parity details (diffusers 0.42): noise levels as Euler's (sigmas.discrete_sigma_schedule, ending at 0);
     coefficients in float64 from the float32 levels (diffusers: quad over a float32 integrand). The order is
     min(steps taken + 1, 4). On a full run that is diffusers' min(i + 1, 4); a run started mid-schedule (audio
     editing) warms up from first order here, where diffusers would weight its one slope with a fourth-order

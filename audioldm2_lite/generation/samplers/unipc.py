@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Sampler, SchedulerConfig, multistep_schedule
+from .base import Sampler, SchedulerConfig
+from .sigmas import multistep_schedule
 
 
 def unipc_weights(lam: torch.Tensor, t: int, s0: int, earlier: list[int], order: int, bh1: bool, corrector: bool):
@@ -48,7 +49,7 @@ class UniPCSampler(Sampler):
         UniC:  x_s0 <- the same step from the previous start, with rho^c over the D_k and D_t = m_t - m_0
 
     (`unipc_weights`). Parity details (diffusers 0.42):
-    - timesteps and levels as DPM-Solver++ (base.multistep_schedule), ending at sigma = 0.
+    - timesteps and levels as DPM-Solver++ (sigmas.multistep_schedule), ending at sigma = 0.
     - predictor order per step: `solver_order`, lowered to the steps left with `lower_order_final`, warming up
       from 1 as steps are taken; the corrector at step i uses step i - 1's predictor order, and runs from the
       second step taken on. The model output at step i is converted to x0 with the uncorrected sample.

@@ -1,8 +1,8 @@
-"""Running requests: what `AudioLDM2Pipeline.generate` does with a list of `Request`s, the entry of every program.
+"""Batching requests: what `AudioLDM2Pipeline.generate` does with a list of `Request`s, the entry of every program.
 
-    requests --check (request.py), seeds drawn where missing--> --batchable: those that can share one call-->
+    requests --check (request.py), seeds drawn where missing--> --batchable: those that can share one run-->
         --generate_batch: each row's noise from its own seed, its text encoded alone (conditioning_per_row)-->
-        one pipeline call per group --> Generated(request as it ran, audios best first, scores) per request
+        one `AudioLDM2Pipeline.run` per group --> Generated(request as it ran, audios best first, scores) per request
 
 A request's audio depends on the request alone, not on which others share its batch: batched UNet arithmetic
 moves it by float rounding only (tests/test_prompt_files.py measures it).
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .conditioning import Conditioning, TextConditioner
 from .request import Request
 
 
@@ -29,8 +30,9 @@ class Generated:
 
 
 def run_requests(pipe, requests: list[Request], progress: bool = False, callback=None) -> list[Generated]:
-    """Every request checked (all before any work) and seeded, then run in groups that share a call, in order."""
+    """Every request checked (all before any work) and seeded, then run in groups that share a run, in order."""
     limits = pipe.limits()
+    pipe.set_cross_attention_kwargs(None)  # a LoRA at the scale it was loaded with
     checked = [pipe.with_seed(request.check(limits)) for request in requests]
     results: list[Generated | None] = [None] * len(checked)
     for group in batchable(checked):
@@ -40,7 +42,7 @@ def run_requests(pipe, requests: list[Request], progress: bool = False, callback
 
 
 def batchable(requests: list[Request]) -> list[list[int]]:
-    """Indices of requests that can share one pipeline call, in order: text to audio with the same length and
+    """Indices of requests that can share one run, in order: text to audio with the same length and
     settings together; every edit alone (each has its own input)."""
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
@@ -50,40 +52,34 @@ def batchable(requests: list[Request]) -> list[list[int]]:
 
 
 def generate_batch(pipe, requests: list[Request], progress: bool = False, callback=None) -> list[Generated]:
-    """Requests that share one pipeline call (see `batchable`); each with its own noise and text encoding."""
+    """Requests that share one run (see `batchable`); each with its own noise and text encoding."""
     first = requests[0]
-    n, guided = first.candidates, first.guided
-    edit = dict(audio=first.audio, audio_sampling_rate=first.audio_sampling_rate, strength=first.strength,
-                regenerate_seconds=first.regenerate_seconds,
-                regenerate_above_hz=first.regenerate_above_hz) if first.is_edit else {}
-    embeds, latents = {}, None
-    if len(requests) > 1:  # each row encoded alone, its noise from its own generator
-        embeds = conditioning_per_row(pipe, requests, guided)
+    n = first.candidates
+    with pipe.progress_stage("encoding the prompt", progress):
+        if len(requests) > 1:  # each row encoded alone
+            conditioning = conditioning_per_row(pipe, requests, first.guided)
+        else:
+            conditioning = pipe.encode_prompt(first.prompt, first.negative_prompt, n, first.guided,
+                                              transcription=first.transcription)
+    generator, latents = torch.Generator().manual_seed(first.seed), None
+    if len(requests) > 1:  # each row's noise from its own generator
         frames, _ = pipe.latent_frames(first.seconds)
+        generator = None
         latents = torch.cat([pipe.prepare_latents(n, frames, torch.Generator().manual_seed(r.seed))
                              for r in requests])  # (B * n, 8, T/4, 16)
-    result = pipe(
-        None if embeds else first.prompt, negative_prompt=None if embeds else first.negative_prompt,
-        audio_length_in_s=None if first.is_edit else first.seconds, num_inference_steps=first.steps,
-        guidance_scale=first.guidance, num_waveforms_per_prompt=n, latents=latents,
-        generator=None if embeds else torch.Generator().manual_seed(first.seed), scheduler=first.scheduler,
-        karras_sigmas=first.karras, progress=progress, callback=callback,
-        transcription=None if embeds else first.transcription, **edit, **embeds,
-    )
-    audio, scores = result.audios, result.scores
-    if embeds and n > 1:  # ranked here, each row against its own prompt
-        audio, scores = pipe.rank_candidates([r.prompt for r in requests], torch.from_numpy(audio), n)
-        audio = audio.numpy()
-    scores = None if scores is None else scores.numpy()
+    audio, scores = pipe.run(first, conditioning, generator, latents, [r.prompt for r in requests],
+                             callback=callback, progress=progress)
+    audio, scores = audio.numpy(), None if scores is None else scores.numpy()
     return [Generated(r, audio[i * n:(i + 1) * n], None if scores is None else scores[i * n:(i + 1) * n])
             for i, r in enumerate(requests)]
 
 
-def conditioning_per_row(pipe, requests: list[Request], guided: bool) -> dict:
-    """Each request's conditioning encoded alone, stacked as the call's `*prompt_embeds` arguments.
+def conditioning_per_row(pipe, requests: list[Request], guided: bool) -> Conditioning:
+    """Each request's conditioning encoded alone, stacked as one batch ([uncond rows, cond rows] with guidance),
+    each row repeated for its candidates.
 
     Encoded together, the text stages pad a batch to its longest prompt and cut each negative prompt to
-    that length, which moves a row's audio by ~1e-5 (relative) with the batch's other prompts. Encoded
+    that length, which moves a row's audio (a little, not only by rounding) with the batch's other prompts. Encoded
     alone, only the UNet sees padding, masked in its cross-attention: the same audio to float rounding.
     Every batch is padded to the T5 tokenizer's maximum (128 tokens), not to its longest prompt, so that the
     UNet sees one shape per batch size and length: one CUDA graph each (cuda_graphs.py), not one per length.
@@ -102,10 +98,8 @@ def conditioning_per_row(pipe, requests: list[Request], guided: bool) -> dict:
         mask = torch.cat([F.pad(m[h:h + 1], (0, length - m.shape[1])) for _, _, m in encoded])  # (B, L)
         return generated, t5, mask
 
-    generated, t5, mask = half(1 if guided else 0)
-    embeds = dict(generated_prompt_embeds=generated, prompt_embeds=t5, attention_mask=mask)
+    conditioning = Conditioning(*half(1 if guided else 0))
     if guided:
-        generated, t5, mask = half(0)
-        embeds.update(negative_generated_prompt_embeds=generated, negative_prompt_embeds=t5,
-                      negative_attention_mask=mask)
-    return embeds
+        conditioning = Conditioning(*(torch.cat([u, c]) for u, c in zip(half(0), conditioning)))
+    # repeating [uncond, cond] row by row keeps the halves apart: (2B, ...) -> (2B * n, ...)
+    return TextConditioner.repeat(conditioning, requests[0].candidates)
