@@ -9,7 +9,7 @@
 #   (torch 2.0.1 with torchaudio 2.0.2) exists on the index only as multi-GB CUDA builds.
 # - audioldm2 installed --no-deps, then its real dependencies at its pins where they work with it:
 #   transformers 4.30.2 (tokenizers 0.13.3), numpy 1.23.5, librosa 0.9.2 (needs pkg_resources: setuptools < 81; torch 2.13 wants >= 77).
-#   gradio (its web page) is left out; phonemizer is installed because the package imports it at import time.
+#   gradio (its web page) is left out; phonemizer and matplotlib are installed: the package imports them.
 # - torchaudio: no wheel on the index matches torch 2.13 (the newest, 2.11, is a CUDA build that cannot load).
 #   scripts/authors_env/torchaudio_standin.py is installed as `torchaudio`: the one class the authors' model
 #   builds (CLAP's MelSpectrogram, whose buffers are in their checkpoints) with torchaudio's names and values;
@@ -30,7 +30,7 @@ PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
 
 "${PIP[@]}" torch==2.13.0 "numpy==1.23.5" "transformers==4.30.2" "librosa==0.9.2" "setuptools>=77,<81" \
     torchlibrosa einops pyyaml scipy soundfile tqdm timm ftfy unidecode chardet pandas progressbar \
-    huggingface-hub regex phonemizer sentencepiece "protobuf<4"
+    huggingface-hub regex matplotlib phonemizer sentencepiece "protobuf<4"
 "${PIP[@]}" --no-deps audioldm2==0.1.0
 
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

@@ -26,6 +26,8 @@ What differs from the authors' `text_to_audio`, and why:
 - Frozen pretrained models that the authors' model holds twice (the CLAP for conditioning and the CLAP for
   ranking; the T5 feeding GPT-2 and the T5 feeding the UNet) were the same pretrained weights in the official
   files. Random init would make them differ, so the copies are tied to one set of weights here.
+- Layers the authors zero-initialise get PyTorch's default init and every 1-D parameter is moved off its
+  init (`move_off_init`): a freshly initialised UNet outputs exactly 0.
 - `--size tiny` shrinks the UNet and VAE widths, the text encoders' depths and the HiFi-GAN's width; every
   width the authors' code hard-codes (GPT-2 768, RoBERTa 768 into CLAP's projection, CLAP's 512 joint space,
   T5 1024 in the config's context dims) is kept, so nothing but sizes differs from the official model.
@@ -145,7 +147,7 @@ def build_t5_tokenizer(folder: Path):
     with tempfile.TemporaryDirectory() as tmp:
         Path(f"{tmp}/corpus.txt").write_text(CORPUS)
         spm.SentencePieceTrainer.train(
-            input=f"{tmp}/corpus.txt", model_prefix=f"{tmp}/spiece", vocab_size=120, model_type="unigram",
+            input=f"{tmp}/corpus.txt", model_prefix=f"{tmp}/spiece", vocab_size=80, model_type="unigram",
             pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, minloglevel=2,
         )
         tokenizer = T5TokenizerFast(vocab_file=f"{tmp}/spiece.model", extra_ids=0, model_max_length=512)
@@ -165,7 +167,7 @@ def write_hub_folders(hub: Path, size: str):
     if size == "tiny":  # the embeddings shrink to the tokenizers' vocabularies
         roberta["vocab_size"] = roberta_vocab
         t5["vocab_size"] = t5_vocab
-        gpt2["vocab_size"] = 64
+        gpt2.update(vocab_size=64, bos_token_id=0, eos_token_id=0)  # GPT-2 reads embeddings only: ids unused
     # CLAP's text tower is the authors' RobertaModel(RobertaConfig("roberta-base")): the CLAP config must agree.
     clap["text_config"].update({k: roberta[k] for k in ("vocab_size", "num_hidden_layers", "intermediate_size")})
     write_json(hub / "roberta-base/config.json", roberta)
@@ -242,6 +244,26 @@ def tiny_vocoder(authors_model_utils):
             return config
 
         setattr(authors_model_utils, name, smaller)
+
+
+def move_off_init(model, seed: int, scale: float = 0.1):
+    """Random weights that exercise every tensor, as scripts/make_tiny_checkpoint.py does for the hub layout.
+
+    The authors' UNet zero-initialises its output convolution, each transformer's proj_out and each ResBlock's
+    second convolution (`zero_module`): random init alone gives a UNet whose output is exactly 0, and a run
+    that compares nothing. Those layers get PyTorch's default init instead. Every 1-D parameter (norm weights
+    and biases, biases) moves by `scale` * N(0, 1) so that a norm or bias applied wrongly shows.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for submodel in (model.model, model.first_stage_model, model.cond_stage_models, model.clap):
+            for module in submodel.modules():
+                weight = getattr(module, "weight", None)
+                if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)) and not weight.any():
+                    module.reset_parameters()
+            for parameter in submodel.parameters():
+                if parameter.ndim == 1:
+                    parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
 
 
 def tie_duplicate_pretrained_models(model):
@@ -357,6 +379,7 @@ def main():
 
     torch.manual_seed(args.seed)
     model = LatentDiffusion(**config["model"]["params"])
+    move_off_init(model, seed=args.seed + 2)
     tied = tie_duplicate_pretrained_models(model)
     model.scale_factor.fill_(SCALE_FACTOR)
     model.eval()
