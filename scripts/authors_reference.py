@@ -354,13 +354,62 @@ def generate(model, make_batch, x_T, guidance_scale: float, latent_t_size: int):
     }
 
 
+def write_readme(out: Path, model: str, size: str, seed: int):
+    """README.txt of a reference folder: what is in it and the exact commands that made it."""
+    repo = Path(__file__).resolve().parent.parent
+    convertible = model == "audioldm2-full"  # diffusers' script converts the AudioLDM 2 family only
+    lines = [
+        f"Reference run of the authors' AudioLDM 2 code (audioldm2==0.1.0): {model}, {size} size, seed {seed}.",
+        "Random weights; nothing here is a trained model.",
+        "",
+        "Files:",
+        f"  {model}.pth          the authors' LatentDiffusion, saved as their training code saves: {{'state_dict': ...}}",
+        "  authors_config.json   the config it was built from (audioldm2/utils.py, with the changes listed in",
+        "                        scripts/authors_reference.py's docstring: 8559ad36 paths, CLAP text dropout 0, tiny sizes)",
+        "  hub/                  random-weight stand-ins for roberta-base, google/flan-t5-large, gpt2,",
+        "                        laion/clap-htsat-unfused (configs + locally trained tokenizers); the cwd of both runs",
+        "  reference.pt          torch.load -> dict: model, size, seed, sampling_rate, scale_factor, tied_copies, runs;",
+        "                        runs['guidance_3.5'|'guidance_1.0'] -> prompt, steps (4), guidance_scale, ddim_eta (0),",
+        "                        x_T, latents (before the VAE), mel, waveform (untrimmed vocoder output),",
+        "                        conditions (every conditioner's output: CLAP text embedding 'film_clap_cond1',",
+        "                        T5 states+mask 'crossattn_flan_t5', GPT-2's 8 generated states+mask",
+        "                        'crossattn_audiomae_generated'), conditions_used, unconditional_conditions,",
+        "                        first_unet_calls (inputs and output of the UNet's first call(s): [uncond, cond])",
+    ]
+    if convertible:
+        lines += ["  hub_layout/           the .pth converted by diffusers' scripts/convert_original_audioldm2_to_diffusers.py"]
+    lines += [
+        "",
+        "Made with (from the repository root of the authors-harness branch):",
+        "  bash scripts/authors_env.sh /work/authors-env",
+        f"  OMP_NUM_THREADS=1 /work/authors-env/bin/python scripts/authors_reference.py --model {model} --size {size} "
+        f"--seed {seed} --out {out}",
+    ]
+    if convertible:
+        lines += [
+            "  # diffusers' script, from a checkout of huggingface/diffusers (not in the installed package):",
+            "  git -C <diffusers checkout> show HEAD:scripts/convert_original_audioldm2_to_diffusers.py \\",
+            f"      > {out.parent}/convert_original_audioldm2_to_diffusers.py",
+            f"  /work/main/.venv/bin/python scripts/authors_convert.py {out} \\",
+            f"      --diffusers-script {out.parent}/convert_original_audioldm2_to_diffusers.py",
+            f"  /work/main/.venv/bin/python scripts/compare_with_authors.py {out} [--reference authors]",
+        ]
+    else:
+        lines += ["  (diffusers' script cannot convert this model: no hub_layout/ here)"]
+    lines += ["", f"Scripts: {repo}/scripts/authors_env.sh, authors_reference.py, authors_convert.py, compare_with_authors.py"]
+    (out / "README.txt").write_text("\n".join(lines) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=MODELS, default="audioldm2-full")
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--out", required=True, help="output folder, e.g. /work/authors-refs/audioldm2-full-tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--readme-only", action="store_true", help="only (re)write <out>/README.txt")
     args = parser.parse_args()
+    if args.readme_only:
+        return write_readme(Path(args.out).resolve(), args.model, args.size, args.seed)
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.out).resolve()
@@ -407,6 +456,7 @@ def main():
         "runs": runs,
     }
     torch.save(reference, out / "reference.pt")
+    write_readme(out, args.model, args.size, args.seed)
     print(f"saved {out / 'reference.pt'}")
 
 
