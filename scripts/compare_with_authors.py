@@ -124,6 +124,25 @@ def run_diffusers(pipe, run, sampling_rate: int, authors_uncond: bool):
     return generate_with_final_latents(pipe, arguments, output_type="np")
 
 
+@torch.no_grad()
+def conditioning_errors(pipe, run) -> str:
+    """The text stages against the authors' intermediates: CLAP embedding, T5 states, GPT-2's generated states."""
+    import torch.nn.functional as F
+
+    conditions = run["conditions"]
+    if "film_clap_cond1" not in conditions:
+        return ""
+    tokens = pipe.tokenizer(run["prompt"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt")
+    clap = pipe.text_encoder.get_text_features(tokens.input_ids, attention_mask=tokens.attention_mask)
+    clap = F.normalize(getattr(clap, "pooler_output", clap), dim=-1)  # transformers 5 returns a model output
+    t5, _, generated = pipe.encode_prompt(run["prompt"], device="cpu", num_waveforms_per_prompt=1,
+                                          do_classifier_free_guidance=False)
+    return (f"CLAP {relative_l2(clap, conditions['film_clap_cond1']):.2e}   "
+            f"T5 {relative_l2(t5, conditions['crossattn_flan_t5'][0]):.2e}   "
+            f"GPT-2 {relative_l2(generated, conditions['crossattn_audiomae_generated'][0]):.2e}")
+
+
 DIFFUSERS_VARIANTS = {  # name: (heads of 32 channels, CLAP eps 1e-5, the authors' unconditional branch)
     "diffusers as it is": (False, False, False),
     "diffusers + heads only": (True, False, False),
@@ -160,6 +179,8 @@ def main():
             if uncond and run["guidance_scale"] == 1:
                 continue  # no unconditional branch at guidance 1
             pipe = diffusers_pipeline(folder, heads, eps)
+            if key == next(iter(reference["runs"])) and (heads, uncond) == (False, False) or eps:
+                print(f"  {name + ': text stages':45s} {conditioning_errors(pipe, run)}")
             latents, waveform = run_diffusers(pipe, run, rate, uncond)
             print(f"  {name:45s} {errors(latents, waveform, run)}")
 
