@@ -387,7 +387,7 @@ def write_readme(out: Path, model: str, size: str, seed: int):
     ]
     if convertible:
         lines += [
-            "  # diffusers' script, from a checkout of huggingface/diffusers (not in the installed package):",
+            "  # diffusers' script, from a checkout of huggingface/diffusers (not in the installed package; used: 58eb52c0):",
             "  git -C <diffusers checkout> show HEAD:scripts/convert_original_audioldm2_to_diffusers.py \\",
             f"      > {out.parent}/convert_original_audioldm2_to_diffusers.py",
             f"  /work/main/.venv/bin/python scripts/authors_convert.py {out} \\",
