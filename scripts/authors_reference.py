@@ -264,6 +264,10 @@ def move_off_init(model, seed: int, scale: float = 0.1):
             for parameter in submodel.parameters():
                 if parameter.ndim == 1:
                     parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+        # The UNet's EMA copy (model_ema, which text_to_audio does not use) was taken at construction: refresh it.
+        if getattr(model, "use_ema", False):
+            for name, parameter in model.model.named_parameters():
+                getattr(model.model_ema, model.model_ema.m_name2s_name[name]).copy_(parameter)
 
 
 def tie_duplicate_pretrained_models(model):
