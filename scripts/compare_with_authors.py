@@ -158,6 +158,7 @@ def main():
     parser.add_argument("--reference", choices=("authors", "diffusers"), default=None,
                         help="passed to our pipeline as reference= where it takes it")
     parser.add_argument("--skip-diffusers", action="store_true")
+    parser.add_argument("--guidance", type=float, action="append", help="only the runs of these guidance scales")
     parser.add_argument("--only", choices=list(DIFFUSERS_VARIANTS), action="append",
                         help="run only these diffusers variants (repeatable)")
     args = parser.parse_args()
@@ -167,6 +168,8 @@ def main():
     rate = reference["sampling_rate"]
     print(f"{reference['model']} ({reference['size']}), reference run of the authors' code: {args.reference_dir}")
     for key, run in reference["runs"].items():
+        if args.guidance and run["guidance_scale"] not in args.guidance:
+            continue
         print(f"\n{run['steps']} DDIM steps, eta {run['ddim_eta']}, guidance {run['guidance_scale']}, "
               f"prompt {run['prompt']!r}; relative L2 vs the authors':")
         latents, waveform, how = run_ours(folder, run, rate, args.reference)
