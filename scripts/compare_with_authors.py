@@ -158,6 +158,7 @@ def main():
     parser.add_argument("--reference", choices=("authors", "diffusers"), default=None,
                         help="passed to our pipeline as reference= where it takes it")
     parser.add_argument("--skip-diffusers", action="store_true")
+    parser.add_argument("--skip-ours", action="store_true")
     parser.add_argument("--guidance", type=float, action="append", help="only the runs of these guidance scales")
     parser.add_argument("--only", choices=list(DIFFUSERS_VARIANTS), action="append",
                         help="run only these diffusers variants (repeatable)")
@@ -172,8 +173,9 @@ def main():
             continue
         print(f"\n{run['steps']} DDIM steps, eta {run['ddim_eta']}, guidance {run['guidance_scale']}, "
               f"prompt {run['prompt']!r}; relative L2 vs the authors':")
-        latents, waveform, how = run_ours(folder, run, rate, args.reference)
-        print(f"  {'ours (' + how + ')':45s} {errors(latents, waveform, run)}")
+        if not args.skip_ours:
+            latents, waveform, how = run_ours(folder, run, rate, args.reference)
+            print(f"  {'ours (' + how + ')':45s} {errors(latents, waveform, run)}")
         if args.skip_diffusers:
             continue
         for name, (heads, eps, uncond) in DIFFUSERS_VARIANTS.items():
