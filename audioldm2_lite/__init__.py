@@ -3,8 +3,8 @@
 __version__ = "0.1.0"  # the one place; pyproject.toml reads it
 
 from .generation.core import AudioLDM2
-from .generation.hub import resolve_checkpoint
-from .generation.loading import load_component, load_config, load_tokenizer
+from .generation.hub import load_component, resolve_checkpoint
+from .generation.loading import load_config, load_tokenizer
 from .generation.pipeline import AudioLDM2Pipeline, AudioLDM2PipelineOutput
 from .models.hub_config import CheckpointError
 

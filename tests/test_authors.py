@@ -23,6 +23,7 @@ from reference import PROMPTS, authors_call, diffusers_as_authors, diffusers_pip
 from audioldm2_lite import AudioLDM2Pipeline
 from audioldm2_lite.generation.authors import authors_heads, is_official
 from audioldm2_lite.generation.conditioning import TextConditioner
+from audioldm2_lite.generation.embeddings import encode_prompt as encode_with_embeddings
 from audioldm2_lite.generation.loading import checkpoint_reference, load_component
 from audioldm2_lite.models import unet as unet_module
 
@@ -144,7 +145,7 @@ def test_a_negative_prompt_keeps_diffusers_unconditional_half(tiny_checkpoint):
 def test_given_embeddings_get_the_authors_unconditional_half(tiny_checkpoint):
     ours = TextConditioner.from_pretrained(tiny_checkpoint, reference="authors")
     cond = ours.encode_prompt(PROMPTS[0], do_classifier_free_guidance=False)
-    encoded = ours.encode_prompt(None, prompt_embeds=cond.t5_states, generated_prompt_embeds=cond.generated)
+    encoded = encode_with_embeddings(ours, None, prompt_embeds=cond.t5_states, generated_prompt_embeds=cond.generated)
     assert torch.equal(encoded.generated, torch.cat([torch.zeros_like(cond.generated), cond.generated]))
 
 
@@ -238,7 +239,9 @@ def test_speech_unconditional_half_is_zeros_without_running_gpt2(tiny_speech_che
     """The authors' speech model: the generated-sequence slot's unconditional value is zeros (512 x 768 in the
     authors' config, mask ones); the VITS slot, which the speech UNet does not read, holds zeros. GPT-2 then
     generates for the conditional rows only."""
-    ours = TextConditioner.from_pretrained(tiny_speech_checkpoint, reference="authors")
+    from audioldm2_lite.generation.speech import SpeechConditioner
+
+    ours = SpeechConditioner.from_pretrained(tiny_speech_checkpoint, reference="authors")
     ours.tokenizer_2.phonemize = False  # phonemisation has its own test
     batches = []
     generate = ours.gpt2.generate

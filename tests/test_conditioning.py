@@ -11,6 +11,7 @@ from make_tiny_checkpoint import CORPUS, TINY_CLAP_MAX_LENGTH, TINY_T5_MAX_LENGT
 from reference import max_rel_error
 
 from audioldm2_lite.generation.conditioning import TextConditioner
+from audioldm2_lite.generation.embeddings import encode_prompt as encode_with_embeddings
 
 PROMPTS = ["A dog barks", "Techno music with a strong bass line and a fast hi-hat pattern, then birds at dawn"]
 LONG_PROMPT = " ".join(CORPUS.splitlines()[:6])  # more tokens than either tokenizer keeps
@@ -98,18 +99,20 @@ def test_precomputed_halves(tiny):
     ours, pipe = tiny
     full = ours.encode_prompt(PROMPTS, negative_prompt=["noise", "hum"])
     (neg_gen, gen), (neg_t5, t5), (neg_mask, mask) = (part.chunk(2) for part in full)
-    with_cond_given = ours.encode_prompt(
-        None, negative_prompt=["noise", "hum"], prompt_embeds=t5, attention_mask=mask, generated_prompt_embeds=gen
+    with_cond_given = encode_with_embeddings(
+        ours, None, negative_prompt=["noise", "hum"], prompt_embeds=t5, attention_mask=mask, generated_prompt_embeds=gen
     )
-    with_uncond_given = ours.encode_prompt(
-        PROMPTS, negative_prompt_embeds=neg_t5, negative_attention_mask=neg_mask, negative_generated_prompt_embeds=neg_gen
+    with_uncond_given = encode_with_embeddings(
+        ours, PROMPTS, negative_prompt_embeds=neg_t5, negative_attention_mask=neg_mask,
+        negative_generated_prompt_embeds=neg_gen
     )
     for encoded in (with_cond_given, with_uncond_given):
         for part, expected in zip(encoded, full):
             # fp32: only the batch composition of the text stages differs
             assert max_rel_error(part, expected) <= 1e-6
     # a missing mask means every T5 state is attended to
-    unmasked = ours.encode_prompt(None, prompt_embeds=t5, generated_prompt_embeds=gen, do_classifier_free_guidance=False)
+    unmasked = encode_with_embeddings(ours, None, prompt_embeds=t5, generated_prompt_embeds=gen,
+                                      do_classifier_free_guidance=False)
     assert torch.equal(unmasked.t5_mask, torch.ones_like(mask))
 
 
@@ -137,7 +140,7 @@ def test_bad_arguments(tiny):
     with pytest.raises(ValueError, match="negative prompts"):
         ours.encode_prompt(PROMPTS, negative_prompt=["one"])
     with pytest.raises(ValueError, match="generated_prompt_embeds"):
-        ours.encode_prompt(None, prompt_embeds=torch.zeros(1, 3, 32))
+        encode_with_embeddings(ours, None, prompt_embeds=torch.zeros(1, 3, 32))
 
 
 @pytest.mark.slow

@@ -20,10 +20,7 @@ from audioldm2_lite.generation.guided_unet import GuidedUNet
 from audioldm2_lite.models import unet as unet_module
 
 PACKAGE = Path(importlib.util.find_spec("audioldm2_lite").origin).parent
-# lines: the core and every package module it imports, read in one sitting. Issue 34 asks for 3,000; the core
-# measures 3,112 since the authors' model (authors.py) and the samplers' registry joined it, so the bound holds it
-# there (it cannot grow unnoticed) until the next cut (the diffusers embeddings API and the hub cache to the engine)
-CLOSURE_BUDGET = 3120
+CLOSURE_BUDGET = 3000  # lines: the core and every package module it imports, read in one sitting
 # the engine's modules: speed, memory, precision recipes, requests, serving, adapters, edits, downloads
 MACHINERY = ("cuda_graphs", "memory", "precision", "long_audio", "request", "requests", "batching", "serving",
              "lora", "editing", "guided_unet", "hub", "ranking", "speech", "devices", "pipeline")

@@ -2,15 +2,14 @@
 
 The checkpoints were trained with haoheliu's code (`audioldm2` 0.1.0). `reference="authors"` runs that model,
 `reference="diffusers"` what diffusers 0.42 computes. They differ in three places:
-1. UNet heads: the authors split every transformer into heads of 32 channels (`num_head_channels: 32`); the hub
-   configs say `attention_head_dim: 8`, which diffusers reads as 8 heads (heads of 48 and 80 channels at 384 and
-   640 channels and in the mid block).
+1. UNet heads: the authors' are 32 channels wide (`num_head_channels: 32`); diffusers reads the hub's
+   `attention_head_dim: 8` as 8 heads (of 48 and 80 channels at 384 and 640 channels and in the mid block).
 2. The unconditional half of guidance: the authors' is zeros for GPT-2's slot and T5("") for T5's, masks of
    ones (`AudioMAEConditionCTPoolRand`, `FlanT5HiddenState.get_unconditional_condition`): what training dropped
    the condition to. Diffusers encodes "" through every text stage. A negative prompt keeps diffusers' way.
 3. CLAP's text LayerNorm eps: RoBERTa-base's 1e-5; the hub config leaves it unset (transformers: 1e-12).
-The default is the authors' for the official checkpoints, recognised by their UNet config (a local copy is the
-same model), and diffusers' for other folders; given explicitly, either applies to any folder.
+The default is the authors' for the official checkpoints (recognised by their UNet config), diffusers' for other
+folders; given explicitly, either applies to any folder.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ REFERENCES = ("authors", "diffusers")
 HEAD_CHANNELS = 32  # the authors' `num_head_channels`
 CLAP_TEXT_LAYER_NORM_EPS = 1e-5  # RoBERTa-base's
 
-# The UNet configs the conversion script writes for the official checkpoints (cvssp/audioldm2, -large, -music
-# and the speech ports): these fields, with the cross-attention layouts below.
+# The official checkpoints' UNet configs (cvssp/audioldm2, -large, -music, the speech ports), as converted
 OFFICIAL_UNET = {
     "block_out_channels": [128, 256, 384, 640], "in_channels": 8, "out_channels": 8, "layers_per_block": 2,
     "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 3,
@@ -45,8 +43,7 @@ def authors_heads(block_out_channels) -> tuple[int, ...]:
 
 
 def is_official(unet_config: dict) -> bool:
-    """Whether a hub UNet config is one of the official checkpoints' (as converted, or exported with the
-    authors' heads written out per level)."""
+    """Whether a hub UNet config is an official checkpoint's (as converted, or exported with the heads per level)."""
     if any(unet_config.get(name) != value for name, value in OFFICIAL_UNET.items()):
         return False
     heads = unet_config.get("attention_head_dim")
@@ -76,7 +73,4 @@ def apply_reference(name: str, config, reference: str):
 
 def is_unconditional_text(negative_prompt) -> bool:
     """No negative prompt: None, "" or only empty strings (as diffusers, where "" is the default)."""
-    if negative_prompt is None:
-        return True
-    texts = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
-    return all(not text for text in texts)
+    return all(not text for text in ([negative_prompt] if isinstance(negative_prompt, str) else negative_prompt or []))

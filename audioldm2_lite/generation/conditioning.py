@@ -5,12 +5,9 @@
     both   --> projection (projection.py) --> GPT-2 prompt (B, L + 5, 768)
            --> GPT-2 (gpt2.py)            --> N = 8 generated states (B, 8, 768)
 
-`TextConditioner.encode_prompt` returns `Conditioning(generated, t5_states, t5_mask)`: the UNet reads
-the generated GPT-2 states (unmasked) in one cross-attention and the T5 states (masked) in the other.
-With classifier-free guidance every tensor is [uncond, cond] along the batch. The unconditional half is the
-authors' (authors.py) when there is no negative prompt and the checkpoint runs as the authors' model: GPT-2
-states of zeros and the T5 states of "" (its one token attended to, the rest of the row padding); otherwise it
-encodes the negative prompt ("" by default), as diffusers does.
+`TextConditioner.encode_prompt` returns `Conditioning(generated, t5_states, t5_mask)`, [uncond, cond] along the
+batch with guidance. Without a negative prompt, the authors' model's unconditional half is GPT-2 states of zeros
+and the T5 states of "" (authors.py); else (and as diffusers) the negative prompt ("" by default) is encoded.
 
 Parity details (diffusers' `AudioLDM2Pipeline.encode_prompt`):
 - CLAP tokens are padded to the tokenizer's maximum (512) and truncated there; T5 tokens are padded
@@ -19,7 +16,6 @@ Parity details (diffusers' `AudioLDM2Pipeline.encode_prompt`):
   stack. Unlike diffusers, both halves go through CLAP, T5, the projection and GPT-2 in one batch.
 - `num_waveforms_per_prompt` repeats each prompt's tensors in place (prompt 0, prompt 0, prompt 1, ...).
 - T5 states come back in the T5 model's dtype, the generated states in GPT-2's, the mask as int64.
-  Precomputed embeddings are used as given (on the device); the UNet casts what it reads to its dtype.
 
 Text-to-speech checkpoints (a VITS `text_encoder_2`) read a `transcription` in T5's place: speech.py's
 `SpeechConditioner` is this class with that difference.
@@ -155,67 +151,26 @@ class TextConditioner(nn.Module):
     # Prompts to conditioning, as diffusers' encode_prompt
 
     @torch.no_grad()
-    def encode_prompt(
-        self,
-        prompt: str | list[str] | None = None,
-        negative_prompt: str | list[str] | None = None,
-        num_waveforms_per_prompt: int = 1,
-        do_classifier_free_guidance: bool = True,
-        max_new_tokens: int | None = None,
-        device: str | torch.device | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        generated_prompt_embeds: torch.Tensor | None = None,
-        negative_generated_prompt_embeds: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        negative_attention_mask: torch.Tensor | None = None,
-        transcription: str | list[str] | None = None,
-        encode_tokens=None,
-    ) -> Conditioning:
+    def encode_prompt(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+                      num_waveforms_per_prompt: int = 1, do_classifier_free_guidance: bool = True,
+                      max_new_tokens: int | None = None, device=None, transcription: str | list[str] | None = None,
+                      encode_tokens=None) -> Conditioning:
         """Conditioning for `prompt`, [uncond, cond] along the batch with guidance, each prompt repeated
-        `num_waveforms_per_prompt` times.
-
-        As in diffusers, either half may be given precomputed instead of as text: `prompt_embeds` (T5
-        states) with `generated_prompt_embeds` and optionally `attention_mask`; likewise `negative_*`.
-        `transcription` (text-to-speech checkpoints only, and needed by them): what is said, one string
-        for every prompt or one per prompt. `encode_tokens`: see `encode_texts`.
-        """
+        `num_waveforms_per_prompt` times. `transcription`: for speech.SpeechConditioner (what is said).
+        `encode_tokens`: see `encode_texts`. (Precomputed embeddings, diffusers' `prompt_embeds` and
+        `negative_*`: the engine's embeddings.py.)"""
         device = torch.device(device) if device is not None else self.device
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if prompts is None and (prompt_embeds is None or generated_prompt_embeds is None):
-            raise ValueError("give `prompt`, or both `prompt_embeds` and `generated_prompt_embeds`")
-        if negative_prompt_embeds is not None and negative_generated_prompt_embeds is None:
-            raise ValueError("`negative_prompt_embeds` needs `negative_generated_prompt_embeds` too")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        spoken = self.check_transcription(transcription, prompts)
         guided = do_classifier_free_guidance
-        spoken = self.check_transcription(transcription, prompts if prompt_embeds is None else None)
-        authors_uncond = (guided and self.reference == "authors" and negative_prompt_embeds is None
-                          and is_unconditional_text(negative_prompt))
-
-        if prompt_embeds is None and (negative_prompt_embeds is None or not guided) and not authors_uncond:
-            # all text: both halves through the text stages in one batch, [negatives, prompts]; the negatives'
-            # T5 tokens are padded, or cut, to the prompts' length so that the halves stack
+        if guided and self.reference == "authors" and is_unconditional_text(negative_prompt):
+            cond = self.encode_texts(prompts, self.t5_length(prompts), max_new_tokens, device, spoken, encode_tokens)
+            encoded = Conditioning(*(torch.cat([u, c]) for u, c in zip(self.authors_unconditional(cond, device), cond)))
+        else:  # both halves through the text stages in one batch, [negatives, prompts], T5 padded to the prompts'
             texts = (self.negative_texts(negative_prompt, len(prompts)) if guided else []) + prompts
             if spoken is not None:  # text-to-speech: the unconditional rows say nothing
                 spoken = [None] * (len(texts) - len(prompts)) + spoken
             encoded = self.encode_texts(texts, self.t5_length(prompts), max_new_tokens, device, spoken, encode_tokens)
-        else:
-            # a half given as embeddings is used as given; a half given as text is encoded on its own
-            if prompt_embeds is not None:
-                encoded = self.given(prompt_embeds, attention_mask, generated_prompt_embeds, device)
-            else:
-                encoded = self.encode_texts(prompts, self.t5_length(prompts), max_new_tokens, device, spoken,
-                                            encode_tokens)
-            if guided:
-                batch, t5_length = encoded.t5_states.shape[:2]
-                if authors_uncond:
-                    uncond = self.authors_unconditional(encoded, device)
-                elif negative_prompt_embeds is None:
-                    negatives = self.negative_texts(negative_prompt, batch)
-                    uncond = self.encode_texts(negatives, t5_length, max_new_tokens, device, encode_tokens=encode_tokens)
-                else:
-                    uncond = self.given(negative_prompt_embeds, negative_attention_mask,
-                                        negative_generated_prompt_embeds, device)
-                encoded = Conditioning(*(torch.cat([u, c]) for u, c in zip(uncond, encoded)))
         # repeating [uncond, cond] prompt by prompt keeps the halves apart: (2B, ...) -> (2B * times, ...)
         return self.repeat(encoded, num_waveforms_per_prompt)
 
@@ -258,13 +213,6 @@ class TextConditioner(nn.Module):
         if len(negative_prompt) != batch:
             raise ValueError(f"{len(negative_prompt)} negative prompts for {batch} prompts: give one per prompt")
         return list(negative_prompt)
-
-    @staticmethod
-    def given(t5_states, t5_mask, generated, device) -> Conditioning:
-        """Precomputed conditioning on `device` (a missing mask: all ones). The UNet casts it to its dtype."""
-        if t5_mask is None:
-            t5_mask = torch.ones(t5_states.shape[:2], dtype=torch.long, device=device)
-        return Conditioning(generated.to(device), t5_states.to(device), t5_mask.to(device))
 
     @staticmethod
     def repeat(conditioning: Conditioning, times: int) -> Conditioning:

@@ -4,11 +4,9 @@
            --(models/unet.py x T steps, samplers.py, classifier-free guidance here)--> latent (B, 8, T/4, 16)
            --(models/vae.py decoder)--> log-mel (B, 1, T, 64) --(models/vocoder.py HiFi-GAN)--> 16 kHz waveform
 
-`AudioLDM2` is the whole model and nothing else: `generate_latents` yields the latent after every step, for
-readers and research hooks, and `decode` is one pass. Speed, memory, requests, candidate ranking and the
-text-to-speech checkpoints live in the engine beside it (pipeline.py, `AudioLDM2Pipeline`, diffusers' call
-API), which replaces or wraps these steps where it must run faster, bigger or for many people, and is
-tested equal to them (tests/test_core.py).
+`AudioLDM2` is the model and nothing else: `generate_latents` yields the latent after every step, `decode` is
+one pass. Speed, memory, requests, ranking and speech live in the engine (pipeline.py, `AudioLDM2Pipeline`,
+diffusers' call API), which wraps or replaces these steps and is tested equal to them (tests/test_core.py).
 
 References: Liu et al., "AudioLDM 2: Learning Holistic Audio Generation with Self-supervised Pretraining",
 2023; Ho and Salimans, "Classifier-Free Diffusion Guidance", 2022.

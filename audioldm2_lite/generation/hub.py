@@ -15,9 +15,10 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from . import loading
 from .loading import (
-    CONFIG_NAMES, FILE_COMPONENTS, STAGES, TOKENIZER_FILES, CheckpointError, cached_checkpoint, is_hub_id,
-    local_checkpoint, weight_file_names,
+    CONFIG_NAMES, FILE_COMPONENTS, STAGES, TOKENIZER_FILES, CheckpointError, _weight_files, is_hub_id,
+    local_checkpoint, read_json, weight_file_names,
 )
 
 
@@ -108,3 +109,58 @@ def _fetch_from_hub(repo_id: str, components, variant: str | None = None) -> Pat
         except Exception as error:  # network trouble mid-way: fall back to the cache
             offline = f"{type(error).__name__}: {error}"
     return cached_checkpoint(repo_id, components, variant, offline)
+
+
+def _offline_message(repo_id: str, cause: str) -> str:
+    return (
+        f"could not download '{repo_id}' from the Hugging Face hub ({cause}) and it is not fully in the "
+        f"local cache. Connect to the internet and try again, or pass a local checkpoint folder in hub "
+        f"layout instead, e.g. `--model weights/{repo_id.split('/')[-1]}` "
+        f"(see weights/README.md: `python scripts/download_weights.py {repo_id}` on a machine with internet)."
+    )
+
+
+def _component_patterns(components) -> list[str]:
+    patterns = ["model_index.json"]
+    for name in components:
+        patterns += [f"{name}/{f}" for f in CONFIG_NAMES + TOKENIZER_FILES]
+    return patterns
+
+
+def cached_checkpoint(repo_id: str, components, variant: str | None, cause: str) -> Path:
+    """The folder of `repo_id` in the local Hugging Face cache, holding `components`; else a CheckpointError
+    that names `cause` (why it was not downloaded)."""
+    from huggingface_hub import snapshot_download
+
+    wanted = list(components) if components is not None else list(STAGES) + list(FILE_COMPONENTS)
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=_component_patterns(wanted), local_files_only=True))
+    except Exception:
+        raise CheckpointError(_offline_message(repo_id, cause)) from None
+    missing = [c for c in wanted if c in STAGES and not _weight_files(folder / c, variant)]
+    if missing or not (folder / "model_index.json").is_file():
+        raise CheckpointError(_offline_message(repo_id, cause))
+    return folder
+
+
+def has_variant(folder: Path, variant: str) -> bool:
+    """Whether a component folder holds weight files of `variant`."""
+    names = [name for single_names, index_names in weight_file_names(variant) for name in single_names + index_names]
+    return any((folder / name).is_file() for name in names)
+
+
+def load_component(checkpoint, name: str, reference: str | None = None, **kwargs):
+    """`loading.load_component` on a folder or a hub id, fetching the component's files (and, to tell an
+    official checkpoint, its UNet config) from the hub first: every stage loads alone, as
+    `audioldm2_lite.load_component("cvssp/audioldm2", "unet")`."""
+    if is_hub_id(checkpoint) and reference is None and name in ("unet", "text_encoder"):
+        from huggingface_hub import hf_hub_download
+
+        try:  # the UNet config alone (a small file) says whether it is an official checkpoint (authors.py)
+            local = _hub_reachable() is not None
+            unet_config = read_json(Path(hf_hub_download(str(checkpoint), "unet/config.json", local_files_only=local)))
+            reference = loading.resolve_reference(None, unet_config)
+        except Exception:  # not reachable nor cached: the component's own fetch below says so
+            pass
+    root = resolve_checkpoint(checkpoint, [name], kwargs.get("variant"))
+    return loading.load_component(root, name, reference=reference, **kwargs)

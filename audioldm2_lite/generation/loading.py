@@ -1,18 +1,9 @@
-"""Checkpoint I/O: the one place that touches the Hugging Face hub and the file system.
-
-An AudioLDM 2 checkpoint in hub layout (cvssp/audioldm2, -large, -music) is a folder with a
-`model_index.json` and one sub-folder per component (`unet/config.json` plus
-`unet/diffusion_pytorch_model.safetensors`, ...). This module
-
-- resolves a checkpoint given as a local folder, or a hub id in the local Hugging Face cache
-  (`local_checkpoint`; hub.py downloads);
-- reads configs and weights (safetensors preferred, `.bin` only through `torch.load(weights_only=True)`,
-  sharded `*.index.json` supported, `variant="fp16"` files as diffusers names them) and casts them to the
-  requested dtype;
-- builds our module for a component from its config and loads the weights strictly
-  (`load_component`): every checkpoint tensor is used or matches the stage's `UNUSED_KEYS`, and a
-  missing, unexpected or misshapen tensor is an error naming the component, the file, the key and
-  both shapes.
+"""Checkpoint I/O from disk: an AudioLDM 2 checkpoint in hub layout is a folder with a `model_index.json` and one
+sub-folder per component (`unet/config.json`, `unet/diffusion_pytorch_model.safetensors`, ...). This module
+finds one (`local_checkpoint`: a folder, or a hub id in the local cache; hub.py downloads), reads configs and
+weights (safetensors first, `.bin` through `torch.load(weights_only=True)`, shards, `variant="fp16"` files), and
+builds a component's module with its weights loaded strictly (`load_component`): every tensor used or matching
+the stage's `UNUSED_KEYS`, a missing, unexpected or misshapen one an error naming component, file, key, shapes.
 
 The contract with a stage module (`audioldm2_lite/models/<stage>.py`, named in `STAGES`) is small:
   - `<Config>.from_hub(config: dict)` builds the stage's dataclass config from the hub `config.json`,
@@ -90,22 +81,6 @@ TOKENIZER_FILES = (
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
-def _offline_message(repo_id: str, cause: str) -> str:
-    return (
-        f"could not download '{repo_id}' from the Hugging Face hub ({cause}) and it is not fully in the "
-        f"local cache. Connect to the internet and try again, or pass a local checkpoint folder in hub "
-        f"layout instead, e.g. `--model weights/{repo_id.split('/')[-1]}` "
-        f"(see weights/README.md: `python scripts/download_weights.py {repo_id}` on a machine with internet)."
-    )
-
-
-def _component_patterns(components) -> list[str]:
-    patterns = ["model_index.json"]
-    for name in components:
-        patterns += [f"{name}/{f}" for f in CONFIG_NAMES + TOKENIZER_FILES]
-    return patterns
-
-
 def weight_file_names(variant: str | None = None) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """(single-file names, shard index names) of each weight format, in order of preference.
 
@@ -133,8 +108,8 @@ def is_hub_id(checkpoint: str | os.PathLike) -> bool:
 def local_checkpoint(checkpoint: str | os.PathLike, components=None, variant: str | None = None) -> Path:
     """A local folder in hub layout for `checkpoint`: a folder, or a hub id already in the Hugging Face cache.
 
-    Nothing is downloaded here: `hub.resolve_checkpoint` (what the pipeline loads through) fetches a hub id.
-    `components` and `variant`: the files a cached hub id must hold (default every component).
+    `components` and `variant`: what hub.py's version (`resolve_checkpoint`) fetches; here a cached hub id is
+    read as it is, and a missing component is named where it is loaded.
     """
     path = Path(str(checkpoint)).expanduser()
     if path.is_dir():
@@ -149,24 +124,13 @@ def local_checkpoint(checkpoint: str | os.PathLike, components=None, variant: st
             f"checkpoint folder '{checkpoint}' does not exist. Pass an existing folder in hub layout or a hub id "
             f"such as '{DEFAULT_CHECKPOINT}'."
         )
-    return cached_checkpoint(str(checkpoint), components, variant,
-                             "AudioLDM2Pipeline.from_pretrained and hub.resolve_checkpoint download, the core reads")
-
-
-def cached_checkpoint(repo_id: str, components, variant: str | None, cause: str) -> Path:
-    """The folder of `repo_id` in the local Hugging Face cache, holding `components`; else a CheckpointError
-    that names `cause` (why it was not downloaded)."""
     from huggingface_hub import snapshot_download
 
-    wanted = list(components) if components is not None else list(STAGES) + list(FILE_COMPONENTS)
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=_component_patterns(wanted), local_files_only=True))
+    try:  # the cache only: hub.resolve_checkpoint (what the pipeline loads through) downloads
+        return Path(snapshot_download(str(checkpoint), local_files_only=True))
     except Exception:
-        raise CheckpointError(_offline_message(repo_id, cause)) from None
-    missing = [c for c in wanted if c in STAGES and not _weight_files(folder / c, variant)]
-    if missing or not (folder / "model_index.json").is_file():
-        raise CheckpointError(_offline_message(repo_id, cause))
-    return folder
+        raise CheckpointError(f"'{checkpoint}' is not fully in the local cache, and the core does not download "
+                              f"(AudioLDM2Pipeline.from_pretrained does): pass a local checkpoint folder") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,12 +182,6 @@ def _weight_files(folder: Path, variant: str | None = None) -> list[Path]:
                 shards = sorted(set(read_json(folder / name).get("weight_map", {}).values()))
                 return [folder / shard for shard in shards]
     return []
-
-
-def has_variant(folder: Path, variant: str) -> bool:
-    """Whether a component folder holds weight files of `variant`."""
-    names = [name for single_names, index_names in weight_file_names(variant) for name in single_names + index_names]
-    return any((folder / name).is_file() for name in names)
 
 
 def _read_weight_file(file: Path) -> dict[str, torch.Tensor]:

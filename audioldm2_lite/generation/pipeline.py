@@ -36,10 +36,11 @@ from .core import AudioLDM2, classifier_free_guidance, is_guided
 from .cuda_graphs import CUDAGraphed
 from .devices import default_device, resolve_device  # noqa: F401  (default_device: documented here)
 from .editing import AudioEdit, mel_config
+from .embeddings import encode_prompt as encode_with_embeddings
 from .guided_unet import GuidedUNet
-from .hub import resolve_checkpoint
+from .hub import has_variant, resolve_checkpoint
 from .loading import (
-    DEFAULT_CHECKPOINT, STAGES, CheckpointError, checkpoint_reference, has_variant, load_component, load_config,
+    DEFAULT_CHECKPOINT, STAGES, CheckpointError, checkpoint_reference, load_component, load_config,
 )
 from .lora import load_lora, set_lora_call_scale
 from .memory import TilePlan, plan_decode
@@ -251,10 +252,11 @@ class AudioLDM2Pipeline(AudioLDM2):
                       do_classifier_free_guidance=True, max_new_tokens=None, **embeds) -> Conditioning:
         """The core's `encode_prompt` (on the device during the call with offload, through the runners), with
         diffusers' precomputed `*prompt_embeds` and `*attention_mask` arguments and, on a text-to-speech
-        checkpoint, the `transcription` (conditioning.py)."""
+        checkpoint, the `transcription` (embeddings.py, conditioning.py)."""
         with self._running(self.conditioner):
-            return self.conditioner.encode_prompt(
-                prompt, negative_prompt=negative_prompt, num_waveforms_per_prompt=num_waveforms_per_prompt,
+            return encode_with_embeddings(
+                self.conditioner, prompt, negative_prompt=negative_prompt,
+                num_waveforms_per_prompt=num_waveforms_per_prompt,
                 do_classifier_free_guidance=do_classifier_free_guidance, max_new_tokens=max_new_tokens,
                 device=self.device, encode_tokens=self.runners.encode_tokens, **embeds,
             )

@@ -24,8 +24,8 @@ transformers per ResNet):
   positions 2 and later the T5 sequence with its mask.
 
 Parity details (diffusers 0.2x-0.4x):
-- the config's `attention_head_dim` is, for historical reasons, the number of heads (8 at every
-  level, so heads of 32 / 48 / 80 channels at the attention levels); a head's size is channels / heads;
+- `attention_head_dim` is read as diffusers reads it, as heads per level (the official configs' 8 gives heads of
+  32 / 48 / 80 channels); generation/authors.py gives the authors' heads of 32 channels instead;
 - the T5 mask becomes an additive bias (1 - mask) * -10000 in the model's dtype, not -inf;
 - a latent size that is not a multiple of 8 (T = 250 for 10.0 s) is handled by upsampling to the
   size of the skip connection read next (nearest neighbour), which equals 2x for multiples of 8;

@@ -7,9 +7,8 @@ sec. 2.2) trained on log-mel spectrograms seen as one-channel images:
     log-mel (B, 1, T, 64) --encoder--> posterior N(mean, exp(logvar)) over z (B, 8, T/4, 16)
     z (B, 8, T/4, 16) --decoder--> log-mel (B, 1, T, 64) --(vocoder.py)--> waveform
 
-The pipeline only decodes: `decode(latents / config.scaling_factor)`, the factor that brought the
-latents to unit variance during training (read from each checkpoint's config). The encoder is here for
-audio-to-audio work and for testing.
+Generation decodes `latents / config.scaling_factor` (the checkpoint's own factor, which brought the latents to
+unit variance in training); editing and training encode.
 
 The decoder: post_quant_conv (1x1), conv_in, a mid block (resnet, single-head self-attention over all
 T/4 x 16 positions, resnet), three up blocks (resnets, then nearest x2 upsampling and a conv, except
@@ -22,8 +21,7 @@ Parity with diffusers' `AutoencoderKL` (same names, so its checkpoints load stri
 - the attention is one head of width C, softmax scale 1/sqrt(C), residual added after `to_out.0`;
 - log-variance is clamped to [-30, 20] before use.
 
-Long audio: the engine's long_audio.py walks these blocks layer by layer over tiles of the time axis
-(`decode_in_tiles`, `encode_in_tiles`), for one pass's result in less memory.
+Long audio: the engine's long_audio.py walks these blocks over time tiles, for one pass's result in less memory.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 One module per family, each readable alone (k-diffusion style), its update rule and parity details in its
 docstrings: ddim.py, pndm.py (PLMS), lms.py, euler.py (and ancestral), heun.py, dpmsolver.py (DPM-Solver++
 orders 1-3, ODE and SDE), unipc.py, deis.py. base.py holds what all share (config, schedule, loop, the `SAMPLERS`
-table), sigmas.py the noise levels of the sigma-based ones, extras.py what the engine asks beyond running them.
-Importing this package imports base.py only; a sampler's module loads when `make_sampler` builds it.
+table), sigmas.py the sigma-based ones' noise levels, extras.py what the engine asks beyond running them.
+Importing this package imports base.py only; `make_sampler` imports the sampler it builds.
 """
 
 from __future__ import annotations

@@ -2,10 +2,8 @@
 
     x_T ~ N(0, I) --(UNet(scale_model_input(x, i), t_i) -> model output; sampler.step)--> ... --> x_0 (B, 8, T/4, 16)
 
-Each sampler family lives in its own module of this package (ddim.py, pndm.py, lms.py, euler.py, heun.py,
-dpmsolver.py, unipc.py, deis.py) and is imported only when it runs (`make_sampler`), so code that samples
-with DDIM never imports the others. `SAMPLERS` is the one table every surface names samplers from: name ->
-default steps, the diffusers scheduler class it matches, its module, and the options the name fixes.
+Each sampler family has its own module, imported only when it runs (`make_sampler`). `SAMPLERS` is the one table
+of sampler names: default steps, the diffusers class each matches, its module, the options the name fixes.
 
 The interface the loop (`denoise`) uses:
 
@@ -14,16 +12,10 @@ The interface the loop (`denoise`) uses:
     for i, t in enumerate(sampler.timesteps):           # len(sampler): one UNet call each
         x = sampler.step(unet(sampler.scale_model_input(x, i), t, ...), i, x)
 
-Two parametrisations meet here. DDIM, PNDM and the multistep solvers (DPM-Solver++, UniPC, DEIS) keep the
-training's variance-preserving latent x = alpha x0 + sigma' eps. The k-diffusion family (LMS, Euler, Euler
-ancestral, Heun) works on x / alpha = x0 + sigma eps with sigma = sqrt((1 - alpha_bar) / alpha_bar): it starts
-from noise times `init_noise_sigma` (~sigma_max) and divides the UNet's input by sqrt(sigma^2 + 1)
-(`scale_model_input`). Both are diffusers' conventions, so latents match step for step.
-
-Everything a step needs is precomputed at construction as float32 tables and indexed with the Python step
-index `i`: a step does no host-device sync and no branching on tensor values. Multistep samplers keep the
-run's history (previous x0 estimates); a run that starts mid-schedule (audio editing) warms up from first
-order as diffusers counts the steps taken.
+DDIM, PNDM and the multistep solvers keep the training's latent x = alpha x0 + sigma' eps; the k-diffusion family
+(LMS, Euler, Heun) works on x / alpha = x0 + sigma eps, starting from noise times `init_noise_sigma` and dividing
+the UNet's input by sqrt(sigma^2 + 1) (`scale_model_input`), as diffusers. A step's tables are precomputed as
+float32 and indexed with the Python step `i`: no host-device sync, no branching on tensor values.
 """
 
 from __future__ import annotations
