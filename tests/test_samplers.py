@@ -167,7 +167,9 @@ def test_running_one_sampler_imports_only_its_module():
             "if m.startswith('audioldm2_lite.generation.samplers.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[1]).stdout
-    assert out.strip() == "['base', 'ddim']"
+    families = {spec.module for spec in SAMPLERS.values()}  # the modules that hold samplers (not base, extras)
+    loaded = set(eval(out.strip()))  # noqa: S307  (our own print of a list of names)
+    assert "base" in loaded and loaded & families == {"ddim"}
 
 
 # ---------------------------------------------------------------- DDIM
@@ -487,10 +489,11 @@ def test_inpainting_keeps_the_known_region_at_each_steps_level(name):
 
 
 def test_every_surface_names_samplers_from_the_one_table(tmp_path):
-    from audioldm2_lite import app, cli
+    from audioldm2_lite import cli
+    from audioldm2_lite.web import app
     from audioldm2_lite.console import UsageError
     from audioldm2_lite.generation.request import DEFAULT_STEPS, Request, RequestError
-    from audioldm2_lite.train import TrainConfig, check_config
+    from audioldm2_lite.training.train import TrainConfig, check_config
 
     assert DEFAULT_STEPS == {name: spec.steps for name, spec in SAMPLERS.items()}
     assert list(app.SCHEDULERS.values()) == list(SAMPLERS)  # the page's dropdown
