@@ -55,7 +55,7 @@ class AuthorsConditioner(nn.Module):
     def __init__(self, family: str, tokenizer, encoder):
         super().__init__()
         self.family, self.tokenizer, self.encoder = family, tokenizer, encoder
-        # requests.py pads a batch's T5 slot to tokenizer_2.model_max_length: the FiLM model's slot is a placeholder
+        # batching.py pads a batch's T5 slot to tokenizer_2.model_max_length: the FiLM model's slot is a placeholder
         self.tokenizer_2 = tokenizer if family == "t5" else SimpleNamespace(model_max_length=1)
 
     @classmethod
