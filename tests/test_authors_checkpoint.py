@@ -175,6 +175,21 @@ def test_diffusers_loads_the_converted_folder(authors_files, tmp_path):
     assert list(pipe.unet.config.attention_head_dim) == [1, 1, 2, 2]  # channels (32, 32, 64, 64) / 32
 
 
+def test_converted_folder_runs_as_the_authors_model(authors_files, tmp_path):
+    """A folder converted from an authors' file runs as the authors' model wherever it loads (its UNet config says
+    so), though its configs are not the official checkpoints' (tiny)."""
+    from convert_authors_checkpoint import convert_authors_checkpoint
+
+    from audioldm2_lite.generation.core import AudioLDM2
+    from audioldm2_lite.generation.loading import checkpoint_reference
+
+    files, text = authors_files
+    folder = convert_authors_checkpoint(files["audioldm2-full"], tmp_path / "converted", text_models_dir=text)
+    assert checkpoint_reference(folder) == "authors"
+    assert AudioLDM2.from_pretrained(folder).reference == "authors"
+    assert checkpoint_reference(folder, "diffusers") == "diffusers"  # given explicitly, it applies
+
+
 def test_truncated_file_is_one_error_naming_it(authors_files, tmp_path):
     files, text = authors_files
     truncated = tmp_path / "audioldm2-full.pth"
@@ -286,6 +301,7 @@ def test_audioldm2_pipeline_loads_an_authors_file(authors_files, tmp_path, monke
     monkeypatch.setenv("AUDIOLDM2_LITE_CACHE", str(tmp_path))
     pipe = AudioLDM2Pipeline.from_pretrained(str(files["audioldm2-full"]), device="cpu", dtype=torch.float32,
                                              text_models_dir=text)
+    assert pipe.reference == "authors"  # its model_index.json names the authors' model
     direct = ac.load_authors_stages(files["audioldm2-full"], ["unet", "vocoder"], text_models_dir=text)
     for name in ("unet", "vocoder"):
         theirs = direct[name].state_dict()

@@ -61,6 +61,8 @@ def write_hub_folder(model, out_dir, text_models_dir=None) -> Path:
             continue
         library, class_name = HUB_CLASSES[name]
         config = dict(config)
+        if name == "unet":  # the authors' model wherever the folder loads (authors.resolve_reference)
+            config["_authors_model"] = kind
         if name == "text_encoder":
             config["audio_config"] = HTSAT_BASE
         (partial / name).mkdir()

@@ -31,7 +31,9 @@ import torch
 
 from ..models.long_audio import decode_in_tiles, vocode_in_windows
 from .authors_checkpoint import authors_stage, is_authors_checkpoint
-from .authors_models import AuthorsConditioner, authors_model_of, authors_pipeline_folder, guided_unet_for, runs_without_gpt2
+from .authors_models import (
+    AuthorsConditioner, authors_model_of, authors_pipeline_folder, guided_unet_for, runs_without_gpt2,
+)
 from .batching import Generated, batchable, run_requests  # noqa: F401  (re-exported)
 from .conditioning import Conditioning, TextConditioner
 from .core import AudioLDM2, classifier_free_guidance, is_guided
@@ -183,7 +185,8 @@ class AudioLDM2Pipeline(AudioLDM2):
         # masked, so the features agree to float rounding, at a fraction of the cost
         with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
             if runs_without_gpt2(root):  # the authors' audioldm_48k (CLAP FiLM) or T5-only model
-                conditioner = AuthorsConditioner.from_pretrained(root, device=home, dtype=precision.text, variant=variant)
+                conditioner = AuthorsConditioner.from_pretrained(root, device=home, dtype=precision.text,
+                                                                 variant=variant)
             else:
                 conditioner = load_conditioner(root, device=home, dtype=precision.text, variant=variant,
                                                clap_pad_to_max_length=False, reference=reference)  # speech.py: VITS

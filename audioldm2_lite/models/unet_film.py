@@ -71,8 +71,8 @@ class FilmUNet(UNet):
         sequences = super().sequences(absent if encoder_hidden_states is None else encoder_hidden_states,
                                       absent if encoder_hidden_states_1 is None else encoder_hidden_states_1,
                                       encoder_attention_mask_1)
-        film = encoder_hidden_states.flatten(1) if self.config.film_condition_dim and encoder_hidden_states is not None \
-            else None
+        reads_film = self.config.film_condition_dim and encoder_hidden_states is not None
+        film = encoder_hidden_states.flatten(1) if reads_film else None  # (B, 512)
         return {**sequences, "film": (film, None)}
 
     def embed_timestep_and_condition(self, timestep, batch: int, condition: torch.Tensor | None) -> torch.Tensor:
