@@ -289,6 +289,16 @@ def test_t5_only_model_runs_and_masks_its_unconditional_half_as_the_authors(auth
     # T5("") with a mask of ones over its own tokens, padded with masked positions to the prompt's length
     assert torch.equal(conditioning.t5_states[0, :length], empty.t5_states[0])
     assert conditioning.t5_mask[0].tolist() == [1] * length + [0] * (conditioning.t5_mask.shape[1] - length)
+    # the engine's UNet call (keys and values once, the DownBlock2D level once for both halves) equals the plain
+    # UNet on [uncond, cond], its one cross-attention reading the T5 slot
+    latents, t = torch.randn(1, 8, 8, 16), torch.tensor(500)
+    guided = pipe.predict_noise(latents, t, pipe.runners.unet_context(*conditioning), 3.5)
+    uncond, cond = pipe.unet(torch.cat([latents, latents]), t, *conditioning).chunk(2)
+    # float32 rounding: the shared level runs on a batch of 1 here, of 2 there (other kernel blockings), and
+    # guidance scales the halves' difference by 3.5; the core's engine test allows the same 1e-5 (test_core.py)
+    assert relative_error(guided, uncond + 3.5 * (cond - uncond)) < 1e-5
+    assert relative_error(guided, pipe.predict_noise(latents, t, pipe.runners.unet_context(
+        *pipe.conditioner.encode_prompt("rain")), 3.5)) > 1e-6  # and the prompt reaches it
     out = pipe("a dog barks", audio_length_in_s=0.2, num_inference_steps=2, seed=0)
     assert pipe.sampling_rate == 16000 and out.audios.shape == (1, 3200)
 
