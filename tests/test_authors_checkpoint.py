@@ -332,41 +332,24 @@ if not REF_RUNS:
         reason=f"no authors' reference runs in {AUTHORS_REFS} (set AUDIOLDM2_LITE_AUTHORS_REFS)"))]
 
 
-def authors_unconditional_half(pipe, cond):
-    """The authors' unconditional condition (issue 32): zeros for the GPT-2 sequence, T5("") with a mask of ones
-    (padded with masked positions to the prompt's T5 length)."""
-    from audioldm2_lite.generation.conditioning import Conditioning
-
-    tokens = pipe.conditioner.tokenizer_2([""], return_tensors="pt")
-    empty = pipe.conditioner.t5(tokens.input_ids, tokens.attention_mask)
-    pad = cond.t5_states.shape[1] - empty.shape[1]
-    states = torch.nn.functional.pad(empty, (0, 0, 0, pad))
-    mask = torch.nn.functional.pad(torch.ones_like(tokens.attention_mask), (0, pad))
-    return Conditioning(torch.cat([torch.zeros_like(cond.generated), cond.generated]),
-                        torch.cat([states, cond.t5_states]), torch.cat([mask, cond.t5_mask]))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REF_RUNS)
 def test_matches_the_authors_reference_runs(name, tmp_path, monkeypatch):
     """Ours reads the authors' file directly and reproduces their text_to_audio (float32, DDIM, eta 0): latents and
-    waveform to 1e-4 relative. AudioLDM 2 files: with the authors' unconditional half at guidance > 1 (what the
-    pipeline's reference="authors" default gives, issue 32); 48k / T5-only: the pipeline as it is."""
+    waveform to 1e-4 relative, the pipeline as it is (an authors' file runs as the authors' model: for the AudioLDM 2
+    family their unconditional half, zeros for GPT-2 and T5("") with a mask of ones; CLAP("") or T5("") for 48k and
+    T5-only)."""
     from audioldm2_lite import AudioLDM2Pipeline
 
     folder = AUTHORS_REFS / name
     reference = torch.load(folder / "reference.pt", weights_only=False)
     file = next(folder.glob("*.pth"))
     monkeypatch.setenv("AUDIOLDM2_LITE_CACHE", str(tmp_path))
-    kind = ac.recognise(ac.read_authors_file(file), str(file))
     pipe = AudioLDM2Pipeline.from_pretrained(str(file), device="cpu", dtype=torch.float32,
                                              text_models_dir=folder / "hub")
+    assert pipe.reference == "authors"
     for run in reference["runs"].values():
-        guided = run["guidance_scale"] > 1
-        cond = pipe.encode_prompt(run["prompt"], do_classifier_free_guidance=guided)
-        if ac.AUTHORS_CONFIGS[kind].family == "audioldm2":
-            cond = pipe.encode_prompt(run["prompt"], do_classifier_free_guidance=False)
-            cond = authors_unconditional_half(pipe, cond) if guided else cond
+        cond = pipe.encode_prompt(run["prompt"], do_classifier_free_guidance=run["guidance_scale"] > 1)
         latents = run["x_T"]
         for _, latents in pipe.generate_latents(run["x_T"], cond, run["steps"], run["guidance_scale"], "ddim",
                                                 run["ddim_eta"]):
