@@ -221,10 +221,14 @@ def add_model_arguments(parser, generating: bool = True) -> None:
     its prompt files, the page) also --lora, --lora-scale, --dtype, --reference, --compile and --offload, which
     `check_model_options` checks and `load_pipeline` reads."""
     parser.add_argument("--model", default="cvssp/audioldm2",
-                        help="hub id or local folder in hub layout (default: cvssp/audioldm2)")
+                        help="hub id or local folder in hub layout" + (", or an authors' .pth / haoheliu/<name> such "
+                             "as haoheliu/audioldm_48k" if generating else "") + " (default: cvssp/audioldm2)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     if not generating:
         return
+    parser.add_argument("--text-models", default=None,
+                        help="for an authors' .pth: folder holding roberta-base/, google/flan-t5-large/, gpt2/ "
+                             "(default: those folders here, else the hub cache)")
     parser.add_argument("--lora", default=None, help="LoRA adapter file from audioldm2-lite-train (lora.safetensors)")
     parser.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default: 1)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,
@@ -264,6 +268,10 @@ def check_local_model(model: str) -> None:
     """A --model that names a folder here (a path with a separator, or one that exists) must be a checkpoint:
     not taken for a hub id, which would then be looked up on the hub and fail there."""
     path = Path(model).expanduser()
+    if path.suffix in (".pth", ".ckpt"):  # an authors' checkpoint file (generation/authors_checkpoint.py)
+        if not path.is_file():
+            raise UsageError(f"--model '{model}' does not exist; give an authors' .pth/.ckpt file or haoheliu/<name>")
+        return
     looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model \
         or (path.parent != Path(".") and path.parent.is_dir())  # weights/audioldm2, with weights/ here
     if looks_local and not (path / "model_index.json").is_file():
@@ -300,6 +308,7 @@ def load_pipeline(args, progress: bool = True):
         args.model, device=resolve_device(args.device), dtype=getattr(torch, args.dtype) if args.dtype else None,
         offload=args.offload, progress=progress, lora=args.lora,
         lora_scale=1.0 if args.lora_scale is None else args.lora_scale, reference=args.reference,
+        text_models_dir=args.text_models,
     )
     if pipe.device.type == "cuda" and not args.offload:
         pipe.optimize(compile=args.compile, cuda_graphs=True)

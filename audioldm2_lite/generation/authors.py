@@ -8,8 +8,8 @@ The checkpoints were trained with haoheliu's code (`audioldm2` 0.1.0). `referenc
    ones (`AudioMAEConditionCTPoolRand`, `FlanT5HiddenState.get_unconditional_condition`): what training dropped
    the condition to. Diffusers encodes "" through every text stage. A negative prompt keeps diffusers' way.
 3. CLAP's text LayerNorm eps: RoBERTa-base's 1e-5; the hub config leaves it unset (transformers: 1e-12).
-The default is the authors' for the official checkpoints (recognised by their UNet config), diffusers' for other
-folders; given explicitly, either applies to any folder.
+The default is the authors' for the official checkpoints (recognised by their UNet config) and for folders converted
+from the authors' files (`_authors_model` in it), diffusers' for other folders; given explicitly, either applies.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def is_official(unet_config: dict) -> bool:
 def resolve_reference(reference: str | None, unet_config: dict) -> str:
     """The reference a checkpoint runs as: the one given, else the authors' for an official checkpoint."""
     if reference is None:
-        return "authors" if is_official(unet_config) else "diffusers"
+        return "authors" if is_official(unet_config) or "_authors_model" in unet_config else "diffusers"
     if reference not in REFERENCES:
         raise ValueError(f"reference must be 'authors' or 'diffusers', got {reference!r}")
     return reference

@@ -49,14 +49,18 @@ class MelConfig:
 
     @classmethod
     def from_hub(cls, vocoder_config: dict, vae_config: dict) -> "MelConfig":
-        """From the vocoder's (SpeechT5HifiGan) and the VAE's (AutoencoderKL) config.json."""
+        """From the vocoder's (SpeechT5HifiGan) and the VAE's (AutoencoderKL) config.json. The STFT size and mel
+        band are the 16 kHz models' unless the vocoder config names them (`n_fft`, `mel_fmin`, `mel_fmax`, which
+        scripts/convert_authors_checkpoint.py writes for the 48 kHz model: 2048, 20 Hz, 24 kHz)."""
         sampling_rate = vocoder_config["sampling_rate"]
         return cls(
             sampling_rate=sampling_rate,
             n_mels=vocoder_config["model_in_dim"],
             hop_length=math.prod(vocoder_config["upsample_rates"]),
             frames_multiple=2 ** (len(vae_config["block_out_channels"]) - 1),
-            fmax=sampling_rate / 2,
+            n_fft=vocoder_config.get("n_fft") or 1024,
+            fmin=vocoder_config.get("mel_fmin") or 0.0,
+            fmax=vocoder_config.get("mel_fmax") or sampling_rate / 2,
         )
 
     def num_frames(self, num_samples: int) -> int:

@@ -30,6 +30,10 @@ import numpy as np
 import torch
 
 from ..models.long_audio import decode_in_tiles, vocode_in_windows
+from .authors_checkpoint import authors_stage, is_authors_checkpoint
+from .authors_models import (
+    AuthorsConditioner, authors_model_of, authors_pipeline_folder, guided_unet_for, runs_without_gpt2,
+)
 from .batching import Generated, batchable, run_requests  # noqa: F401  (re-exported)
 from .conditioning import Conditioning, TextConditioner
 from .core import AudioLDM2, classifier_free_guidance, is_guided
@@ -140,8 +144,10 @@ class AudioLDM2Pipeline(AudioLDM2):
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_CHECKPOINT, device=None, dtype=None, offload: bool = False,
                         progress: bool = False, lora=None, lora_scale: float = 1.0, variant: str | None = None,
-                        reference: str | None = None):
-        """Load every stage of a hub id or local hub-layout folder.
+                        reference: str | None = None, text_models_dir=None):
+        """Load every stage of a hub id or local hub-layout folder, or of an authors' .pth file / haoheliu/<name>
+        (converted once to a hub-layout folder, authors_models.py; `text_models_dir` holds roberta-base/,
+        google/flan-t5-large/ and gpt2/ for it, default: those folders here, else the hub cache).
 
         device defaults to `default_device()` (CUDA, then MPS, then CPU). dtype: None for the measured default
         of the device (precision.py: float16 on CUDA; on a CPU with native bfloat16 the UNet, text stages and vocoder
@@ -156,12 +162,15 @@ class AudioLDM2Pipeline(AudioLDM2):
         `reference`: "authors" runs the model the weights were trained as, "diffusers" what diffusers'
         conversion computes (authors.py: UNet heads, the unconditional half of guidance, CLAP's LayerNorm
         epsilon); default: the authors' for the official checkpoints (recognised by their configs), diffusers'
-        for any other folder. `pipe.reference` says which ran.
+        for any other folder, and the authors' for their own files. `pipe.reference` says which ran.
         """
         device = resolve_device(device)
         precision = resolve_precision(device, dtype)
+        if is_authors_checkpoint(model):  # the authors' own file format: converted once to hub layout, cached
+            model = authors_pipeline_folder(model, text_models_dir)
         root = resolve_checkpoint(model, variant=variant)
-        reference = checkpoint_reference(root, reference)
+        authors_model = authors_model_of(root)  # the folder's authors' model (model_index.json), if converted from one
+        reference = checkpoint_reference(root, "authors" if authors_model and reference is None else reference)
         home = torch.device("cpu") if offload else device
         if variant is not None and not any(has_variant(root / name, variant) for name in STAGES):
             raise CheckpointError(f"no component of '{root}' has weight files of the variant '{variant}' "
@@ -169,13 +178,18 @@ class AudioLDM2Pipeline(AudioLDM2):
 
         def load(name, dtype):
             with progress_stage(f"loading {name}", progress):
-                return load_component(root, name, dtype=dtype, device=home, variant=variant, reference=reference)
+                return load_component(root, name, dtype=dtype, device=home, variant=variant, reference=reference,
+                                      stage=authors_stage(name) if authors_model else None)
 
         # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
         # masked, so the features agree to float rounding, at a fraction of the cost
         with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
-            conditioner = load_conditioner(root, device=home, dtype=precision.text, variant=variant,
-                                           clap_pad_to_max_length=False, reference=reference)  # speech.py: VITS
+            if runs_without_gpt2(root):  # the authors' audioldm_48k (CLAP FiLM) or T5-only model
+                conditioner = AuthorsConditioner.from_pretrained(root, device=home, dtype=precision.text,
+                                                                 variant=variant)
+            else:
+                conditioner = load_conditioner(root, device=home, dtype=precision.text, variant=variant,
+                                               clap_pad_to_max_length=False, reference=reference)  # speech.py: VITS
         if lora is not None and Path(lora).resolve().parent == root.resolve():
             # audioldm2-lite-train exports OUT/ with the adapter merged into OUT/unet and the adapter alone beside it
             warnings.warn(f"{lora} lies in the checkpoint {root}, an export whose UNet has this adapter merged in "
@@ -197,7 +211,7 @@ class AudioLDM2Pipeline(AudioLDM2):
         if self.unet is None:
             return None
         if getattr(self, "_guided_unet", None) is None or self._guided_unet.unet is not self.unet:
-            self._guided_unet = GuidedUNet(self.unet)
+            self._guided_unet = guided_unet_for(self.unet)  # authors_models.py: FilmGuidedUNet for a FiLM UNet
         return self._guided_unet
 
     def plain_runners(self) -> Runners:

@@ -215,8 +215,8 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
     # every file Gradio wrote for this page (results, uploads) is deleted `cache_hours` after it was written
     age = max(1, round(cache_hours * 3600))
     with gr.Blocks(title="AudioLDM 2 (audioldm2_lite)", delete_cache=(min(age, 3600), age)) as app:
-        gr.Markdown(f"## AudioLDM 2\nModel: `{model_name}` as {describe_reference(pipe.reference)}, on "
-                    f"{pipe.device}, {pipe.precision.describe()}")
+        gr.Markdown(f"## AudioLDM 2\nModel: `{model_name}` ({pipe.sampling_rate // 1000} kHz) as "
+                    f"{describe_reference(pipe.reference)}, on {pipe.device}, {pipe.precision.describe()}")
         # what both tabs use
         with gr.Row():
             with gr.Column(scale=2):
