@@ -303,6 +303,39 @@ def test_t5_only_model_runs_and_masks_its_unconditional_half_as_the_authors(auth
     assert pipe.sampling_rate == 16000 and out.audios.shape == (1, 3200)
 
 
+@pytest.mark.parametrize("kind, cutoff_hz", [("audioldm_48k", 12000.0), ("audioldm_16k_crossattn_t5", 4000.0)])
+def test_editing_modes_run_on_the_authors_models(authors_pipelines, kind, cutoff_hz):
+    """Style transfer, inpainting and bandwidth extension (for audioldm_48k, 12 to 24 kHz: the super-resolution
+    people ask of it) through each model's own VAE encoder. The output has the input's length at the model's
+    rate, and the final latent is the input's latent exactly wherever the mask keeps it, and not elsewhere."""
+    from audioldm2_lite.generation.editing import AudioEdit
+
+    pipe = authors_pipelines[kind]
+    rate = pipe.sampling_rate
+    audio = (0.1 * torch.randn(rate // 2, generator=torch.Generator().manual_seed(0))).numpy()  # 0.5 s
+    for mode in (dict(strength=0.6), dict(regenerate_seconds=(0.1, 0.3)), dict(regenerate_above_hz=cutoff_hz)):
+        edit = AudioEdit.prepare(pipe, audio, rate, **mode)
+        args = dict(audio=audio, audio_sampling_rate=rate, num_inference_steps=3, seed=0, **mode)
+        latents = pipe("rain on a roof", output_type="latent", **args).audios
+        source = edit.source.expand_as(latents)
+        kept = torch.zeros_like(latents, dtype=torch.bool) if edit.regenerate is None else \
+            ~edit.regenerate.expand_as(latents)
+        assert torch.equal(latents[kept], source[kept]), mode
+        assert not torch.allclose(latents[~kept], source[~kept]), mode  # and the rest was regenerated
+        assert pipe("rain on a roof", **args).audios.shape == (1, len(audio)), mode
+
+
+def test_ranking_is_refused_before_any_work(authors_pipelines, monkeypatch):
+    """The authors' files' CLAP audio tower is not read (authors_checkpoint.IGNORED): asking for several ranked
+    candidates is one RequestError, before anything runs."""
+    from audioldm2_lite.generation.request import RequestError
+
+    pipe = authors_pipelines["audioldm_48k"]
+    monkeypatch.setattr(pipe, "generate_latents", None)  # never reached
+    with pytest.raises(RequestError, match="cannot rank candidates; ask for one waveform per prompt"):
+        pipe("rain", audio_length_in_s=0.1, num_inference_steps=2, num_waveforms_per_prompt=2)
+
+
 def test_audioldm2_pipeline_loads_an_authors_file(authors_files, tmp_path, monkeypatch):
     """AudioLDM2Pipeline.from_pretrained takes the .pth: every stage equals the one read from the file."""
     from audioldm2_lite import AudioLDM2Pipeline

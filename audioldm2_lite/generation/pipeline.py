@@ -350,7 +350,7 @@ class AudioLDM2Pipeline(AudioLDM2):
             samples_per_latent_frame=self.hop_length * self.vae_scale_factor, samples_per_mel_frame=self.hop_length,
             mel_top_hz=mel.fmax,
             default_seconds=self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate,
-            speech=self.conditioner.speaks,
+            speech=self.conditioner.speaks, ranks=authors_model_of(self.checkpoint) is None,
         )
 
     @torch.no_grad()
