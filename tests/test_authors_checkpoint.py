@@ -325,6 +325,54 @@ def test_editing_modes_run_on_the_authors_models(authors_pipelines, kind, cutoff
         assert pipe("rain on a roof", **args).audios.shape == (1, len(audio)), mode
 
 
+@pytest.mark.parametrize("kind", ["audioldm_48k", "audioldm_16k_crossattn_t5"])
+def test_fine_tuning_an_authors_file(authors_files, authors_pipelines, kind, tmp_path, monkeypatch):
+    """audioldm2-lite-train on an authors' file: clips at the model's rate through its own front end and VAE, the
+    dropped caption cached as the authors' unconditional input (CLAP("") for the FiLM model, T5("") with a mask of
+    ones for the T5-only one: the half guidance uses), and OUT a folder that loads as the same model, its UNet
+    trained, generating at the model's rate."""
+    import numpy as np
+    import soundfile
+    from safetensors.torch import load_file
+
+    from audioldm2_lite import AudioLDM2Pipeline
+    from audioldm2_lite.generation.authors_models import authors_pipeline_folder
+    from audioldm2_lite.training.data import EncodedDataset, checkpoint_key
+    from audioldm2_lite.console import UsageError
+    from audioldm2_lite.training.train import TrainConfig, train
+
+    files, text = authors_files
+    base = authors_pipelines[kind]
+    rate = base.sampling_rate
+    monkeypatch.setenv("AUDIOLDM2_LITE_CACHE", str(tmp_path / "converted"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, hz in enumerate((220, 440)):
+        soundfile.write(data / f"tone{i}.wav", 0.3 * np.sin(2 * np.pi * hz * np.arange(rate // 2) / rate), rate)
+    (data / "metadata.csv").write_text("file_name,caption\ntone0.wav,a low tone\ntone1.wav,a high tone\n")
+    out = train(TrainConfig(data=str(data), output=str(tmp_path / "out"), model=str(files[kind]),
+                            text_models=str(text), seconds=0.5, batch_size=2, max_steps=2, learning_rate=1e-3,
+                            caption_dropout=0.5, cache_dir=str(tmp_path / "cache"), quiet=True, device="cpu"))
+
+    root = authors_pipeline_folder(files[kind], text)  # the folder training converted the file to
+    dropped = load_file(str(EncodedDataset([], 0, tmp_path / "cache" / checkpoint_key(root), "authors").text_files[""]))
+    uncond = base.conditioner.encode_prompt("a low tone", do_classifier_free_guidance=True)  # [uncond, cond]
+    length = dropped["t5_mask"].shape[0]
+    assert torch.equal(dropped["generated"], uncond.generated[0])  # CLAP("") (1, 512), or the placeholder
+    assert torch.equal(dropped["t5_states"], uncond.t5_states[0, :length]) and bool(dropped["t5_mask"].all())
+
+    trained = AudioLDM2Pipeline.from_pretrained(out, device="cpu", dtype=torch.float32)
+    assert (type(trained.unet), trained.sampling_rate, trained.reference) == (type(base.unet), rate, "authors")
+    before, after = base.unet.state_dict(), trained.unet.state_dict()
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert trained("a high tone", audio_length_in_s=0.1, num_inference_steps=2, seed=0).audios.shape == (1, rate // 10)
+    # validation scores with CLAP's audio tower, not read from an authors' file: refused before any work
+    (tmp_path / "prompts.txt").write_text("a tone\n")
+    with pytest.raises(UsageError, match="--validation-prompts scores with CLAP's audio tower"):
+        train(TrainConfig(data=str(data), output=str(tmp_path / "again"), model=str(files[kind]),
+                          text_models=str(text), validation_prompts=str(tmp_path / "prompts.txt"), device="cpu"))
+
+
 def test_ranking_is_refused_before_any_work(authors_pipelines, monkeypatch):
     """The authors' files' CLAP audio tower is not read (authors_checkpoint.IGNORED): asking for several ranked
     candidates is one RequestError, before anything runs."""

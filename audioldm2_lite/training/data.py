@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..console import read_table
 from ..generation.audio_io import AudioInputError, read_audio
+from ..generation.authors_models import AuthorsConditioner, runs_without_gpt2
 from ..generation.conditioning import TextConditioner
 from ..generation.loading import load_component
 from ..generation.mel import MelConfig, waveform_to_mel
@@ -168,11 +169,15 @@ class EncodedDataset:
         if not latents and not texts:
             return
         self.cache.mkdir(parents=True, exist_ok=True)
-        conditioner = TextConditioner.from_pretrained(root, device=device, reference=self.reference)
+        if runs_without_gpt2(root):  # the authors' 48 kHz / T5-only model: its one text stage; "" is its uncond
+            conditioner = AuthorsConditioner.from_pretrained(root, device=device)
+        else:
+            conditioner = TextConditioner.from_pretrained(root, device=device, reference=self.reference)
         vae = load_component(root, "vae", device=device)
         with torch.no_grad():
             for caption in tqdm(texts, desc="encoding captions", disable=quiet):
-                if caption == "" and self.reference == "authors":  # the dropped caption: what guidance uses
+                if caption == "" and self.reference == "authors" and isinstance(conditioner, TextConditioner):
+                    # the dropped caption: what guidance uses
                     gpt2 = conditioner.gpt2.config  # zeros for GPT-2's slot, T5("") (one token) for T5's
                     generated = torch.zeros(1, gpt2.max_new_tokens, gpt2.n_embd, device=device)
                     t5_states, t5_mask = conditioner.empty_t5(1, device)

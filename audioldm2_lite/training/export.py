@@ -45,7 +45,8 @@ def export_checkpoint(unet, root: Path, out: Path, lora: bool) -> None:
                 metadata={"format": "pt"})
     if lora:
         save_lora(unet, out / "lora.safetensors")
-    export_language_model(root, out)
+    if (root / "language_model").is_dir():  # not in the authors' 48 kHz and T5-only models
+        export_language_model(root, out)
 
 
 def export_language_model(root: Path, out: Path) -> None:

@@ -66,6 +66,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..console import UsageError, describe_reference, one_line_warnings, write_atomically
 from ..generation.authors import REFERENCES
+from ..generation.authors_checkpoint import authors_stage, is_authors_checkpoint
+from ..generation.authors_models import authors_model_of, authors_pipeline_folder
 from ..generation.loading import (
     DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_config,
 )
@@ -85,7 +87,8 @@ PROG = "audioldm2-lite-train"
 class TrainConfig:
     data: str  # folder with metadata.csv / metadata.jsonl and the audio
     output: str  # the fine-tuned checkpoint (hub layout), its training state and loss log
-    model: str = DEFAULT_CHECKPOINT  # hub id or local hub-layout folder to start from
+    model: str = DEFAULT_CHECKPOINT  # hub id or local hub-layout folder, or an authors' .pth / haoheliu/<name>
+    text_models: str | None = None  # for an authors' file: the folder of roberta-base/, google/flan-t5-large/, gpt2/
     lora_rank: int | None = None  # None: fine-tune every UNet weight; R: train rank-R LoRA adapters only
     lora_alpha: float | None = None  # LoRA scaling alpha / rank; default alpha = rank
     max_steps: int = 1000  # optimizer steps (each of batch_size * processes * gradient_accumulation clips)
@@ -247,10 +250,17 @@ def train(config: TrainConfig) -> Path:
     peak_rate = c.learning_rate or (1e-4 if lora else 1e-5)
 
     # 1. data: checked by rank 0, encoded by all (each its share), read by each process batch by batch
-    root = resolve_checkpoint(c.model)
+    # an authors' file is converted once to a hub-layout folder, as the pipeline does (authors_models.py)
+    root = authors_pipeline_folder(c.model, c.text_models) if is_authors_checkpoint(c.model) else \
+        resolve_checkpoint(c.model)
     if out.resolve() == root.resolve():
         raise UsageError(f"--output {out} is the checkpoint being fine-tuned: choose another folder")
-    reference = checkpoint_reference(root, c.reference)  # the model trained, and its unconditional input
+    authors_model = authors_model_of(root)
+    if authors_model and c.validation_prompts:
+        raise UsageError("--validation-prompts scores with CLAP's audio tower, which audioldm2_lite does not read "
+                         "from an authors' file: fine-tune without it, or from the hub-layout conversion")
+    # the model trained, and its unconditional input (an authors' file: the authors' model, as the pipeline runs it)
+    reference = checkpoint_reference(root, "authors" if authors_model and c.reference is None else c.reference)
     if rank == 0 and not c.quiet:
         print(f"{PROG}: model: {describe_reference(reference)}", file=sys.stderr)
     validation = None
@@ -278,7 +288,8 @@ def train(config: TrainConfig) -> Path:
     scaling_factor = load_config(root, "vae")["scaling_factor"]
 
     # 2. the model: float32 master weights, one replica per process
-    unet = load_component(root, "unet", dtype=torch.float32, device=device, reference=reference)
+    unet = load_component(root, "unet", dtype=torch.float32, device=device, reference=reference,
+                          stage=authors_stage("unet") if authors_model else None)  # the FiLM UNet of audioldm_48k
     torch.manual_seed(c.seed)  # the adapters' random initialisation: the same run from the same seed
     if lora:
         parameters = apply_lora(unet, c.lora_rank, c.lora_alpha)
@@ -453,7 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     help_text = {
         "data": "folder with metadata.csv or metadata.jsonl (file_name, caption or text) and the audio",
         "output": "output folder: a hub-layout checkpoint, plus training/ (state.pt, loss.csv, tensorboard/)",
-        "model": f"hub id or local hub-layout folder to fine-tune (default: {DEFAULT_CHECKPOINT})",
+        "model": f"hub id or local hub-layout folder to fine-tune, or an authors' .pth / haoheliu/<name> such as "
+                 f"haoheliu/audioldm_48k (default: {DEFAULT_CHECKPOINT})",
+        "text_models": "for an authors' .pth: folder holding roberta-base/, google/flan-t5-large/, gpt2/ (default: "
+                       "those folders here, else the hub cache)",
         "lora_rank": "train rank-R LoRA adapters on the attention projections instead of every weight",
         "lora_alpha": "LoRA scaling alpha (the update is scaled by alpha / rank; default: alpha = rank)",
         "max_steps": "optimizer steps (default: 1000)",
@@ -493,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         "quiet": "no progress bars",
     }
     names = {"data": "DIR", "output": "OUT", "model": "MODEL", "device": "DEVICE", "cache_dir": "DIR",
-             "validation_prompts": "FILE", "validation_reference": "STATS", "learning_rate": "RATE",
+             "text_models": "DIR", "validation_prompts": "FILE", "validation_reference": "STATS", "learning_rate": "RATE",
              "lr_warmup_steps": "N", "ema_decay": "DECAY"}
     for field in fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
