@@ -373,6 +373,33 @@ def test_fine_tuning_an_authors_file(authors_files, authors_pipelines, kind, tmp
                           text_models=str(text), validation_prompts=str(tmp_path / "prompts.txt"), device="cpu"))
 
 
+def test_evaluating_the_48k_models_files(authors_pipelines, tiny_checkpoint, tmp_path):
+    """audioldm2-lite-eval on files the 48 kHz model wrote: CLAP's audio front end takes 48 kHz, so the samples
+    reach it as written, none resampled; scored with a hub checkpoint's CLAP (an authors' file's audio tower is
+    not read). The report's scores are the cosine similarities of the arrays' and prompts' embeddings."""
+    import json
+
+    import soundfile
+
+    from audioldm2_lite.evaluate import evaluate
+    from audioldm2_lite.generation.ranking import ClapScorer
+
+    prompts = ["rain on a roof", "wind in the trees"]
+    audio = authors_pipelines["audioldm_48k"](prompts, audio_length_in_s=0.5, num_inference_steps=2, seed=0).audios
+    (tmp_path / "gen").mkdir()
+    for i, waveform in enumerate(audio):
+        soundfile.write(tmp_path / "gen" / f"{i}.wav", waveform, 48000, subtype="FLOAT")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.wav", "prompt": p}) + "\n"
+                                                    for i, p in enumerate(prompts)))
+    scorer = ClapScorer(tiny_checkpoint, device="cpu")
+    report = evaluate(tmp_path / "gen", prompts=tmp_path / "prompts.jsonl", scorer=scorer, progress=False)
+    with torch.no_grad():
+        expected = torch.nn.functional.cosine_similarity(scorer.embed_waveforms(torch.from_numpy(audio), 48000),
+                                                         scorer.embed_text(prompts))
+    # float32 unit vectors, the same operations in batches of another size: rounding
+    assert [report["files"][f"{i}.wav"]["clap_score"] for i in range(2)] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
 def test_ranking_is_refused_before_any_work(authors_pipelines, monkeypatch):
     """The authors' files' CLAP audio tower is not read (authors_checkpoint.IGNORED): asking for several ranked
     candidates is one RequestError, before anything runs."""
