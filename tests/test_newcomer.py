@@ -20,6 +20,7 @@ import torch
 from audioldm2_lite import AudioLDM2Pipeline
 from audioldm2_lite.generation.pipeline import default_device
 from audioldm2_lite.generation.samplers import SchedulerConfig, make_sampler
+from audioldm2_lite.generation.samplers.sigmas import multistep_schedule
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")  # diffusers'
 
@@ -101,9 +102,15 @@ def test_every_step_count_up_to_the_training_steps():
     config = SchedulerConfig.from_hub(hub)
     total = config.num_train_timesteps
     reference = {"ddim": DDIMScheduler.from_config(hub), "dpmsolver++": DPMSolverMultistepScheduler.from_config(hub)}
+    # DPM-Solver++'s timesteps are sigmas.multistep_schedule's (the sampler's per-step coefficients, which every
+    # N would build a thousand times over, are tested in test_samplers.py): checked at every N, the sampler at some
+    timesteps_of = {"ddim": lambda n: make_sampler("ddim", config, n).timesteps,
+                    "dpmsolver++": lambda n: torch.from_numpy(multistep_schedule(config, n)[0])}
+    for n in (1, 2, 20, 500, total - 1):
+        assert torch.equal(make_sampler("dpmsolver++", config, n).timesteps, timesteps_of["dpmsolver++"](n))
     for name, limit in (("ddim", total), ("dpmsolver++", total - 1)):
         for n in range(1, limit + 1):
-            timesteps = make_sampler(name, config, n).timesteps
+            timesteps = timesteps_of[name](n)
             assert len(timesteps) == n and timesteps.max() <= total - 1 and timesteps.min() >= 0, (name, n)
             assert bool((timesteps[:-1] > timesteps[1:]).all()), (name, n)  # strictly descending
             reference[name].set_timesteps(n)
