@@ -4,7 +4,6 @@ exactness properties of the three modes (style transfer, inpainting, bandwidth e
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 
 import librosa
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import soundfile
 import torch
 from reference import max_rel_error
+from test_cli import run_main
 
 from audioldm2_lite import AudioLDM2Pipeline, load_config
 from audioldm2_lite.generation.editing import AudioEdit, denoise, encode_audio, frequency_mask, mel_config, time_mask
@@ -273,16 +273,7 @@ def test_each_bad_edit_is_one_clear_error(pipe, tmp_path):
         assert "\n" not in str(raised.value), kwargs
 
 
-def run_cli(*args):
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "audioldm2_lite.cli", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
-
-
-def test_cli_bad_edits_end_with_one_line_and_no_file(tiny_checkpoint, tmp_path):
+def test_cli_bad_edits_end_with_one_line_and_no_file(tiny_checkpoint, tmp_path, capsys):
     good = tmp_path / "in.wav"
     soundfile.write(good, recording(16000)[0], RATE)  # 1 s
     short = tmp_path / "short.wav"
@@ -320,10 +311,9 @@ def test_cli_bad_edits_end_with_one_line_and_no_file(tiny_checkpoint, tmp_path):
         (["--audio", short], "shorter than one latent frame"),
     ]
     outputs = [tmp_path / f"out{i}.wav" for i in range(len(cases))]
-    with ThreadPoolExecutor(4) as pool:  # independent processes: run a few at once
-        results = list(pool.map(
-            lambda case: run_cli("rain", "-o", case[0], "--model", tiny_checkpoint, "--device", "cpu", "--steps", "2",
-                                 *case[1][0]), zip(outputs, cases)))
+    # in this process (test_cli.run_main: test_cli.py shows a process prints what main prints)
+    results = [run_main(["rain", "-o", out, "--model", tiny_checkpoint, "--device", "cpu", "--steps", "2", *extra],
+                        capsys) for out, (extra, _) in zip(outputs, cases)]
     late = {"NaN or infinite"}  # found only when the samples are decoded: after loading, exit status 1
     for (extra, message), out, result in zip(cases, outputs, results):
         assert result.returncode == (1 if message in late else 2), (extra, result.stderr)
