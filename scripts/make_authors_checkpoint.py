@@ -86,8 +86,9 @@ def make_authors_checkpoint(kind: str, out_file: str | Path, text_models: str | 
     import torch
     from transformers import GPT2Config, GPT2Model, RobertaConfig, RobertaModel, T5Config, T5EncoderModel
 
-    from audioldm2_lite.generation.authors_checkpoint import (
-        CLAP_TEXT_PAIRS, PREFIXES, PROJECTION_PAIRS, rename, unet_pairs, vae_pairs, vocoder_pairs,
+    from audioldm2_lite.generation.authors_checkpoint import PREFIXES
+    from audioldm2_lite.generation.authors_names import (
+        CLAP_TEXT_PAIRS, PROJECTION_PAIRS, rename, unet_pairs, vae_pairs, vocoder_pairs,
     )
     from audioldm2_lite.models.unet_film import FilmUNet
     from audioldm2_lite.models.vae import AutoencoderKL

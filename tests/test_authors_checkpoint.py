@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from audioldm2_lite.generation import authors_checkpoint as ac
+from audioldm2_lite.generation import authors_names as an
 from audioldm2_lite.generation.loading import load_component
 from audioldm2_lite.generation.mel import MelConfig, log_mel
 from audioldm2_lite.models.hub_config import CheckpointError
@@ -43,8 +44,8 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 def our_unet(case: dict, kind: str):
     """The authors' UNetModel weights of a reference case, renamed and loaded strictly into our UNet."""
     weights = draw_weights(case["shapes"])
-    layout = ac.unet_layout_of_authors(list(weights))
-    hub = ac.rename(weights, "", ac.unet_pairs(**layout), "reference", "UNet")
+    layout = an.unet_layout_of_authors(list(weights))
+    hub = an.rename(weights, "", an.unet_pairs(**layout), "reference", "UNet")
     return ac.build_stage("unet", ac.unet_config(hub, layout, ac.AUTHORS_CONFIGS[kind]), hub, "reference")
 
 
@@ -84,7 +85,7 @@ def test_48k_vocoder_matches_the_authors_hifigan():
     case = REFERENCE["vocoder_48k"]
     weights = draw_weights(case["shapes"])
     arguments = case["arguments"]
-    hub = ac.rename(weights, "", ac.vocoder_pairs(5, 5 * 4), "reference", "vocoder")
+    hub = an.rename(weights, "", an.vocoder_pairs(5, 5 * 4), "reference", "vocoder")
     config = ac.vocoder_config(hub, ac.AUTHORS_CONFIGS["audioldm_48k"])
     hub.update(mean=torch.zeros(arguments["num_mels"]), scale=torch.ones(arguments["num_mels"]))
     vocoder = ac.build_stage("vocoder", config, hub, "reference")
