@@ -175,7 +175,7 @@ def generate(args, request: Request) -> int:
         disable_progress_bars()
     pipe = load_pipeline(args, progress=not args.quiet)
     if not args.quiet:
-        print(f"{PROG}: model: {describe_reference(pipe.reference)}", file=sys.stderr)
+        print(f"{PROG}: model: {describe_reference(pipe.reference, pipe.checkpoint)}", file=sys.stderr)
         print(f"{PROG}: precision: {pipe.precision.describe()} [{pipe.precision.why}]", file=sys.stderr)
     if request.seed is None:
         request = AudioLDM2Pipeline.with_seed(request)

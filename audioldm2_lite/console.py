@@ -315,8 +315,16 @@ def load_pipeline(args, progress: bool = True):
     return pipe
 
 
-def describe_reference(reference: str) -> str:
-    """One line on what ran, for the console and the page."""
+def describe_reference(reference: str, checkpoint=None) -> str:
+    """One line on what ran, for the console and the page (`checkpoint`, the folder loaded, may hold one of the
+    authors' AudioLDM-1-style models, whose unconditional input is their text stage's of "")."""
+    from .generation.authors_checkpoint import AUTHORS_CONFIGS
+    from .generation.authors_models import authors_model_of, runs_without_gpt2
+
+    if checkpoint is not None and runs_without_gpt2(checkpoint):
+        kind = authors_model_of(checkpoint)
+        text_stage = "CLAP" if AUTHORS_CONFIGS[kind].family == "film" else "Flan-T5"
+        return f"the authors' {kind} (heads of 32 channels, unconditional {text_stage}(''))"
     if reference == "authors":
         return "the authors' model (heads of 32 channels, zero unconditional sequence, CLAP eps 1e-5)"
     return "diffusers' conversion (attention_head_dim as heads, unconditional from '', CLAP eps from the config)"

@@ -313,7 +313,7 @@ def run(args, rows: list[Row]) -> int:
     try:
         pipe = load_pipeline(args, progress=not quiet) if todo else None  # nothing left here: no need to load the model
         if pipe is not None and rank == 0 and not quiet:  # what ran, once (every file and manifest line keeps it)
-            print(f"audioldm2-lite: model: {describe_reference(pipe.reference)}; precision: "
+            print(f"audioldm2-lite: model: {describe_reference(pipe.reference, pipe.checkpoint)}; precision: "
                   f"{pipe.precision.describe()}", file=sys.stderr)
         manifest = out_dir / (MANIFEST if world == 1 else f"manifest.rank-{rank}.jsonl")
         from tqdm.auto import tqdm

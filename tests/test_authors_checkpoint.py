@@ -473,7 +473,7 @@ def test_matches_the_authors_reference_runs(name, tmp_path, monkeypatch):
         assert relative_error(waveform, theirs) < 1e-4
 
 
-def test_cli_and_prompt_file_write_48k_files_from_an_authors_file(authors_files, tmp_path, monkeypatch):
+def test_cli_and_prompt_file_write_48k_files_from_an_authors_file(authors_files, tmp_path, monkeypatch, capsys):
     import soundfile
 
     from audioldm2_lite.cli import main
@@ -481,8 +481,10 @@ def test_cli_and_prompt_file_write_48k_files_from_an_authors_file(authors_files,
     files, text = authors_files
     monkeypatch.setenv("AUDIOLDM2_LITE_CACHE", str(tmp_path / "cache"))
     common = ["--model", str(files["audioldm_48k"]), "--text-models", str(text), "--seconds", "0.2", "--steps", "2",
-              "--seed", "0", "--dtype", "float32", "-q"]
+              "--seed", "0", "--dtype", "float32"]
     assert main(["rain on a tin roof", "-o", str(tmp_path / "rain.wav"), *common]) == 0
+    assert "model: the authors' audioldm_48k (heads of 32 channels, unconditional CLAP(''))" in capsys.readouterr().err
+    common.append("-q")
     assert soundfile.info(tmp_path / "rain.wav").samplerate == 48000
     assert soundfile.info(tmp_path / "rain.wav").frames == 9600
     (tmp_path / "prompts.txt").write_text("rain\na dog barks\n")

@@ -262,7 +262,7 @@ def train(config: TrainConfig) -> Path:
     # the model trained, and its unconditional input (an authors' file: the authors' model, as the pipeline runs it)
     reference = checkpoint_reference(root, "authors" if authors_model and c.reference is None else c.reference)
     if rank == 0 and not c.quiet:
-        print(f"{PROG}: model: {describe_reference(reference)}", file=sys.stderr)
+        print(f"{PROG}: model: {describe_reference(reference, root)}", file=sys.stderr)
     validation = None
     if rank == 0 and c.validation_prompts:
         from .validation import Validation  # its prompts and reference checked before anything loads

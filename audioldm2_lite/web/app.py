@@ -216,7 +216,8 @@ def build_app(pipe, model_name: str = "", max_prompt_chars: int = MAX_PROMPT_CHA
     age = max(1, round(cache_hours * 3600))
     with gr.Blocks(title="AudioLDM 2 (audioldm2_lite)", delete_cache=(min(age, 3600), age)) as app:
         gr.Markdown(f"## AudioLDM 2\nModel: `{model_name}` ({pipe.sampling_rate // 1000} kHz) as "
-                    f"{describe_reference(pipe.reference)}, on {pipe.device}, {pipe.precision.describe()}")
+                    f"{describe_reference(pipe.reference, pipe.checkpoint)}, on {pipe.device}, "
+                    f"{pipe.precision.describe()}")
         # what both tabs use
         with gr.Row():
             with gr.Column(scale=2):
