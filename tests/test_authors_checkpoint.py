@@ -337,7 +337,7 @@ def test_fine_tuning_an_authors_file(authors_files, authors_pipelines, kind, tmp
     from safetensors.torch import load_file
 
     from audioldm2_lite import AudioLDM2Pipeline
-    from audioldm2_lite.generation.authors_models import authors_pipeline_folder
+    from audioldm2_lite.generation.authors_models import model_folder
     from audioldm2_lite.training.data import EncodedDataset, checkpoint_key
     from audioldm2_lite.console import UsageError
     from audioldm2_lite.training.train import TrainConfig, train
@@ -355,7 +355,7 @@ def test_fine_tuning_an_authors_file(authors_files, authors_pipelines, kind, tmp
                             text_models=str(text), seconds=0.5, batch_size=2, max_steps=2, learning_rate=1e-3,
                             caption_dropout=0.5, cache_dir=str(tmp_path / "cache"), quiet=True, device="cpu"))
 
-    root = authors_pipeline_folder(files[kind], text)  # the folder training converted the file to
+    root = model_folder(files[kind], text)  # the folder training converted the file to
     dropped = load_file(str(EncodedDataset([], 0, tmp_path / "cache" / checkpoint_key(root), "authors").text_files[""]))
     uncond = base.conditioner.encode_prompt("a low tone", do_classifier_free_guidance=True)  # [uncond, cond]
     length = dropped["t5_mask"].shape[0]

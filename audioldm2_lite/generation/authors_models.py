@@ -38,7 +38,8 @@ from . import authors_checkpoint as ac
 from .authors_export import write_hub_folder
 from .conditioning import Conditioning, TextConditioner
 from .guided_unet import GuidedUNet
-from .loading import load_component, load_tokenizer
+from .hub import resolve_checkpoint
+from .loading import checkpoint_reference, load_component, load_tokenizer
 
 
 class AuthorsConditioner(nn.Module):
@@ -160,6 +161,15 @@ def authors_hub_folder(model, text_models_dir=None, cache_dir=None) -> Path:
     return folder
 
 
-def authors_pipeline_folder(model, text_models_dir=None) -> Path:
-    """authors_hub_folder, for AudioLDM2Pipeline.from_pretrained (every model of the authors runs through it)."""
-    return authors_hub_folder(model, text_models_dir)
+def model_folder(model, text_models_dir=None, variant: str | None = None) -> Path:
+    """The hub-layout folder that the pipeline and training read for `model`: a hub id or folder as it is, an
+    authors' file converted once (authors_hub_folder; every model of the authors runs through it)."""
+    if ac.is_authors_checkpoint(model):
+        model = authors_hub_folder(model, text_models_dir)
+    return resolve_checkpoint(model, variant=variant)
+
+
+def model_reference(root: Path, reference: str | None = None) -> str:
+    """The model a folder runs as (authors.py): `reference` if given; a folder converted from an authors' file
+    runs as the authors' model; any other, as loading.checkpoint_reference says (official configs: authors)."""
+    return checkpoint_reference(root, "authors" if reference is None and authors_model_of(root) else reference)

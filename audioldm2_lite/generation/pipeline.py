@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from ..models.long_audio import decode_in_tiles, vocode_in_windows
-from .authors_checkpoint import authors_stage, is_authors_checkpoint
+from .authors_checkpoint import authors_stage
 from .authors_models import (
-    AuthorsConditioner, authors_model_of, authors_pipeline_folder, guided_unet_for, runs_without_gpt2,
+    AuthorsConditioner, authors_model_of, guided_unet_for, model_folder, model_reference, runs_without_gpt2,
 )
 from .batching import Generated, batchable, run_requests  # noqa: F401  (re-exported)
 from .conditioning import Conditioning, TextConditioner
@@ -42,9 +42,9 @@ from .devices import default_device, resolve_device  # noqa: F401  (default_devi
 from .editing import AudioEdit, mel_config
 from .embeddings import encode_prompt as encode_with_embeddings
 from .guided_unet import GuidedUNet
-from .hub import has_variant, resolve_checkpoint
+from .hub import has_variant
 from .loading import (
-    DEFAULT_CHECKPOINT, STAGES, CheckpointError, checkpoint_reference, load_component, load_config,
+    DEFAULT_CHECKPOINT, STAGES, CheckpointError, load_component, load_config,
 )
 from .lora import load_lora, set_lora_call_scale
 from .memory import TilePlan, plan_decode
@@ -166,11 +166,9 @@ class AudioLDM2Pipeline(AudioLDM2):
         """
         device = resolve_device(device)
         precision = resolve_precision(device, dtype)
-        if is_authors_checkpoint(model):  # the authors' own file format: converted once to hub layout, cached
-            model = authors_pipeline_folder(model, text_models_dir)
-        root = resolve_checkpoint(model, variant=variant)
+        root = model_folder(model, text_models_dir, variant)  # an authors' file: converted once to hub layout, cached
         authors_model = authors_model_of(root)  # the folder's authors' model (model_index.json), if converted from one
-        reference = checkpoint_reference(root, "authors" if authors_model and reference is None else reference)
+        reference = model_reference(root, reference)
         home = torch.device("cpu") if offload else device
         if variant is not None and not any(has_variant(root / name, variant) for name in STAGES):
             raise CheckpointError(f"no component of '{root}' has weight files of the variant '{variant}' "

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .authors_models import authors_model_of
 from .core import is_guided
 from .loading import hub_class_name, read_json
 from .samplers import SAMPLERS, SchedulerConfig, check_steps
@@ -74,7 +75,7 @@ def checkpoint_limits(checkpoint: str | os.PathLike) -> ModelLimits:
         samples_per_latent_frame=hop * vae_factor, samples_per_mel_frame=hop, mel_top_hz=rate / 2,
         default_seconds=unet.get("sample_size", 256) * vae_factor * hop / rate,
         speech=hub_class_name(speech) == "VitsModel",
-        ranks="_authors_model" not in read_json(folder / "model_index.json"),
+        ranks=authors_model_of(folder) is None,
     )
 
 

@@ -66,12 +66,11 @@ from torch.utils.checkpoint import checkpoint
 
 from ..console import UsageError, describe_reference, one_line_warnings, write_atomically
 from ..generation.authors import REFERENCES
-from ..generation.authors_checkpoint import authors_stage, is_authors_checkpoint
-from ..generation.authors_models import authors_model_of, authors_pipeline_folder
+from ..generation.authors_checkpoint import authors_stage
+from ..generation.authors_models import authors_model_of, model_folder, model_reference
 from ..generation.loading import (
-    DEFAULT_CHECKPOINT, checkpoint_reference, load_component, load_config,
+    DEFAULT_CHECKPOINT, load_component, load_config,
 )
-from ..generation.hub import resolve_checkpoint
 from ..generation.lora import apply_lora
 from ..generation.mel import MelConfig
 from ..generation.pipeline import default_device
@@ -250,17 +249,14 @@ def train(config: TrainConfig) -> Path:
     peak_rate = c.learning_rate or (1e-4 if lora else 1e-5)
 
     # 1. data: checked by rank 0, encoded by all (each its share), read by each process batch by batch
-    # an authors' file is converted once to a hub-layout folder, as the pipeline does (authors_models.py)
-    root = authors_pipeline_folder(c.model, c.text_models) if is_authors_checkpoint(c.model) else \
-        resolve_checkpoint(c.model)
+    root = model_folder(c.model, c.text_models)  # an authors' file: converted once, as the pipeline does
     if out.resolve() == root.resolve():
         raise UsageError(f"--output {out} is the checkpoint being fine-tuned: choose another folder")
     authors_model = authors_model_of(root)
     if authors_model and c.validation_prompts:
         raise UsageError("--validation-prompts scores with CLAP's audio tower, which audioldm2_lite does not read "
                          "from an authors' file: fine-tune without it, or from the hub-layout conversion")
-    # the model trained, and its unconditional input (an authors' file: the authors' model, as the pipeline runs it)
-    reference = checkpoint_reference(root, "authors" if authors_model and c.reference is None else c.reference)
+    reference = model_reference(root, c.reference)  # the model trained, and its unconditional input
     if rank == 0 and not c.quiet:
         print(f"{PROG}: model: {describe_reference(reference, root)}", file=sys.stderr)
     validation = None
