@@ -110,6 +110,21 @@ def test_version_is_the_package_version():
     assert 'dynamic = ["version"]' in pyproject and 'version = { attr = "audioldm2_lite.__version__" }' in pyproject
 
 
+def test_every_command_of_the_package_answers_help(capsys):
+    """Each [project.scripts] entry names a function that exists and prints its usage (a moved `main` breaks the
+    installed command, which the other tests, calling the modules, would not notice)."""
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"audioldm2-lite", "audioldm2-lite-app", "audioldm2-lite-eval", "audioldm2-lite-train"}
+    for command, target in scripts.items():
+        module, function = target.split(":")
+        with pytest.raises(SystemExit) as exit_:
+            getattr(importlib.import_module(module), function)(["--help"])
+        assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"usage: {command} ")
+
+
 def test_unreachable_model_is_one_line_and_leaves_no_file(tmp_path):
     out = tmp_path / "out.wav"
     result = run_cli("rain", "-o", str(out), "--model", "cvssp/audioldm2",
