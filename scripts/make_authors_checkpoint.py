@@ -12,8 +12,9 @@ and DIR/gpt2: the configs and tokenizers of tiny text models, which the authors'
 `audioldm2_lite.generation.authors_checkpoint`) reads from those hub ids.
 
 The UNet, VAE and vocoder weights are drawn for our own modules and renamed to the authors' names with
-the tables of `authors_checkpoint.py` read backwards; `tests/data/authors_module_names.json` (made from the
-authors' own modules) checks in tests/test_authors_checkpoint.py that the names are the authors'.
+the name tables of `authors_names.py` read backwards. tests/test_authors_checkpoint.py checks that they are the
+authors' names: `tests/data/authors_reference.pt`, made from the authors' own modules, holds the names and shapes
+of their UNetModel and HiFi-GAN (`test_tiny_authors_files_use_the_authors_names`).
 """
 
 from __future__ import annotations
