@@ -217,18 +217,18 @@ def resolve_device(name: str | None):
 
 
 def add_model_arguments(parser, generating: bool = True) -> None:
-    """--model and --device, for every program that reads a checkpoint; for those that generate (the command line,
-    its prompt files, the page) also --lora, --lora-scale, --dtype, --reference, --compile and --offload, which
+    """--model, --device and --text-models, for every program that reads a checkpoint; for those that generate (the
+    command line, its prompt files, the page) also --lora, --lora-scale, --dtype, --reference, --compile and --offload, which
     `check_model_options` checks and `load_pipeline` reads."""
     parser.add_argument("--model", default="cvssp/audioldm2",
-                        help="hub id or local folder in hub layout" + (", or an authors' .pth / haoheliu/<name> such "
-                             "as haoheliu/audioldm_48k" if generating else "") + " (default: cvssp/audioldm2)")
+                        help="hub id or local folder in hub layout, or an authors' .pth / haoheliu/<name> such as "
+                             "haoheliu/audioldm_48k (default: cvssp/audioldm2)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
-    if not generating:
-        return
     parser.add_argument("--text-models", default=None,
                         help="for an authors' .pth: folder holding roberta-base/, google/flan-t5-large/, gpt2/ "
                              "(default: those folders here, else the hub cache)")
+    if not generating:
+        return
     parser.add_argument("--lora", default=None, help="LoRA adapter file from audioldm2-lite-train (lora.safetensors)")
     parser.add_argument("--lora-scale", type=float, default=None, help="strength of the --lora adapter (default: 1)")
     parser.add_argument("--dtype", default=None, choices=DTYPES,

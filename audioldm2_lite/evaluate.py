@@ -3,8 +3,9 @@
     audioldm2-lite-eval GENERATED_DIR [--reference DIR | --reference-stats STATS.npz] [--prompts FILE]
 
 Audio is scored with the CLAP model that every AudioLDM 2 checkpoint carries (hub components
-`text_encoder`, `tokenizer`, `feature_extractor`); the UNet, VAE, GPT-2 and T5 are not loaded, and nothing
-else is downloaded. The audio side, per file:
+`text_encoder`, `tokenizer`, `feature_extractor`; an authors' file's ranking CLAP, through the conversion the
+pipeline reads it with); the UNet, VAE, GPT-2 and T5 are not loaded, and nothing else is downloaded. The audio
+side, per file:
 
     any file soundfile reads (any rate, any channels) --(audio_io.read_audio: averaged to mono, soxr straight
     to 48 kHz)--> (T,) --(audio_features.clap_input_features: first 10 s, or repeat-padded to 10 s; log-mel)
@@ -238,7 +239,7 @@ def read_named(file: Path, rate: int) -> torch.Tensor:
 
 def evaluate(generated, reference=None, reference_stats=None, prompts=None, model=None, batch_size: int = 8,
              device=None, save_stats=None, progress: bool = True, scorer: ClapScorer | None = None,
-             model_reference: str | None = None) -> dict:
+             model_reference: str | None = None, text_models_dir=None) -> dict:
     """Score the audio files under `generated`; returns the report (see the module docstring for the metrics).
 
     `reference` (a folder) or `reference_stats` (a `save_stats` file) gives `fd_clap`, and with a folder of the
@@ -263,7 +264,7 @@ def evaluate(generated, reference=None, reference_stats=None, prompts=None, mode
     if reference_files is not None and len(reference_files) < 2:
         raise EvaluationError(f"a covariance needs at least 2 files; '{reference}' holds {len(reference_files)}")
 
-    scorer = scorer or ClapScorer(model, device, reference=model_reference)
+    scorer = scorer or ClapScorer(model, device, reference=model_reference, text_models_dir=text_models_dir)
     if stats is not None and stats[0].size != scorer.dim:
         raise EvaluationError(f"stats file '{reference_stats}' holds {stats[0].size}-d embeddings, but this "
                               f"checkpoint's CLAP makes {scorer.dim}-d ones: it comes from another model")
@@ -365,7 +366,7 @@ def main(argv=None) -> int:
                 raise UsageError(f"cannot write to '{folder}' (missing or not writable)")
         report = evaluate(args.generated, args.reference, args.reference_stats, args.prompts, args.model,
                           args.batch_size, args.device, args.save_stats, progress=not args.quiet,
-                          model_reference=args.model_reference)
+                          model_reference=args.model_reference, text_models_dir=args.text_models)
         if args.output:
             text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
             write_atomically(args.output, lambda out: out.write(text.encode()))

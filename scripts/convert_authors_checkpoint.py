@@ -10,15 +10,16 @@ into the hub cache. The tokenizers and the text models' configs come from `rober
 - The AudioLDM 2 family (audioldm2-full, -music-665k, -full-large-1150k) gives a folder that diffusers'
   `AudioLDM2Pipeline.from_pretrained` runs, with the UNet as the authors trained it: `attention_head_dim`
   is the list of heads per level (every head 32 channels wide), which diffusers reads per level. CLAP's
-  text tower keeps the authors' LayerNorm epsilon (roberta-base's 1e-5). CLAP's audio tower is not
-  converted (its config is HTSAT-base, its weights left to the loader's initialisation): candidate ranking
-  needs a CLAP audio tower from elsewhere.
+  text tower keeps the authors' LayerNorm epsilon (roberta-base's 1e-5). CLAP's audio tower is the file's
+  ranking CLAP's (`clap.model.audio_branch`, HTSAT, and `audio_projection`), the tensors diffusers' own
+  conversion script takes: candidates are ranked as the authors rank them.
 - audioldm_48k and audioldm_16k_crossattn_t5 give a hub-layout folder that audioldm2_lite loads stage by stage;
   diffusers has no pipeline for them. Each component matches a diffusers / transformers class, named in
   model_index.json: the FiLM UNet is diffusers' AudioLDM2UNet2DConditionModel with
   `class_embed_type="simple_projection"` and `class_embeddings_concat=True` (diffusers' AudioLDM-1 UNet
   conditions the same way), the VAE AutoencoderKL, the 48 kHz vocoder SpeechT5HifiGan (its config also names
-  the mel front end: n_fft 2048, 20 Hz-24 kHz), CLAP ClapModel, Flan-T5 T5EncoderModel.
+  the mel front end: n_fft 2048, 20 Hz-24 kHz), CLAP ClapModel, Flan-T5 T5EncoderModel. Both also get the
+  ranking CLAP's audio tower in `text_encoder` (the T5-only model's `text_encoder` is that CLAP, text tower included).
 
 The work is `audioldm2_lite.generation.authors_export.write_hub_folder`.
 """

@@ -11,10 +11,13 @@ official vocoder strides and kernels. `--text-models DIR` also writes DIR/robert
 and DIR/gpt2: the configs and tokenizers of tiny text models, which the authors' code (and
 `audioldm2_lite.generation.authors_checkpoint`) reads from those hub ids.
 
-The UNet, VAE and vocoder weights are drawn for our own modules and renamed to the authors' names with
+Every file also holds `clap.model.*`, the CLAP that ranks candidates (a copy of the conditioning CLAP's text tower,
+or the T5-only model's own, and a tiny HTSAT audio tower with its STFT, mel and classifier tensors as zeros).
+
+The UNet, VAE, vocoder and audio tower weights are drawn for our own modules and renamed to the authors' names with
 the name tables of `authors_names.py` read backwards. tests/test_authors_checkpoint.py checks that they are the
 authors' names: `tests/data/authors_reference.pt`, made from the authors' own modules, holds the names and shapes
-of their UNetModel and HiFi-GAN (`test_tiny_authors_files_use_the_authors_names`).
+of their UNetModel, HiFi-GAN and HTSAT (`test_tiny_authors_files_use_the_authors_names`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ TINY_TEXT = dict(  # the text models' tiny sizes (the authors read these from ro
     gpt2=dict(n_embd=24, n_layer=2, n_head=4, n_positions=64, vocab_size=50, bos_token_id=0, eos_token_id=0),
 )
 CLAP_PROJECTION_DIM = 16  # the official CLAP's joint space is 512
+# the ranking CLAP's HTSAT: the real front end (64 mels, 256 x 256 image, 4 x 4 patches, windows of 8), 16 -> 128
+# channels (128 -> 1024 in HTSAT-base) and an AudioSet head of 10 classes (527)
+TINY_HTSAT = dict(patch_embeds_hidden_size=16, depths=(2, 2, 2, 2), num_attention_heads=(1, 2, 4, 8), hidden_size=128,
+                  projection_dim=CLAP_PROJECTION_DIM)
+TINY_HTSAT_CLASSES = 10
 
 
 def make_text_models(out: Path) -> Path:
@@ -82,12 +90,47 @@ def tiny_stage_configs(kind: str):
     return authors, unet, vae, vocoder
 
 
+def tiny_htsat() -> dict:
+    """The ranking CLAP's audio side in the authors' names (open_clip CLAP: `audio_branch` = htsat.py
+    HTSAT_Swin_Transformer, `audio_projection`): our ClapAudioTower's random weights renamed, with the tensors
+    of HTSAT that the conversion leaves (its STFT and mel filters, shift masks, AudioSet classifier: zeros)
+    and the position indices transformers reads."""
+    import torch
+
+    from audioldm2_lite.generation.authors_names import clap_audio_pairs, fuse_qkv, rename
+    from audioldm2_lite.models.clap_audio import ClapAudioConfig, ClapAudioTower, relative_position_index
+
+    config = ClapAudioConfig(**TINY_HTSAT)
+    tower = perturb_vectors(ClapAudioTower(config))
+    with torch.no_grad():  # BatchNorm statistics on the scale of log-mels in dB
+        tower.audio_model.audio_encoder.batch_norm.running_mean.normal_(-20, 10)
+        tower.audio_model.audio_encoder.batch_norm.running_var.uniform_(50, 150)
+    state = rename(fuse_qkv(tower.state_dict()), "", clap_audio_pairs(list(config.depths)), "tiny", "CLAP audio",
+                   to_hub=False)
+    window, bins = config.window_size, 1024 // 2 + 1  # HTSAT-*.json: STFT window 1024
+    state["audio_branch.spectrogram_extractor.stft.conv_real.weight"] = torch.zeros(bins, 1, 1024)
+    state["audio_branch.spectrogram_extractor.stft.conv_imag.weight"] = torch.zeros(bins, 1, 1024)
+    state["audio_branch.logmel_extractor.melW"] = torch.zeros(bins, config.num_mel_bins)
+    last = config.stage_resolutions()[-1] // config.freq_ratio  # the classifier's kernel height
+    state["audio_branch.tscam_conv.weight"] = torch.zeros(TINY_HTSAT_CLASSES, config.hidden_size, last, 3)
+    state["audio_branch.tscam_conv.bias"] = torch.zeros(TINY_HTSAT_CLASSES)
+    state["audio_branch.head.weight"] = torch.zeros(TINY_HTSAT_CLASSES, TINY_HTSAT_CLASSES)
+    state["audio_branch.head.bias"] = torch.zeros(TINY_HTSAT_CLASSES)
+    for i, (depth, side) in enumerate(zip(config.depths, config.stage_resolutions())):
+        for j in range(depth):
+            block = f"audio_branch.layers.{i}.blocks.{j}."
+            state[block + "attn.relative_position_index"] = relative_position_index(window)
+            if j % 2 and side > window:  # shifted windows, where the grid is larger than one window
+                state[block + "attn_mask"] = torch.zeros((side // window) ** 2, window ** 2, window ** 2)
+    return state
+
+
 def make_authors_checkpoint(kind: str, out_file: str | Path, text_models: str | Path | None = None,
                             seed: int = 0) -> Path:
     import torch
     from transformers import GPT2Config, GPT2Model, RobertaConfig, RobertaModel, T5Config, T5EncoderModel
 
-    from audioldm2_lite.generation.authors_checkpoint import PREFIXES
+    from audioldm2_lite.generation.authors_checkpoint import PREFIXES, RANKING_CLAP
     from audioldm2_lite.generation.authors_names import (
         CLAP_TEXT_PAIRS, PROJECTION_PAIRS, rename, unet_pairs, vae_pairs, vocoder_pairs,
     )
@@ -132,8 +175,10 @@ def make_authors_checkpoint(kind: str, out_file: str | Path, text_models: str | 
         hub = {f"text_model.{k}": v for k, v in roberta.state_dict().items()}
         hub.update({f"text_projection.linear{i}.{p}": projection[2 * (i - 1)].state_dict()[p]
                     for i in (1, 2) for p in ("weight", "bias")})
-        put(prefixes["clap"], rename(hub, "", CLAP_TEXT_PAIRS, "tiny", "CLAP", to_hub=False))
-        put(prefixes["clap"], {"logit_scale_a": torch.tensor(2.0), "logit_scale_t": torch.tensor(2.0)})
+        for prefix in dict.fromkeys([prefixes["clap"], RANKING_CLAP]):  # the ranking CLAP holds a copy
+            put(prefix, rename(hub, "", CLAP_TEXT_PAIRS, "tiny", "CLAP", to_hub=False))
+            put(prefix, {"logit_scale_a": torch.tensor(2.0), "logit_scale_t": torch.tensor(2.0)})
+    put(RANKING_CLAP, tiny_htsat())
     if "t5" in prefixes:
         t5 = perturb_vectors(T5EncoderModel(T5Config.from_pretrained(text_models / "google" / "flan-t5-large")))
         put(prefixes["t5"], t5.state_dict())

@@ -2,11 +2,12 @@
 
 Two kinds of twin:
 - the authors' own modules: tests/data/authors_reference.pt holds what their UNetModel (the FiLM UNet of
-  audioldm_48k and the T5-only UNet), their 48 kHz HiFi-GAN and their 256-mel TacotronSTFT computed on tiny
-  configs. It was made by `python scripts/make_authors_references.py SRC`, SRC the `audioldm2` source of
-  haoheliu/AudioLDM2 at b5786c5 (whose files used here equal the package index's audioldm2 0.1.0), with
-  torch 2.13 (CPU) and librosa 0.11; the weights are redrawn here with the script's `draw_weights`, so the file
-  holds only names, shapes, inputs and outputs. Each case loads into our stage through the same name tables
+  audioldm_48k and the T5-only UNet), their 48 kHz HiFi-GAN, their 256-mel TacotronSTFT and their CLAP audio
+  embedding (open_clip's HTSAT and audio_projection) computed on tiny configs. It was made by
+  `/work/authors-env/bin/python scripts/make_authors_references.py SITE`, SITE the site-packages of the authors'
+  venv (scripts/authors_env.sh: the package index's audioldm2 0.1.0, torch 2.13 CPU, librosa 0.9.2, torchlibrosa
+  0.1.0); the weights are redrawn here with the script's `draw_weights`, so the file holds only names, shapes,
+  inputs and outputs. Each case loads into our stage through the same name tables
   that read an authors' file, so a wrong name fails the strict load and a wrong wiring fails the comparison.
 - a hub-layout folder written by scripts/convert_authors_checkpoint.py from a tiny authors' file
   (scripts/make_authors_checkpoint.py): every stage loaded straight from the file equals the same stage loaded
@@ -16,6 +17,7 @@ Two kinds of twin:
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from audioldm2_lite.models.hub_config import CheckpointError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_authors_checkpoint import make_authors_checkpoint  # noqa: E402
-from make_authors_references import draw_weights  # noqa: E402
+from make_authors_references import draw_htsat_weights, draw_weights, htsat_waveform  # noqa: E402
 
 REFERENCE = torch.load(Path(__file__).parent / "data" / "authors_reference.pt", weights_only=True)
 KINDS = {"audioldm2-full": "audioldm2", "audioldm_48k": "audioldm_48k",
@@ -110,6 +112,36 @@ def test_256_mel_front_end_matches_the_authors_stft():
     assert (ours - theirs).abs().max() < 1e-2
 
 
+def test_clap_audio_tower_matches_the_authors_htsat():
+    """The ranking CLAP's audio side read through the authors' names (authors_checkpoint.clap_audio_to_hub), fed by
+    our front end (audio_features.py, as the converted folder's feature extractor config says), against open_clip's
+    HTSAT computing its own log-mel (torchlibrosa) and CLAP's audio_projection on the same 10 s at 48 kHz."""
+    from audioldm2_lite.generation.audio_features import ClapFeatureConfig, clap_input_features
+    from audioldm2_lite.generation.authors_export import CLAP_FEATURES
+    from audioldm2_lite.generation.loading import build_config
+    from audioldm2_lite.generation.ranking import CLAP_AUDIO_STAGE
+    from audioldm2_lite.models.clap_audio import ClapAudioTower
+
+    case = REFERENCE["clap_audio"]
+    waveform = htsat_waveform()
+    assert torch.equal(waveform[:, :16], case["inputs"]["waveform_head"])  # the input the authors' HTSAT read
+    weights = {ac.RANKING_CLAP + k: v for k, v in draw_htsat_weights(case["shapes"]).items()}
+    weights = {k: v for k, v in weights.items() if not any(re.fullmatch(p, k) for p in ac.IGNORED)}  # as a file's
+    config, tensors = ac.clap_audio_to_hub(weights, "reference")
+    assert config["depths"] == case["arguments"]["depths"] and config["window_size"] == case["arguments"]["window_size"]
+    assert config["num_attention_heads"] == case["arguments"]["num_heads"]
+    hub = {"architectures": ["ClapModel"], "audio_config": config, "projection_dim": case["arguments"]["joint"]}
+    tower = ClapAudioTower(build_config("text_encoder", hub, "reference", CLAP_AUDIO_STAGE))
+    # strict: every tensor of the tower has its name (the index buffers are recomputed, clap_audio.UNUSED_KEYS)
+    tower.load_state_dict({k: v for k, v in tensors.items() if not k.endswith("relative_position_index")})
+    features, _ = clap_input_features(waveform, 48000, ClapFeatureConfig.from_hub(CLAP_FEATURES))
+    with torch.no_grad():
+        ours = tower(features)
+    # float32 rounding: the same log-mel computed as an FFT here and as torchlibrosa's STFT convolution there
+    # (measured 1.0e-7; query and key swapped in split_qkv give 1.3e-2)
+    assert relative_error(ours, case["output"]) < 1e-5
+
+
 def test_48k_mel_config_from_the_converted_vocoder_config():
     config = {"sampling_rate": 48000, "model_in_dim": 256, "upsample_rates": [6, 5, 4, 2, 2],
               "n_fft": 2048, "mel_fmin": 20.0, "mel_fmax": 24000.0}
@@ -132,13 +164,17 @@ def authors_files(tmp_path_factory):
 
 
 def test_tiny_authors_files_use_the_authors_names(authors_files):
-    """The maker's names are the authors' own: its 48 kHz UNet and vocoder have exactly the tensors (names and
-    shapes) of the authors' UNetModel and HiFi-GAN built with the same tiny config."""
+    """The maker's names are the authors' own: its 48 kHz UNet, vocoder and ranking CLAP's audio side have exactly
+    the tensors (names and shapes) of the authors' UNetModel, HiFi-GAN and HTSAT with audio_projection built with
+    the same tiny config."""
     files, _ = authors_files
     state = torch.load(files["audioldm_48k"], weights_only=True)["state_dict"]
     for prefix, case in (("model.diffusion_model.", "unet_48k"), ("first_stage_model.vocoder.", "vocoder_48k")):
         ours = {k[len(prefix):]: tuple(v.shape) for k, v in state.items() if k.startswith(prefix)}
         assert ours == REFERENCE[case]["shapes"]
+    ours = {k[len(ac.RANKING_CLAP):]: tuple(v.shape) for k, v in state.items()
+            if k.startswith(ac.RANKING_CLAP + "audio_")}
+    assert ours == REFERENCE["clap_audio"]["shapes"]
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -174,6 +210,15 @@ def test_diffusers_loads_the_converted_folder(authors_files, tmp_path):
     folder = convert_authors_checkpoint(files["audioldm2-full"], tmp_path / "converted", text_models_dir=text)
     pipe = AudioLDM2Pipeline.from_pretrained(folder)
     assert list(pipe.unet.config.attention_head_dim) == [1, 1, 2, 2]  # channels (32, 32, 64, 64) / 32
+    # the ranking CLAP's audio tower, as transformers' ClapModel reads it, against ours on the same log-mels
+    from audioldm2_lite.generation.ranking import load_audio_tower
+
+    tower, _ = load_audio_tower(folder)
+    features = torch.randn(2, 1, 1001, 64) * 10 - 20
+    with torch.no_grad():
+        theirs = pipe.text_encoder.get_audio_features(input_features=features).pooler_output
+        ours = tower(features)
+    assert relative_error(ours, theirs) < 1e-5  # float32, the same operations up to summation order
 
 
 def test_converted_folder_runs_as_the_authors_model(authors_files, tmp_path):
@@ -339,7 +384,6 @@ def test_fine_tuning_an_authors_file(authors_files, authors_pipelines, kind, tmp
     from audioldm2_lite import AudioLDM2Pipeline
     from audioldm2_lite.generation.authors_models import model_folder
     from audioldm2_lite.training.data import EncodedDataset, checkpoint_key
-    from audioldm2_lite.console import UsageError
     from audioldm2_lite.training.train import TrainConfig, train
 
     files, text = authors_files
@@ -367,33 +411,47 @@ def test_fine_tuning_an_authors_file(authors_files, authors_pipelines, kind, tmp
     before, after = base.unet.state_dict(), trained.unet.state_dict()
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert trained("a high tone", audio_length_in_s=0.1, num_inference_steps=2, seed=0).audios.shape == (1, rate // 10)
-    # validation scores with CLAP's audio tower, not read from an authors' file: refused before any work
+    # validation: clips of the model's own pipeline, scored with the file's ranking CLAP, before and after training
     (tmp_path / "prompts.txt").write_text("a tone\n")
-    with pytest.raises(UsageError, match="--validation-prompts scores with CLAP's audio tower"):
-        train(TrainConfig(data=str(data), output=str(tmp_path / "again"), model=str(files[kind]),
-                          text_models=str(text), validation_prompts=str(tmp_path / "prompts.txt"), device="cpu"))
+    again = train(TrainConfig(data=str(data), output=str(tmp_path / "again"), model=str(files[kind]),
+                              text_models=str(text), seconds=0.5, batch_size=2, max_steps=1, quiet=True,
+                              validation_prompts=str(tmp_path / "prompts.txt"), validation_steps=2,
+                              cache_dir=str(tmp_path / "cache"), device="cpu"))
+    rows = (again / "training" / "validation.csv").read_text().splitlines()
+    assert rows[0] == "step,clap_score,fd_clap" and [row.split(",")[0] for row in rows[1:]] == ["0", "1"]
+    assert all(-1 <= float(row.split(",")[1]) <= 1 for row in rows[1:])
+    [clip] = (again / "training" / "validation" / "step-1").glob("*.wav")
+    with soundfile.SoundFile(clip) as clip:
+        assert (clip.samplerate, clip.frames) == (rate, rate // 2)
 
 
-def test_evaluating_the_48k_models_files(authors_pipelines, tiny_checkpoint, tmp_path):
-    """audioldm2-lite-eval on files the 48 kHz model wrote: CLAP's audio front end takes 48 kHz, so the samples
-    reach it as written, none resampled; scored with a hub checkpoint's CLAP (an authors' file's audio tower is
-    not read). The report's scores are the cosine similarities of the arrays' and prompts' embeddings."""
+def test_evaluating_the_48k_models_files(authors_files, authors_pipelines, tmp_path, monkeypatch):
+    """audioldm2-lite-eval --model <the 48 kHz file> on files that model wrote: scored with the file's ranking CLAP
+    (read through the same conversion as the pipeline's); CLAP's audio front end takes 48 kHz, so the samples reach
+    it as written, none resampled. The report's scores are the cosine similarities of the arrays' and prompts'
+    embeddings."""
     import json
 
     import soundfile
 
-    from audioldm2_lite.evaluate import evaluate
+    from audioldm2_lite.evaluate import main
     from audioldm2_lite.generation.ranking import ClapScorer
 
+    files, text = authors_files
     prompts = ["rain on a roof", "wind in the trees"]
-    audio = authors_pipelines["audioldm_48k"](prompts, audio_length_in_s=0.5, num_inference_steps=2, seed=0).audios
+    pipe = authors_pipelines["audioldm_48k"]
+    audio = pipe(prompts, audio_length_in_s=0.5, num_inference_steps=2, seed=0).audios
     (tmp_path / "gen").mkdir()
     for i, waveform in enumerate(audio):
         soundfile.write(tmp_path / "gen" / f"{i}.wav", waveform, 48000, subtype="FLOAT")
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.wav", "prompt": p}) + "\n"
                                                     for i, p in enumerate(prompts)))
-    scorer = ClapScorer(tiny_checkpoint, device="cpu")
-    report = evaluate(tmp_path / "gen", prompts=tmp_path / "prompts.jsonl", scorer=scorer, progress=False)
+    monkeypatch.setenv("AUDIOLDM2_LITE_CACHE", str(tmp_path / "cache"))
+    assert main([str(tmp_path / "gen"), "--prompts", str(tmp_path / "prompts.jsonl"), "--model", str(files["audioldm_48k"]),
+                 "--text-models", str(text), "--device", "cpu", "--output", str(tmp_path / "report.json"),
+                 "--quiet"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    scorer = ClapScorer(pipe.checkpoint, device="cpu")  # the folder the pipeline converted the file to
     with torch.no_grad():
         expected = torch.nn.functional.cosine_similarity(scorer.embed_waveforms(torch.from_numpy(audio), 48000),
                                                          scorer.embed_text(prompts))
@@ -401,14 +459,43 @@ def test_evaluating_the_48k_models_files(authors_pipelines, tiny_checkpoint, tmp
     assert [report["files"][f"{i}.wav"]["clap_score"] for i in range(2)] == pytest.approx(expected.tolist(), abs=1e-5)
 
 
-def test_ranking_is_refused_before_any_work(authors_pipelines, monkeypatch):
-    """The authors' files' CLAP audio tower is not read (authors_checkpoint.IGNORED): asking for several ranked
-    candidates is one RequestError, before anything runs."""
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_authors_model_ranks_with_its_files_ranking_clap(authors_pipelines, kind):
+    """Candidates are ranked by the file's ranking CLAP (`clap.model.*`): its audio tower, converted beside the text
+    tower into the folder's text_encoder (the T5-only model, which conditions on no CLAP, takes its text tower from
+    there too). The returned scores are that CLAP's cosines of the returned audio with the prompt, best first."""
+    from audioldm2_lite.generation.ranking import ClapScorer
+
+    pipe = authors_pipelines[kind]
+    out = pipe("rain on a tin roof", audio_length_in_s=0.1, num_inference_steps=2, num_waveforms_per_prompt=3, seed=0)
+    scorer = ClapScorer(pipe.checkpoint, device="cpu")
+    assert scorer.audio_tower.config.depths == (2, 2, 2, 2)  # the file's (tiny) HTSAT, not a default one
+    with torch.no_grad():
+        expected = torch.nn.functional.cosine_similarity(
+            scorer.embed_waveforms(torch.as_tensor(out.audios), pipe.sampling_rate),
+            scorer.embed_text(["rain on a tin roof"]))
+    scores = out.scores.tolist()
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 3
+    # float32 unit vectors: the same towers on the same audio, in batches of another size
+    assert scores == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_file_without_a_ranking_clap_generates_but_refuses_ranking(authors_files, tmp_path, monkeypatch):
+    """A file without the ranking CLAP's audio side (the authors' code always saves it; a trimmed file may not)
+    converts and generates; asking it for several ranked candidates is one RequestError, before anything runs."""
+    from audioldm2_lite import AudioLDM2Pipeline
     from audioldm2_lite.generation.request import RequestError
 
-    pipe = authors_pipelines["audioldm_48k"]
+    files, text = authors_files
+    data = torch.load(files["audioldm_48k"], weights_only=True)
+    data["state_dict"] = {k: v for k, v in data["state_dict"].items() if not k.startswith(ac.RANKING_CLAP + "audio_")}
+    torch.save(data, tmp_path / "trimmed.pth")
+    monkeypatch.setenv("AUDIOLDM2_LITE_CACHE", str(tmp_path / "cache"))
+    pipe = AudioLDM2Pipeline.from_pretrained(str(tmp_path / "trimmed.pth"), device="cpu", dtype=torch.float32,
+                                             text_models_dir=text)
+    assert pipe("rain", audio_length_in_s=0.1, num_inference_steps=2, seed=0).audios.shape == (1, 4800)
     monkeypatch.setattr(pipe, "generate_latents", None)  # never reached
-    with pytest.raises(RequestError, match="cannot rank candidates; ask for one waveform per prompt"):
+    with pytest.raises(RequestError, match="no CLAP audio tower to rank candidates with"):
         pipe("rain", audio_length_in_s=0.1, num_inference_steps=2, num_waveforms_per_prompt=2)
 
 
@@ -487,6 +574,9 @@ def test_cli_and_prompt_file_write_48k_files_from_an_authors_file(authors_files,
     common.append("-q")
     assert soundfile.info(tmp_path / "rain.wav").samplerate == 48000
     assert soundfile.info(tmp_path / "rain.wav").frames == 9600
+    # three candidates ranked by the file's ranking CLAP, every one written (--all): best first
+    assert main(["rain on a tin roof", "-o", str(tmp_path / "ranked.wav"), "--candidates", "3", "--all", *common]) == 0
+    assert sorted(f.name for f in tmp_path.glob("ranked*.wav")) == ["ranked_1.wav", "ranked_2.wav", "ranked_3.wav"]
     (tmp_path / "prompts.txt").write_text("rain\na dog barks\n")
     assert main(["--prompts-file", str(tmp_path / "prompts.txt"), "--output-dir", str(tmp_path / "batch"), *common]) == 0
     rates = {soundfile.info(f).samplerate for f in (tmp_path / "batch").glob("*.wav")}
@@ -528,6 +618,15 @@ def test_authors_file_loads_like_diffusers_conversion_of_it(name):
         assert ours.keys() == converted.keys(), stage
         for key, tensor in ours.items():
             assert torch.equal(tensor, converted[key]), (stage, key)
+    # the ranking CLAP's audio side (loaded on its own when ranking): the tensors diffusers' script writes too
+    from audioldm2_lite.generation.loading import read_weights
+
+    _, ours = ac.authors_to_hub(ac.read_authors_file(file), str(file), folder / "hub")["text_encoder"]
+    theirs, _ = read_weights(folder / "hub_layout" / "text_encoder")
+    audio = lambda tensors: {k: v for k, v in tensors.items() if k.startswith("audio_")}
+    assert audio(ours).keys() == audio(theirs).keys() and len(audio(ours)) > 100
+    for key, tensor in audio(ours).items():
+        assert torch.equal(tensor, theirs[key]), key
 
 
 def test_speech_file_is_refused_with_the_hub_ports_named(authors_files):

@@ -8,7 +8,7 @@ holds every tensor of their `LatentDiffusion` module, named by its module tree:
     first_stage_model.encoder/decoder/quant_conv/post_quant_conv.*   the VAE (`autoencoder.AutoencoderKL`)
     first_stage_model.vocoder.*      the HiFi-GAN (`hifigan.models.Generator`, weight norm removed)
     cond_stage_models.<i>.*          the conditioners, in the order of the config's `cond_stage_config`
-    clap.*                           a second CLAP, used only to rank candidates
+    clap.*                           a second CLAP, which ranks candidates (its audio tower is read for ranking)
     betas, alphas_cumprod, ..., scale_factor, logvar   the DDPM schedule and the VAE's latent scale
 
 This module recognises which model a file holds from its tensor names and shapes (`recognise`), builds
@@ -36,8 +36,8 @@ import torch
 from ..models.hub_config import CheckpointError
 from ..models import unet_film, vocoder, vocoder_48k
 from .authors_names import (
-    CLAP_TEXT_PAIRS, PROJECTION_OWN, PROJECTION_PAIRS, WHOLE, rename, unet_layout_of_authors, unet_pairs, vae_pairs,
-    vocoder_pairs,
+    CLAP_TEXT_PAIRS, PROJECTION_OWN, PROJECTION_PAIRS, WHOLE, clap_audio_pairs, rename, split_qkv,
+    unet_layout_of_authors, unet_pairs, vae_pairs, vocoder_pairs,
 )
 from .hub import _hub_reachable
 from .loading import STAGES, Stage, assign_strict, build_config
@@ -99,7 +99,10 @@ AUTHORS_CONFIGS = {
 # The hub ids the authors' code reads its text models' configs and tokenizers from.
 TEXT_MODELS = {"clap_text": "roberta-base", "t5": "google/flan-t5-large", "gpt2": "gpt2"}
 
-# Prefixes of each stage in the authors' state_dict, per family.
+# Prefixes of each stage in the authors' state_dict, per family. Every LatentDiffusion also holds `clap.model.`, the
+# CLAP that ranks candidates (RANKING_CLAP): its audio tower goes beside the text tower in `text_encoder`. The T5-only
+# model has no other CLAP, so its text tower is read from there too.
+RANKING_CLAP = "clap.model."
 PREFIXES = {
     "audioldm2": dict(
         unet="model.diffusion_model.", vae="first_stage_model.", vocoder="first_stage_model.vocoder.",
@@ -109,7 +112,7 @@ PREFIXES = {
     "film": dict(unet="model.diffusion_model.", vae="first_stage_model.", vocoder="first_stage_model.vocoder.",
                  clap="cond_stage_models.0.model."),
     "t5": dict(unet="model.diffusion_model.", vae="first_stage_model.", vocoder="first_stage_model.vocoder.",
-               t5="cond_stage_models.0.model."),
+               t5="cond_stage_models.0.model.", clap=RANKING_CLAP),
 }
 
 # Tensors of an authors' file that inference does not use, each with its reason.
@@ -119,9 +122,14 @@ IGNORED = (
     r"scale_factor",  # read into the VAE config's scaling_factor
     r"model_ema\..*",  # EMA copies kept by training; the file's plain weights are the ones its authors run
     r"first_stage_model\.loss\..*",  # the VAE's training discriminator / perceptual loss
-    r"clap\..*",  # the ranking CLAP: a copy of the conditioning CLAP (candidate ranking is not read from here)
-    # inside the CLAP conditioner: the audio tower (ranking only), the training loss's MLP and temperatures
-    r".*model\.(audio_\w+|text_transform|logit_scale_[at])(\..*)?",
+    # inside the CLAP conditioner: the audio tower (the ranking CLAP's is read instead); in both CLAPs the training
+    # loss's MLPs and temperatures
+    r"cond_stage_models\..*model\.(audio_\w+)(\..*)?",
+    r".*model\.(audio_transform|text_transform|logit_scale_[at])(\..*)?",
+    # HTSAT's own STFT and mel filters (fixed functions of its config: audio_features.py computes the log-mel), its
+    # AudioSet classifier (not in the embedding), each shifted block's mask (computed in forward)
+    r"clap\.model\.audio_branch\.(spectrogram_extractor|logmel_extractor|tscam_conv|head)\..*",
+    r"clap\.model\.audio_branch\.layers\.\d+\.blocks\.\d+\.attn_mask",
     r".*text_branch\.embeddings\.(position_ids|token_type_ids)",  # index tables recomputed in forward
     r"(clap|cond_stage_models\.\d)\.(cond_stage_models\.0\.)?mel_transform\..*",  # CLAP's audio front end (audio mode)
     r"cond_stage_models\.0\.cond_stage_models\.1\..*",  # the GPT-2 conditioner's T5 copy (see load_authors)
@@ -245,6 +253,8 @@ def authors_to_hub(state_dict: dict, file: str, text_models_dir=None, kind: str 
     authors = AUTHORS_CONFIGS[kind]
     prefixes = PREFIXES[authors.family]
     ignored = [re.compile(p) for p in IGNORED]
+    if prefixes.get("clap") != RANKING_CLAP:  # the ranking CLAP's text tower: a copy of the conditioning one
+        ignored.append(re.compile(re.escape(RANKING_CLAP) + r"text_(branch|projection)\..*"))
     used = {k: v for k, v in state_dict.items() if not any(p.fullmatch(k) for p in ignored)}
     stages = {"model": ({"kind": kind, "sampling_rate": authors.sampling_rate}, None)}
 
@@ -271,11 +281,15 @@ def authors_to_hub(state_dict: dict, file: str, text_models_dir=None, kind: str 
 
     # the text stages: transformers' own modules, configured from the hub ids the authors' code reads
     if "clap" in prefixes:
-        clap = rename(used, prefixes["clap"], CLAP_TEXT_PAIRS, file, "CLAP text tower")
+        text = {k: v for k, v in used.items() if not k.startswith(RANKING_CLAP + "audio_")}
+        clap = rename(text, prefixes["clap"], CLAP_TEXT_PAIRS, file, "CLAP text tower")
         roberta = read_text_config(text_model_folder(TEXT_MODELS["clap_text"], text_models_dir))
-        stages["text_encoder"] = ({"architectures": ["ClapModel"], "text_config": roberta,
-                                   "projection_dim": clap["text_projection.linear2.weight"].shape[0],
-                                   "projection_hidden_act": "relu"}, clap)
+        config = {"architectures": ["ClapModel"], "text_config": roberta,
+                  "projection_dim": clap["text_projection.linear2.weight"].shape[0], "projection_hidden_act": "relu"}
+        if any(k.startswith(RANKING_CLAP + "audio_branch.") for k in used):
+            config["audio_config"], audio = clap_audio_to_hub(used, file)
+            clap.update(audio)
+        stages["text_encoder"] = (config, clap)
     if "t5" in prefixes:
         t5 = rename(used, prefixes["t5"], WHOLE, file, "Flan-T5 encoder")
         config = read_text_config(text_model_folder(TEXT_MODELS["t5"], text_models_dir))
@@ -287,7 +301,7 @@ def authors_to_hub(state_dict: dict, file: str, text_models_dir=None, kind: str 
                                      "max_new_tokens": authors.sequence_gen_length}, gpt2)
         stages["projection_model"] = projection_to_hub(used, prefixes["projection"], file)
 
-    owners = [p for stage, p in prefixes.items() if stage != "projection"]
+    owners = [p for stage, p in prefixes.items() if stage != "projection"] + [RANKING_CLAP + "audio_"]
     if "projection" in prefixes:  # the conditioner's own layers, not everything under it
         owners += [prefixes["projection"] + name for name in PROJECTION_OWN]
     claimed = {k for k in used if any(k.startswith(p) for p in owners)}
@@ -379,6 +393,23 @@ def vocoder_config(vocoder: dict, authors: AuthorsConfig) -> dict:
         # unknown fields, diffusers' pipelines ignore them, audioldm2_lite's MelConfig reads them
         "n_fft": authors.n_fft, "mel_fmin": authors.mel_fmin, "mel_fmax": authors.mel_fmax,
     }
+
+
+def clap_audio_to_hub(used: dict, file: str) -> tuple[dict, dict]:
+    """The ranking CLAP's audio tower and projection: transformers' ClapAudioConfig (widths, depths, heads and
+    window from the shapes; 64 mels folded into a 256 x 256 image in every HTSAT of open_clip) and its tensors."""
+    branch = RANKING_CLAP + "audio_branch."
+    stages = len({k.split(".")[4] for k in used if k.startswith(branch + "layers.")})
+    depths = [len({k.split(".")[6] for k in used if k.startswith(f"{branch}layers.{i}.blocks.")}) for i in range(stages)]
+    tables = [used[f"{branch}layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(stages)]
+    patch = used[branch + "patch_embed.proj.weight"]  # (channels, 1, patch, patch)
+    config = {"depths": depths, "num_attention_heads": [t.shape[1] for t in tables],
+              "window_size": (round(tables[0].shape[0] ** 0.5) + 1) // 2,  # a (2 w - 1)^2-row bias table
+              "patch_embeds_hidden_size": patch.shape[0], "patch_size": patch.shape[2], "patch_stride": patch.shape[2],
+              "hidden_size": used[branch + "norm.weight"].shape[0], "num_mel_bins": used[branch + "bn0.weight"].shape[0],
+              "spec_size": 256, "enable_fusion": False}
+    audio = {k: v for k, v in used.items() if k.startswith(RANKING_CLAP + "audio_")}
+    return config, split_qkv(rename(audio, RANKING_CLAP, clap_audio_pairs(depths), file, "CLAP audio tower"))
 
 
 def projection_to_hub(used: dict, prefix: str, file: str) -> tuple[dict, dict]:

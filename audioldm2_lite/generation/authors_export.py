@@ -4,8 +4,8 @@ how AudioLDM2Pipeline.from_pretrained reads one (authors_models.authors_hub_fold
 The stages, their configs and hub-layout tensors come from `authors_checkpoint.authors_to_hub`; this module adds
 what a folder needs besides: model_index.json with the diffusers / transformers class each component matches,
 the scheduler config, the tokenizers (copied from the text models' folders, T5's cut at the authors' 128 tokens)
-and, for the AudioLDM 2 family, CLAP's feature extractor config. The folder is written aside and renamed when
-complete, so an interrupted conversion never leaves half a folder.
+and, where the file's ranking CLAP gives `text_encoder` an audio tower, CLAP's feature extractor config. The folder
+is written aside and renamed when complete, so an interrupted conversion never leaves half a folder.
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ WEIGHT_FILES = {"diffusers": "diffusion_pytorch_model.safetensors", "transformer
 TOKENIZERS = {"tokenizer": ("text_encoder", TEXT_MODELS["clap_text"], "RobertaTokenizerFast", None),
               # FlanT5HiddenState.encode_text truncates at 128 tokens
               "tokenizer_2": ("text_encoder_2", TEXT_MODELS["t5"], "T5TokenizerFast", 128)}
-# CLAP's audio tower, HTSAT-base (the authors' `amodel`): transformers' ClapAudioConfig with these changes. Its
-# weights are not converted; candidate ranking needs them from a hub-layout CLAP.
-HTSAT_BASE = {"depths": [2, 2, 12, 2], "hidden_size": 1024, "patch_embeds_hidden_size": 128,
-              "projection_hidden_size": 768}
 # ClapFeatureExtractor as cvssp/audioldm2 configures it (48 kHz, random 10 s crop, repeat-padding)
 CLAP_FEATURES = {"feature_extractor_type": "ClapFeatureExtractor", "feature_size": 64, "fft_window_size": 1024,
                  "frequency_max": 14000, "frequency_min": 50, "hop_length": 480, "max_length_s": 10,
@@ -63,8 +59,6 @@ def write_hub_folder(model, out_dir, text_models_dir=None) -> Path:
         config = dict(config)
         if name == "unet":  # the authors' model wherever the folder loads (authors.resolve_reference)
             config["_authors_model"] = kind
-        if name == "text_encoder":
-            config["audio_config"] = HTSAT_BASE
         (partial / name).mkdir()
         (partial / name / "config.json").write_text(json.dumps(config, indent=2))
         # clone: tensors tied in the file (T5's shared and encoder.embed_tokens) are stored once each, as the hub does
@@ -85,7 +79,7 @@ def write_hub_folder(model, out_dir, text_models_dir=None) -> Path:
             settings = partial / name / "tokenizer_config.json"
             settings.write_text(json.dumps({**json.loads(settings.read_text()), "model_max_length": max_length}))
         index[name] = ["transformers", class_name]
-    if audioldm2:
+    if "audio_config" in stages.get("text_encoder", ({},))[0]:  # an audio tower: candidates can be ranked
         (partial / "feature_extractor").mkdir()
         (partial / "feature_extractor" / "preprocessor_config.json").write_text(json.dumps(CLAP_FEATURES, indent=2))
         index["feature_extractor"] = ["transformers", "ClapFeatureExtractor"]

@@ -70,6 +70,12 @@ class AuthorsConditioner(nn.Module):
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
+    @property
+    def clap(self):
+        """The CLAP text tower that candidates are ranked against: the FiLM model's own; the T5-only model has none
+        (ranking then loads the folder's `text_encoder`, the file's ranking CLAP)."""
+        return self.encoder if self.family == "film" else None
+
     def clap_text_features(self, texts: list[str], device=None) -> torch.Tensor:
         """CLAP's unit vectors (B, 512) (what the FiLM UNet reads, and what candidates are ranked against)."""
         tokens = self.tokenizer(texts, padding="longest", truncation=True, return_tensors="pt").to(device or self.device)
@@ -148,12 +154,16 @@ def guided_unet_for(unet) -> GuidedUNet:
 # The AudioLDM 2 family: a hub-layout folder that AudioLDM2Pipeline loads
 
 
+# The layout authors_hub_folder writes; another one converts a file again (2: the ranking CLAP's audio tower).
+CONVERSION = 2
+
+
 def authors_hub_folder(model, text_models_dir=None, cache_dir=None) -> Path:
-    """The hub-layout folder of an AudioLDM 2 authors' file, converted once into a cache
-    (`$AUDIOLDM2_LITE_CACHE` or ~/.cache/audioldm2_lite/authors, keyed by the file's path, size and time)."""
+    """The hub-layout folder of an authors' file, converted once into a cache (`$AUDIOLDM2_LITE_CACHE` or
+    ~/.cache/audioldm2_lite/authors, keyed by the file's path, size and time, and CONVERSION)."""
     file = ac.resolve_authors_file(model).resolve()
     stat = file.stat()
-    key = hashlib.sha256(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{file}:{stat.st_size}:{stat.st_mtime_ns}:{CONVERSION}".encode()).hexdigest()[:16]
     root = Path(cache_dir or os.environ.get("AUDIOLDM2_LITE_CACHE", Path.home() / ".cache" / "audioldm2_lite"))
     folder = root / "authors" / f"{file.stem}-{key}"
     if not (folder / "model_index.json").is_file():

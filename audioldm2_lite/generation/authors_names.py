@@ -4,7 +4,8 @@ pairs per stage, read in both directions (`rename`).
 The authors' names come from their module trees (haoheliu/AudioLDM2, `audioldm2/latent_diffusion/modules/...`):
 the UNet's `openaimodel.UNetModel` (input_blocks / middle_block / output_blocks, ResBlock and SpatialTransformer),
 the VAE's `autoencoder.AutoencoderKL` (LDM's Encoder / Decoder), the HiFi-GAN `hifigan.models.Generator`, the
-CLAP text branch (transformers' RobertaModel inside open_clip's CLAP) and `SequenceGenAudioMAECond`'s own layers.
+CLAP text branch (transformers' RobertaModel inside open_clip's CLAP), CLAP's audio branch (open_clip's `htsat.py`
+HTSAT_Swin_Transformer) and `SequenceGenAudioMAECond`'s own layers.
 The hub names are diffusers' and transformers'. authors_checkpoint.py reads files with these tables;
 scripts/make_authors_checkpoint.py writes tiny files with them the other way.
 """
@@ -133,3 +134,49 @@ PROJECTION_PAIRS = [  # SequenceGenAudioMAECond's own layers -> diffusers' Audio
 ]
 PROJECTION_OWN = ("input_sequence_embed_linear.", "start_of_sequence_tokens.", "end_of_sequence_tokens.")
 WHOLE = [("", "")]  # T5 and GPT-2 are transformers' own modules: their names are the hub's already
+
+
+SWIN_BLOCK_NAMES = [  # htsat.py SwinTransformerBlock -> transformers' ClapAudioLayer
+    ("norm1.", "layernorm_before."), ("attn.qkv.", "attention.self.qkv."),  # fused: split_qkv
+    ("attn.relative_position_", "attention.self.relative_position_"),  # the bias table, and its index buffer
+    ("attn.proj.", "attention.output.dense."), ("norm2.", "layernorm_after."),
+    ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."),
+]
+
+
+def clap_audio_pairs(depths: list[int]) -> list[tuple[str, str]]:
+    """open_clip's CLAP audio side (HTSAT `audio_branch`, `audio_projection` = nn.Sequential(Linear, ReLU, Linear))
+    -> transformers' ClapModel (`audio_model.audio_encoder`, `audio_projection`). Each attention's fused
+    projection keeps the name `qkv` here; split_qkv / fuse_qkv turn it into query, key and value and back."""
+    encoder = "audio_model.audio_encoder."
+    pairs = [("audio_branch.bn0.", encoder + "batch_norm."), ("audio_branch.patch_embed.", encoder + "patch_embed."),
+             ("audio_branch.norm.", encoder + "norm."),
+             ("audio_projection.0.", "audio_projection.linear1."), ("audio_projection.2.", "audio_projection.linear2.")]
+    for i, depth in enumerate(depths):
+        pairs.append((f"audio_branch.layers.{i}.downsample.", f"{encoder}layers.{i}.downsample."))
+        pairs += [(f"audio_branch.layers.{i}.blocks.{j}.{old}", f"{encoder}layers.{i}.blocks.{j}.{new}")
+                  for j in range(depth) for old, new in SWIN_BLOCK_NAMES]
+    return pairs
+
+
+def split_qkv(audio: dict) -> dict:
+    """The audio tower's fused `attention.self.qkv` tensors (rows: query, key, value) as three tensors."""
+    out = {}
+    for key, tensor in audio.items():
+        if ".attention.self.qkv." in key:
+            out.update((key.replace(".qkv.", f".{name}."), part)
+                       for name, part in zip(("query", "key", "value"), tensor.chunk(3)))
+        else:
+            out[key] = tensor
+    return out
+
+
+def fuse_qkv(audio: dict) -> dict:
+    """split_qkv backwards (scripts/make_authors_checkpoint.py): query, key and value stacked into `qkv`."""
+    import torch
+
+    parts = (".attention.self.query.", ".attention.self.key.", ".attention.self.value.")
+    out = {k: v for k, v in audio.items() if not any(part in k for part in parts)}
+    for key in (k for k in audio if parts[0] in k):
+        out[key.replace(parts[0], ".attention.self.qkv.")] = torch.cat([audio[key.replace(parts[0], p)] for p in parts])
+    return out

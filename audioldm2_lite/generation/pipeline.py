@@ -50,7 +50,7 @@ from .lora import load_lora, set_lora_call_scale
 from .memory import TilePlan, plan_decode
 from .precision import Precision, resolve_precision
 from .ranking import ClapScorer
-from .request import ModelLimits, Request, RequestError
+from .request import ModelLimits, Request, RequestError, ranks_candidates
 from .samplers import SchedulerConfig, denoise
 from .samplers.extras import to_hub, unet_calls
 from .speech import load_conditioner
@@ -348,7 +348,8 @@ class AudioLDM2Pipeline(AudioLDM2):
             samples_per_latent_frame=self.hop_length * self.vae_scale_factor, samples_per_mel_frame=self.hop_length,
             mel_top_hz=mel.fmax,
             default_seconds=self.unet.config.sample_size * self.vae_scale_factor * self.hop_length / self.sampling_rate,
-            speech=self.conditioner.speaks, ranks=authors_model_of(self.checkpoint) is None,
+            speech=self.conditioner.speaks,
+            ranks=self.checkpoint is not None and ranks_candidates(self.checkpoint),
         )
 
     @torch.no_grad()
@@ -489,8 +490,9 @@ class AudioLDM2Pipeline(AudioLDM2):
         first use (for ranking), in the text stages' dtype, as the text tower it is compared with."""
         if self.scorer is None:
             home = torch.device("cpu") if self.offload else self.device
-            self.scorer = ClapScorer(self.checkpoint, home, self.precision.text, self.variant,
-                                     clap=self.conditioner.clap, tokenizer=self.conditioner.tokenizer,
+            clap = self.conditioner.clap  # None where the text stages have no CLAP: the scorer loads the folder's
+            self.scorer = ClapScorer(self.checkpoint, home, self.precision.text, self.variant, clap=clap,
+                                     tokenizer=self.conditioner.tokenizer if clap is not None else None,
                                      reference=self.reference)
             self.scorer.device = self.device  # where it runs: with offload, moved there for the call
         return self.scorer

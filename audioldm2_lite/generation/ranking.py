@@ -48,17 +48,22 @@ def load_audio_tower(checkpoint, dtype: torch.dtype = torch.float32, device="cpu
 class ClapScorer:
     """A checkpoint's CLAP (both towers), its tokenizer and its audio front end: embeddings in CLAP's joint
     space, and candidates ranked by them. `clap` (the text tower) and `tokenizer` may be given, loaded already
-    (the pipeline's text stages); the rest loads from `model` (default the official checkpoint)."""
+    (the pipeline's text stages); the rest loads from `model` (default the official checkpoint; an authors' file
+    is read through its hub-layout conversion, with the text models of `text_models_dir`, as the pipeline does)."""
 
     def __init__(self, model=None, device=None, dtype: torch.dtype = torch.float32, variant: str | None = None,
-                 clap=None, tokenizer=None, reference: str | None = None):
+                 clap=None, tokenizer=None, reference: str | None = None, text_models_dir=None):
+        from .authors_checkpoint import is_authors_checkpoint
+        from .authors_models import authors_hub_folder
         from .devices import default_device
 
         self.device = torch.device(device) if device is not None else default_device()
-        root = resolve_checkpoint(model or DEFAULT_CHECKPOINT, ["text_encoder", "tokenizer", "feature_extractor"],
-                                  variant)
+        model = model or DEFAULT_CHECKPOINT
+        if is_authors_checkpoint(model):
+            model = authors_hub_folder(model, text_models_dir)
+        root = resolve_checkpoint(model, ["text_encoder", "tokenizer", "feature_extractor"], variant)
         # the text tower's LayerNorm eps is the reference's (authors.py): the checkpoint's own by default
-        self.reference = checkpoint_reference(model or DEFAULT_CHECKPOINT, reference)
+        self.reference = checkpoint_reference(model, reference)
         self.clap = clap or load_component(root, "text_encoder", dtype=dtype, device=self.device, variant=variant,
                                            reference=self.reference)
         self.tokenizer = tokenizer or load_tokenizer(root, "tokenizer")

@@ -19,7 +19,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .authors_models import authors_model_of
 from .core import is_guided
 from .loading import hub_class_name, read_json
 from .samplers import SAMPLERS, SchedulerConfig, check_steps
@@ -50,7 +49,14 @@ class ModelLimits:
     mel_top_hz: float = 8000.0  # the mel filterbank's upper edge: the model's Nyquist
     default_seconds: float = 10.24  # the UNet's sample_size x 4 x 160 / 16000
     speech: bool = False  # a text-to-speech checkpoint (VITS text_encoder_2): a transcription is needed
-    ranks: bool = True  # CLAP's audio tower is there to rank candidates (not in a folder made of an authors' file)
+    ranks: bool = True  # CLAP's audio tower is there to rank candidates (ranks_candidates)
+
+
+def ranks_candidates(folder: str | os.PathLike) -> bool:
+    """Whether a hub-layout folder's CLAP (`text_encoder`) has an audio tower to rank candidates with: every hub
+    checkpoint's, and a converted authors' file's that holds its ranking CLAP (authors_checkpoint.RANKING_CLAP)."""
+    config = Path(folder) / "text_encoder" / "config.json"
+    return config.is_file() and "audio_config" in read_json(config)
 
 
 def checkpoint_limits(checkpoint: str | os.PathLike) -> ModelLimits:
@@ -75,7 +81,7 @@ def checkpoint_limits(checkpoint: str | os.PathLike) -> ModelLimits:
         samples_per_latent_frame=hop * vae_factor, samples_per_mel_frame=hop, mel_top_hz=rate / 2,
         default_seconds=unet.get("sample_size", 256) * vae_factor * hop / rate,
         speech=hub_class_name(speech) == "VitsModel",
-        ranks=authors_model_of(folder) is None,
+        ranks=ranks_candidates(folder),
     )
 
 
@@ -147,8 +153,8 @@ class Request:
         number(r.guidance, "guidance", minimum=0.0)
         whole(r.candidates, "candidates", minimum=1)
         if r.candidates > 1 and not limits.ranks:
-            raise RequestError("this model was read from an authors' file, whose CLAP audio tower audioldm2_lite does "
-                               "not read: it cannot rank candidates; ask for one waveform per prompt")
+            raise RequestError("this model has no CLAP audio tower to rank candidates with (its text_encoder has no "
+                               "audio_config); ask for one waveform per prompt")
         if r.seed is not None and (isinstance(r.seed, bool) or not isinstance(r.seed, int) or not 0 <= r.seed <= MAX_SEED):
             raise RequestError(f"seed must be in 0 .. 2**64 - 1, got {r.seed!r}")
         if r.lora is None and r.lora_scale != 1.0:

@@ -72,6 +72,7 @@ from ..generation.loading import (
 from ..generation.lora import apply_lora
 from ..generation.mel import MelConfig
 from ..generation.pipeline import default_device
+from ..generation.request import ranks_candidates
 from ..generation.samplers import SAMPLERS, SchedulerConfig, alphas_cumprod
 from .data import EncodedDataset, checkpoint_key, latent_file, read_dataset
 from .export import export_checkpoint
@@ -251,9 +252,9 @@ def train(config: TrainConfig) -> Path:
     if out.resolve() == root.resolve():
         raise UsageError(f"--output {out} is the checkpoint being fine-tuned: choose another folder")
     authors_model = authors_model_of(root)
-    if authors_model and c.validation_prompts:
-        raise UsageError("--validation-prompts scores with CLAP's audio tower, which audioldm2_lite does not read "
-                         "from an authors' file: fine-tune without it, or from the hub-layout conversion")
+    if c.validation_prompts and not ranks_candidates(root):
+        raise UsageError(f"--validation-prompts scores with CLAP's audio tower, and {c.model} has none (its "
+                         f"text_encoder has no audio_config): fine-tune without it")
     reference = model_reference(root, c.reference)  # the model trained, and its unconditional input
     if rank == 0 and not c.quiet:
         print(f"{PROG}: model: {describe_reference(reference, root)}", file=sys.stderr)
