@@ -284,7 +284,8 @@ def evaluate(generated, reference=None, reference_stats=None, prompts=None, mode
         report["prompts"] = str(prompts)
         report["clap_score"] = float(scores.mean())
 
-    mean, cov = gaussian_stats(embeddings)
+    if reference_files is not None or stats is not None or save_stats is not None:  # (at least 2 files: checked)
+        mean, cov = gaussian_stats(embeddings)
     if reference_files is not None or stats is not None:
         if reference_files is not None:
             reference_embeddings = embed_files(scorer, list(reference_files.values()), batch_size, progress,

@@ -184,6 +184,19 @@ def test_embeddings_and_clap_score_match_transformers(clap_checkpoint, tmp_path)
     assert len(set(np.round(expected_scores, 6))) == len(FILES)  # distinct audio, distinct scores
 
 
+def test_one_file_with_its_prompt_is_scored_without_warnings(clap_checkpoint, tmp_path):
+    """clap_score needs no covariance: one file with its prompt is scored, and NumPy is not asked for the
+    covariance of one sample (which it answers with a division by zero)."""
+    import warnings
+
+    folder = write_folder(tmp_path / "gen", {"a.wav": FILES["a.wav"]})
+    prompts = write_prompts(tmp_path / "prompts.csv", ["a.wav"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        report = evaluate(folder, prompts=prompts, scorer=ClapScorer(clap_checkpoint, device="cpu"), progress=False)
+    assert report["num_files"] == 1 and -1 <= report["clap_score"] <= 1
+
+
 # ----------------------------------------------------------------------------------------------
 # the command line
 
