@@ -101,7 +101,12 @@ def tiny_htsat() -> dict:
     from audioldm2_lite.models.clap_audio import ClapAudioConfig, ClapAudioTower, relative_position_index
 
     config = ClapAudioConfig(**TINY_HTSAT)
-    tower = perturb_vectors(ClapAudioTower(config))
+    tower = ClapAudioTower(config)
+    with torch.no_grad():
+        for name, parameter in tower.named_parameters():  # left uninitialised (torch.empty): always loaded
+            if name.endswith("relative_position_bias_table"):
+                parameter.normal_(0, 0.02)
+    tower = perturb_vectors(tower)
     with torch.no_grad():  # BatchNorm statistics on the scale of log-mels in dB
         tower.audio_model.audio_encoder.batch_norm.running_mean.normal_(-20, 10)
         tower.audio_model.audio_encoder.batch_norm.running_var.uniform_(50, 150)

@@ -19,9 +19,8 @@ from audioldm2_lite.generation.loading import load_component, load_config
 from audioldm2_lite.generation.lora import LoRALinear, apply_lora, load_lora, merge_lora
 from audioldm2_lite.generation.samplers import SchedulerConfig, alphas_cumprod
 from audioldm2_lite.cli import UsageError
-from audioldm2_lite.training.command import main
 from audioldm2_lite.training.train import (
-    TrainConfig, batch_indices, checkpoint_unet_blocks, diffusion_loss, draw_batch, train,
+    TrainConfig, batch_indices, checkpoint_unet_blocks, diffusion_loss, draw_batch, main, train,
 )
 from audioldm2_lite.training.data import DataError, EncodedDataset, checkpoint_key, read_dataset
 from audioldm2_lite.training.schedules import SCHEDULES, learning_rate, update_ema

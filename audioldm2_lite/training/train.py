@@ -54,7 +54,7 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
@@ -63,61 +63,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..console import UsageError, describe_reference, write_atomically
+from ..console import UsageError, describe_reference, one_line_warnings, report_errors, write_atomically
 from ..generation.authors_checkpoint import authors_stage
 from ..generation.authors_models import authors_model_of, model_folder, model_reference
-from ..generation.loading import (
-    DEFAULT_CHECKPOINT, load_component, load_config,
-)
+from ..generation.loading import load_component, load_config
 from ..generation.lora import apply_lora
 from ..generation.mel import MelConfig
 from ..generation.pipeline import default_device
 from ..generation.request import ranks_candidates
 from ..generation.samplers import SAMPLERS, SchedulerConfig, alphas_cumprod
+from .command import PROG, TrainConfig, build_parser
 from .data import EncodedDataset, checkpoint_key, latent_file, read_dataset
 from .export import export_checkpoint
 from .schedules import SCHEDULES, learning_rate, swapped, update_ema
-
-PROG = "audioldm2-lite-train"
-
-
-@dataclass
-class TrainConfig:
-    data: str  # folder with metadata.csv / metadata.jsonl and the audio
-    output: str  # the fine-tuned checkpoint (hub layout), its training state and loss log
-    model: str = DEFAULT_CHECKPOINT  # hub id or local hub-layout folder, or an authors' .pth / haoheliu/<name>
-    text_models: str | None = None  # for an authors' file: the folder of roberta-base/, google/flan-t5-large/, gpt2/
-    lora_rank: int | None = None  # None: fine-tune every UNet weight; R: train rank-R LoRA adapters only
-    lora_alpha: float | None = None  # LoRA scaling alpha / rank; default alpha = rank
-    max_steps: int = 1000  # optimizer steps (each of batch_size * processes * gradient_accumulation clips)
-    batch_size: int = 4  # clips per forward pass of each process
-    gradient_accumulation: int = 1
-    learning_rate: float | None = None  # the schedule's peak; default 1e-5 for full fine-tuning, 1e-4 for LoRA
-    lr_scheduler: str = "constant"  # one of SCHEDULES
-    lr_warmup_steps: int = 0  # linear warmup from 0 (every schedule but "constant")
-    lr_num_cycles: int = 1  # cosine_with_restarts: cosine cycles over the run
-    lr_power: float = 1.0  # polynomial: the decay's power
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    ema_decay: float | None = None  # e.g. 0.9999: keep (and export) an EMA of the trained weights
-    caption_dropout: float = 0.1  # probability of training on the unconditional input instead of the caption
-    reference: str | None = None  # "authors" or "diffusers" (generation/authors.py); None: the checkpoint's
-    seconds: float = 10.24  # every clip cut (from the start) or padded (with silence) to this length
-    seed: int = 0
-    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
-    validation_prompts: str | None = None  # .txt / .csv / .jsonl of prompts generated every validation_every
-    validation_every: int = 500  # steps between validations (and one before the first step, one at the end)
-    validation_steps: int = 20  # sampler steps of each validation clip
-    validation_scheduler: str = "dpmsolver++"  # the sampler of each validation clip (samplers.SAMPLERS)
-    validation_reference: str | None = None  # reference stats (.npz, audioldm2-lite-eval --save-stats): fd_clap
-    resume: bool = False  # continue from OUT/training/state.pt
-    device: str | None = None  # default: CUDA (cuda:LOCAL_RANK under torchrun), then MPS, then the CPU
-    dtype: str | None = None  # autocast dtype: float32, bfloat16, float16 (default bfloat16 on CUDA)
-    gradient_checkpointing: bool = False
-    skip_bad_rows: bool = False
-    cache_dir: str | None = None  # default $XDG_CACHE_HOME/audioldm2-lite/train
-    quiet: bool = False
-
 
 # ----------------------------------------------------------------------------------------------
 # 1. Data: which clips make each batch (the cache itself is data.py)
@@ -447,7 +405,21 @@ def check_config(c: TrainConfig, state_file: Path) -> None:
                              f"(give more than {done})")
 
 
-if __name__ == "__main__":  # torchrun ... -m audioldm2_lite.training.train: the command line lives in command.py
-    from audioldm2_lite.training.command import main
+def main(argv=None) -> int:
+    """audioldm2-lite-train: the options (command.py) into a TrainConfig, then `train`; a mistake in the settings
+    exits with status 2 and one line, as every program here does."""
+    args = build_parser().parse_args(argv)
 
+    def work() -> int:
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warnings(PROG)
+            out = train(TrainConfig(**vars(args)))
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(out)
+        return 0
+
+    return report_errors(PROG, work, interrupted="interrupted (the last checkpoint is kept; --resume continues it)")
+
+
+if __name__ == "__main__":
     sys.exit(main())
