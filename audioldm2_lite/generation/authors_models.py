@@ -60,7 +60,10 @@ class AuthorsConditioner(nn.Module):
         self.tokenizer_2 = tokenizer if family == "t5" else SimpleNamespace(model_max_length=1)
 
     @classmethod
-    def from_pretrained(cls, root: Path, device="cpu", dtype=torch.float32, variant=None) -> "AuthorsConditioner":
+    def from_pretrained(cls, root: Path, device="cpu", dtype=torch.float32, variant=None,
+                        **audioldm2_settings) -> "AuthorsConditioner":
+        """`audioldm2_settings` (TextConditioner's clap_pad_to_max_length, reference) do not apply: the padding is
+        masked or absent, and these models run as the authors' only."""
         family = ac.AUTHORS_CONFIGS[authors_model_of(root)].family
         component, tokenizer = ("text_encoder", "tokenizer") if family == "film" else ("text_encoder_2", "tokenizer_2")
         return cls(family, load_tokenizer(root, tokenizer),
@@ -122,6 +125,13 @@ def authors_model_of(root: Path) -> str | None:
     """The authors' model a hub-layout folder was converted from (model_index.json `_authors_model`), if any."""
     index = Path(root) / "model_index.json"
     return json.loads(index.read_text()).get("_authors_model") if index.is_file() else None
+
+
+def folder_stage(root: Path, name: str):
+    """How component `name` of a folder is built (loading.load_component's `stage`): the authors' own in a folder
+    converted from their file (authors_checkpoint.authors_stage: the FiLM UNet, the vocoder with its mel front end),
+    else None, STAGES'."""
+    return ac.authors_stage(name) if authors_model_of(root) else None
 
 
 def runs_without_gpt2(root: Path) -> bool:

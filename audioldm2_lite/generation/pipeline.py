@@ -30,11 +30,8 @@ import numpy as np
 import torch
 
 from ..models.long_audio import decode_in_tiles, vocode_in_windows
-from .authors_checkpoint import authors_stage
-from .authors_models import (
-    AuthorsConditioner, authors_model_of, guided_unet_for, model_folder, model_reference, runs_without_gpt2,
-)
-from .batching import Generated, batchable, run_requests  # noqa: F401  (re-exported)
+from .authors_models import folder_stage, guided_unet_for, model_folder, model_reference
+from .batching import Generated, run_requests  # noqa: F401  (Generated re-exported)
 from .conditioning import Conditioning, TextConditioner
 from .core import AudioLDM2, classifier_free_guidance, is_guided
 from .cuda_graphs import CUDAGraphed
@@ -43,14 +40,12 @@ from .editing import AudioEdit, mel_config
 from .embeddings import encode_prompt as encode_with_embeddings
 from .guided_unet import GuidedUNet
 from .hub import has_variant
-from .loading import (
-    DEFAULT_CHECKPOINT, STAGES, CheckpointError, load_component, load_config,
-)
+from .loading import DEFAULT_CHECKPOINT, STAGES, CheckpointError, load_component, load_config
 from .lora import load_lora, set_lora_call_scale
 from .memory import TilePlan, plan_decode
 from .precision import Precision, resolve_precision
 from .ranking import ClapScorer
-from .request import ModelLimits, Request, RequestError, ranks_candidates
+from .request import ModelLimits, Request, check_call, ranks_candidates
 from .samplers import SchedulerConfig, denoise
 from .samplers.extras import to_hub, unet_calls
 from .speech import load_conditioner
@@ -167,7 +162,6 @@ class AudioLDM2Pipeline(AudioLDM2):
         device = resolve_device(device)
         precision = resolve_precision(device, dtype)
         root = model_folder(model, text_models_dir, variant)  # an authors' file: converted once to hub layout, cached
-        authors_model = authors_model_of(root)  # the folder's authors' model (model_index.json), if converted from one
         reference = model_reference(root, reference)
         home = torch.device("cpu") if offload else device
         if variant is not None and not any(has_variant(root / name, variant) for name in STAGES):
@@ -177,17 +171,13 @@ class AudioLDM2Pipeline(AudioLDM2):
         def load(name, dtype):
             with progress_stage(f"loading {name}", progress):
                 return load_component(root, name, dtype=dtype, device=home, variant=variant, reference=reference,
-                                      stage=authors_stage(name) if authors_model else None)
+                                      stage=folder_stage(root, name))
 
         # CLAP reads the prompt padded to its longest, not to 512 tokens as diffusers does: the padding is
         # masked, so the features agree to float rounding, at a fraction of the cost
         with progress_stage("loading the text encoders (CLAP, T5, projection, GPT-2)", progress):
-            if runs_without_gpt2(root):  # the authors' audioldm_48k (CLAP FiLM) or T5-only model
-                conditioner = AuthorsConditioner.from_pretrained(root, device=home, dtype=precision.text,
-                                                                 variant=variant)
-            else:
-                conditioner = load_conditioner(root, device=home, dtype=precision.text, variant=variant,
-                                               clap_pad_to_max_length=False, reference=reference)  # speech.py: VITS
+            conditioner = load_conditioner(root, device=home, dtype=precision.text, variant=variant,  # speech.py
+                                           clap_pad_to_max_length=False, reference=reference)
         if lora is not None and Path(lora).resolve().parent == root.resolve():
             # audioldm2-lite-train exports OUT/ with the adapter merged into OUT/unet and the adapter alone beside it
             warnings.warn(f"{lora} lies in the checkpoint {root}, an export whose UNet has this adapter merged in "
@@ -382,9 +372,7 @@ class AudioLDM2Pipeline(AudioLDM2):
         `regenerate_above_hz` (see editing.py). An edit's output has the input's length.
         `transcription`: the words to say, for the text-to-speech checkpoints (the prompt describes the voice).
         Every value is checked as a `Request` is (request.py), before any work: a mistake is one RequestError."""
-        self.check_inputs(prompt, prompt_embeds, transcription, output_type)
-        if not isinstance(callback_steps, int) or callback_steps < 1:
-            raise RequestError(f"callback_steps must be a positive int, got {callback_steps!r}")
+        check_call(prompt, prompt_embeds, transcription, output_type, callback_steps)
         first = prompt if isinstance(prompt, str) else (prompt[0] if prompt else "(given embeddings)")
         spoken = transcription if transcription is None or isinstance(transcription, str) else transcription[0]
         # the one translation: diffusers' keyword arguments become a request, checked once
@@ -509,16 +497,3 @@ class AudioLDM2Pipeline(AudioLDM2):
         scorer = self.clap_scorer()
         with self._running(self.conditioner, scorer.audio_tower):
             return scorer.rank(prompts, audio, self.sampling_rate, num_waveforms_per_prompt)
-
-    def check_inputs(self, prompt, prompt_embeds, transcription, output_type):
-        """The call's shapes: a prompt or embeddings, every prompt text, one transcription per prompt."""
-        if prompt is None and prompt_embeds is None:
-            raise RequestError("give a prompt (str or list of str) or prompt_embeds")
-        prompts = [prompt] if isinstance(prompt, str) else (prompt or [])
-        if prompt is not None and (not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts)):
-            raise RequestError(f"every prompt must be a non-empty string, got {prompt!r}")
-        spoken = [transcription] if isinstance(transcription, str) else (transcription or [])
-        if any(not isinstance(t, str) or not t.strip() for t in spoken):
-            raise RequestError(f"every transcription must be a non-empty string, got {transcription!r}")
-        if output_type not in ("np", "pt", "latent"):
-            raise RequestError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")

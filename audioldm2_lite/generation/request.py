@@ -217,6 +217,23 @@ class Request:
         return {k: v for k, v in fields.items() if v is not None and not (k == "audio_sampling_rate" and not self.audio)}
 
 
+def check_call(prompt, prompt_embeds, transcription, output_type, callback_steps) -> None:
+    """The shapes of a diffusers-style call (AudioLDM2Pipeline.__call__), before it becomes a Request: a prompt or
+    embeddings, every prompt text, one transcription per prompt, the output type and the callback's period."""
+    if prompt is None and prompt_embeds is None:
+        raise RequestError("give a prompt (str or list of str) or prompt_embeds")
+    prompts = [prompt] if isinstance(prompt, str) else (prompt or [])
+    if prompt is not None and (not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts)):
+        raise RequestError(f"every prompt must be a non-empty string, got {prompt!r}")
+    spoken = [transcription] if isinstance(transcription, str) else (transcription or [])
+    if any(not isinstance(t, str) or not t.strip() for t in spoken):
+        raise RequestError(f"every transcription must be a non-empty string, got {transcription!r}")
+    if output_type not in ("np", "pt", "latent"):
+        raise RequestError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+    if not isinstance(callback_steps, int) or callback_steps < 1:
+        raise RequestError(f"callback_steps must be a positive int, got {callback_steps!r}")
+
+
 def check_time_range(regenerate_seconds, seconds: float) -> tuple[float, float]:
     """(start, end) in seconds inside [0, seconds], start < end; else one RequestError."""
     try:

@@ -128,7 +128,12 @@ def is_speech_checkpoint(checkpoint) -> bool:
 
 
 def load_conditioner(checkpoint, **kwargs) -> TextConditioner:
-    """The text stages of a checkpoint: a SpeechConditioner for a text-to-speech one, else a TextConditioner."""
+    """The text stages of a checkpoint: the authors' one text stage for their 48 kHz and T5-only models
+    (authors_models.AuthorsConditioner), a SpeechConditioner for a text-to-speech one, else a TextConditioner."""
+    from .authors_models import AuthorsConditioner, runs_without_gpt2
+
+    if runs_without_gpt2(checkpoint):
+        return AuthorsConditioner.from_pretrained(checkpoint, **kwargs)
     kind = SpeechConditioner if is_speech_checkpoint(checkpoint) else TextConditioner
     return kind.from_pretrained(checkpoint, **kwargs)
 

@@ -64,8 +64,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..console import UsageError, describe_reference, one_line_warnings, report_errors, write_atomically
-from ..generation.authors_checkpoint import authors_stage
-from ..generation.authors_models import authors_model_of, model_folder, model_reference
+from ..generation.authors_models import folder_stage, model_folder, model_reference
 from ..generation.loading import load_component, load_config
 from ..generation.lora import apply_lora
 from ..generation.mel import MelConfig
@@ -209,7 +208,6 @@ def train(config: TrainConfig) -> Path:
     root = model_folder(c.model, c.text_models)  # an authors' file: converted once, as the pipeline does
     if out.resolve() == root.resolve():
         raise UsageError(f"--output {out} is the checkpoint being fine-tuned: choose another folder")
-    authors_model = authors_model_of(root)
     if c.validation_prompts and not ranks_candidates(root):
         raise UsageError(f"--validation-prompts scores with CLAP's audio tower, and {c.model} has none (its "
                          f"text_encoder has no audio_config): fine-tune without it")
@@ -242,7 +240,7 @@ def train(config: TrainConfig) -> Path:
 
     # 2. the model: float32 master weights, one replica per process
     unet = load_component(root, "unet", dtype=torch.float32, device=device, reference=reference,
-                          stage=authors_stage("unet") if authors_model else None)  # the FiLM UNet of audioldm_48k
+                          stage=folder_stage(root, "unet"))  # the FiLM UNet of audioldm_48k
     torch.manual_seed(c.seed)  # the adapters' random initialisation: the same run from the same seed
     if lora:
         parameters = apply_lora(unet, c.lora_rank, c.lora_alpha)

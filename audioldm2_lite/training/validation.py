@@ -28,13 +28,12 @@ import torch
 
 from ..console import slug
 from ..evaluate import EvaluationError, evaluate, read_prompt_rows, read_stats
-from ..generation.authors_checkpoint import authors_stage
-from ..generation.authors_models import AuthorsConditioner, authors_model_of, runs_without_gpt2
-from ..generation.conditioning import TextConditioner
+from ..generation.authors_models import folder_stage
 from ..generation.ranking import ClapScorer
 from ..generation.loading import load_component, load_config
 from ..generation.pipeline import AudioLDM2Pipeline
 from ..generation.samplers import SchedulerConfig
+from ..generation.speech import load_conditioner
 
 GUIDANCE = 3.5  # the pipeline's default
 
@@ -80,15 +79,11 @@ class Validation:
         """Generate and score every prompt with `unet` into folder/validation/step-N, add a row to
         folder/validation.csv and the scores and audio to TensorBoard (`board`); returns {metric: value}."""
         if self.pipe is None:  # the pipeline around the UNet being trained: its weights, not a copy
-            if runs_without_gpt2(self.root):  # the authors' 48 kHz or T5-only model: its own text stage
-                conditioner = AuthorsConditioner.from_pretrained(self.root, device=self.device)
-            else:
-                conditioner = TextConditioner.from_pretrained(self.root, device=self.device,
-                                                              clap_pad_to_max_length=False, reference=self.reference)
-            vocoder = authors_stage("vocoder") if authors_model_of(self.root) else None  # the mel front end in it
+            conditioner = load_conditioner(self.root, device=self.device, clap_pad_to_max_length=False,
+                                           reference=self.reference)  # the authors' 48 kHz / T5-only: their own
             self.pipe = AudioLDM2Pipeline(
                 conditioner, unet, load_component(self.root, "vae", device=self.device),
-                load_component(self.root, "vocoder", device=self.device, stage=vocoder),
+                load_component(self.root, "vocoder", device=self.device, stage=folder_stage(self.root, "vocoder")),
                 SchedulerConfig.from_hub(load_config(self.root, "scheduler")), self.root, device=self.device)
             self.scorer = ClapScorer(self.root, self.device, reference=self.reference)
         here = folder / "validation" / f"step-{step}"
